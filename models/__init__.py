@@ -1,0 +1,1 @@
+"""Pure torch modules and their configs: no I/O."""

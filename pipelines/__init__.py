@@ -1,0 +1,1 @@
+"""Jobs that move data: stream processors, dataset builders, training, replay, benchmarks."""

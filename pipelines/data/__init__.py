@@ -1,0 +1,1 @@
+"""Datasets: MovieLens-100k (fetched at run time, never committed) and synthetic generators."""

@@ -1,0 +1,29 @@
+"""Errors shared by every package. Each names the object and its scope."""
+
+from __future__ import annotations
+
+
+class RecstreamError(Exception):
+    """Base class of every recstream error."""
+
+
+class ConfigError(RecstreamError):
+    """A setting is invalid; the message carries the offending values."""
+
+
+class InvalidEvent(RecstreamError):
+    """A Kafka record that does not parse or validate as an Event.
+
+    Args:
+        reason: what is wrong, naming the field where there is one.
+        raw: the original bytes, kept so the DLQ record loses nothing.
+    """
+
+    def __init__(self, reason: str, raw: bytes | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class StackError(RecstreamError):
+    """The local stack (Kafka, Redis) could not be started or reached."""

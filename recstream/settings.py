@@ -1,0 +1,61 @@
+"""Runtime settings, read from the environment with the `RECSTREAM_` prefix.
+
+Strict: unknown fields are rejected and cross-field checks fail at load time with the
+offending values in the message.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "recstream"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="forbid", validate_default=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port]")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL for online state")
+    home: Path = Field(default_factory=_default_home, description="cache root: Kafka jars, datasets, stack data")
+
+    events_topic: str = Field("recstream.events", description="input events topic")
+    dlq_topic: str = Field("recstream.events.dlq", description="dead-letter topic for bad events")
+    impressions_topic: str = Field("recstream.impressions", description="served-slate log topic")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="partitions for topics we create")
+
+    redis_prefix: str = Field("rs", min_length=1, max_length=32, description="key prefix for all Redis keys")
+    recent_items_max: int = Field(200, ge=1, le=100_000, description="per-user recent items kept for seen-filtering")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url ({self.redis_url!r}) must start with redis://, rediss:// or unix://")
+        for hp in self.kafka_bootstrap.split(","):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"kafka_bootstrap ({self.kafka_bootstrap!r}) must be host:port[,host:port]")
+        if len({self.events_topic, self.dlq_topic, self.impressions_topic}) != 3:
+            raise ValueError(
+                f"topics must differ: events_topic={self.events_topic!r} dlq_topic={self.dlq_topic!r} "
+                f"impressions_topic={self.impressions_topic!r}"
+            )
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.home / "stack"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
