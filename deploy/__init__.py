@@ -1,0 +1,1 @@
+"""Deployment assets: the local dev stack launcher, compose file, Prometheus/Grafana config."""

@@ -1,0 +1,78 @@
+"""Item embeddings for the BSE: the deployed ranker's item table, looked up by item id."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class ItemEmbeddings(Protocol):
+    """What the BSE needs from an embedding table.
+
+    Attributes:
+        dim: embedding width d.
+        max_abs: bound on |component| over every row (incl. OOV rows); fixes the integer
+            quantisation step of this version's tables, so all writers must agree on it.
+    """
+
+    dim: int
+    max_abs: float
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Args: item_ids (n,). Returns: (n, d) float32; unknown ids map to hashed OOV rows."""
+        ...
+
+
+def stable_bucket(key: str, n_buckets: int) -> int:
+    """Process-independent hash of `key` into [0, n_buckets) (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % n_buckets
+
+
+class ArrayItemEmbeddings:
+    """An in-memory table: known ids get their row, unknown ids a hashed OOV row.
+
+    Args:
+        item_ids: (V,) vocabulary; row i of `table` belongs to item_ids[i].
+        table: (V + n_oov, d) float; the last `n_oov` rows are OOV buckets.
+        n_oov: number of OOV rows (>= 1).
+    """
+
+    def __init__(self, item_ids: Sequence[str], table: np.ndarray, n_oov: int):
+        if n_oov < 1:
+            raise ValueError(f"n_oov ({n_oov}) must be >= 1")
+        if table.ndim != 2 or table.shape[0] != len(item_ids) + n_oov:
+            raise ValueError(
+                f"table shape {table.shape} must be (len(item_ids) + n_oov, d) = ({len(item_ids) + n_oov}, d)"
+            )
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.dim = int(table.shape[1])
+        self.n_oov = n_oov
+        self._index = {item_id: i for i, item_id in enumerate(item_ids)}
+        self._n_known = len(item_ids)
+        self.max_abs = float(np.abs(self.table).max())
+
+    @classmethod
+    def random(cls, n_items: int, dim: int = 64, n_oov: int = 16, seed: int = 0, prefix: str = "i") -> "ArrayItemEmbeddings":
+        """Gaussian table for tests and demos, ids f"{prefix}{k}"."""
+        rng = np.random.default_rng(seed)
+        table = rng.standard_normal((n_items + n_oov, dim)).astype(np.float32) * 0.1
+        return cls([f"{prefix}{k}" for k in range(n_items)], table, n_oov)
+
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(n,) ids -> (n,) int64 row indices."""
+        get = self._index.get
+        return np.fromiter(
+            (
+                r if (r := get(i)) is not None else self._n_known + stable_bucket(i, self.n_oov)
+                for i in item_ids
+            ),
+            dtype=np.int64,
+            count=len(item_ids),
+        )
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self.table[self.rows(item_ids)]

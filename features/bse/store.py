@@ -1,0 +1,532 @@
+"""BSE store interface: behaviour sequences and per-version SDIM bucket-sum tables per user.
+
+The algorithm lives here once; a backend (in-memory, Redis) only reads a consistent snapshot
+and writes a new state with compare-and-set, so both backends have the same semantics.
+
+Exactly-once w.r.t. Kafka redelivery: each behaviour carries (topic, partition, offset), and the
+store keeps, per consumer group, the next offset to apply for every partition *in the same
+store, written in the same atomic step as the state change* (Redis: one Lua script). An apply
+skips records whose offset is below the stored next offset, so a batch redelivered after a
+crash or rebalance is a no-op; because offsets and state commit together there is no window in
+which one is saved without the other (committing Kafka offsets separately would have one).
+The write is a compare-and-set on each touched user's behaviour counter and on the stored
+offsets, so two processors that briefly share a partition during a rebalance cannot both apply
+it: the loser re-reads, skips what the winner applied, and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from features.bse import _codec
+from features.bse.embeddings import ItemEmbeddings
+from features.errors import (
+    ApplyConflict,
+    CorruptTable,
+    EmbeddingDimMismatch,
+    MissingEmbeddings,
+    UnknownTableVersion,
+)
+from models.sdim_hash import SdimHasher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SEQ_LEN = 10_000
+DEFAULT_ITEM_BITS = 7  # 8 bits costs ~1 KB more per user at L=10k and crosses 16 KB; see _codec
+
+PartitionKey = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """One behaviour to append to a user's sequence.
+
+    Args:
+        user_id: the user.
+        item_id: the item the user engaged with.
+        topic, partition, offset: the Kafka record it came from; None for non-Kafka sources
+            (backfills, tests), which are then never de-duplicated.
+    """
+
+    user_id: str
+    item_id: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """One kind of SDIM table: which hasher and which item embeddings produced the sums.
+
+    Tables are keyed by `name`, which joins the ranker's `model_version`, the hasher's version
+    and the quantisation width: tables built with other embeddings or another hasher are not
+    interchangeable.
+
+    Args:
+        hasher: the seeded SimHash shared with the trainer and ranker.
+        embeddings: the ranker's item embeddings; None for a lookup-only client.
+        model_version: the ranker version whose embedding table feeds the sums.
+        item_bits: integer width of quantised item embeddings (see features.bse._codec).
+    """
+
+    hasher: SdimHasher
+    embeddings: ItemEmbeddings | None = None
+    model_version: str = "base"
+    item_bits: int = DEFAULT_ITEM_BITS
+
+    @property
+    def name(self) -> str:
+        return f"{self.model_version}+{self.hasher.version}+q{self.item_bits}"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c = self.hasher.config
+        return (c.n_signatures, c.n_buckets, c.dim)
+
+    @property
+    def step(self) -> float:
+        if self.embeddings is None:
+            raise MissingEmbeddings(self.name)
+        return _codec.quant_step(self.embeddings.max_abs, self.item_bits)
+
+    def params(self) -> dict[str, str]:
+        """What every writer of this version must agree on (checked against the store)."""
+        c = self.hasher.config
+        return {
+            "hasher": self.hasher.version,
+            "shape": "x".join(map(str, self.shape)),
+            "item_bits": str(self.item_bits),
+            "step": repr(self.step),
+            "seed": str(c.seed),
+        }
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    n_applied: int  # behaviours appended
+    n_skipped: int  # behaviours at or below the stored offset (redelivered)
+    n_users: int
+    n_evicted: int
+    n_attempts: int
+    offsets: dict[PartitionKey, int] = field(default_factory=dict)  # stored next offsets after the apply
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    version: str
+    n_users: int
+    n_behaviours: int
+    n_retried: int
+
+
+# ---- backend snapshot / write records -------------------------------------------------------
+
+
+@dataclass
+class _UserSnapshot:
+    n_total: int  # behaviours ever appended: the compare-and-set token
+    seq_len: int
+    head: list[str]  # the oldest min(seq_len, n_new) items (eviction candidates)
+    blobs: dict[str, bytes | None]  # version name -> stored blob
+    full_seq: list[str] | None = None  # filled only when a version's table must be built from scratch
+
+
+@dataclass
+class _UserWrite:
+    user_id: str
+    expected_n_total: int
+    new_items: list[str]
+    blobs: dict[str, bytes]
+
+
+def interest_from_table(table: np.ndarray, sigs: np.ndarray) -> np.ndarray:
+    """SDIM interest from one user's bucket sums.
+
+    Args:
+        table: (S, B, d) bucket sums (any positive scale: each row is L2-normalised).
+        sigs: (N, S) int bucket ids of the candidates.
+    Returns:
+        (N, d) float32: mean over signatures j of normalise(table[j, sigs[:, j]]); an empty
+        (all-zero) bucket contributes zero.
+    """
+    t = table.astype(np.float64)
+    norm = np.linalg.norm(t, axis=-1, keepdims=True)  # (S, B, 1)
+    unit = np.divide(t, norm, out=np.zeros_like(t), where=norm > 0)  # (S, B, d)
+    n_sig = table.shape[0]
+    gathered = unit[np.arange(n_sig)[None, :], sigs]  # (N, S, d)
+    return gathered.mean(axis=1).astype(np.float32)  # (N, d)
+
+
+def naive_interest(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
+    """Reference SDIM over the raw sequence, a plain loop in float64 (tests and drift checks).
+
+    Args:
+        seq_emb: (L, d) behaviour embeddings.
+        cand_emb: (N, d) candidate embeddings.
+    Returns:
+        (N, d) float64.
+    """
+    seq_sig = hasher.signatures_np(seq_emb.astype(np.float32))  # (L, S)
+    cand_sig = hasher.signatures_np(cand_emb.astype(np.float32))  # (N, S)
+    n_sig = hasher.config.n_signatures
+    out = np.zeros((cand_emb.shape[0], seq_emb.shape[1]), dtype=np.float64)
+    for n in range(cand_emb.shape[0]):
+        for j in range(n_sig):
+            hit = seq_emb[seq_sig[:, j] == cand_sig[n, j]].astype(np.float64)
+            s = hit.sum(0) if len(hit) else np.zeros(seq_emb.shape[1])
+            nrm = np.linalg.norm(s)
+            if nrm > 0:
+                out[n] += s / nrm
+        out[n] /= n_sig
+    return out
+
+
+class BseStore(ABC):
+    """Behaviour sequences and SDIM tables, per user.
+
+    Args:
+        versions: table versions to maintain on every apply (and to serve lookups for).
+        max_seq_len: sequence cap; the oldest behaviour is evicted beyond it.
+        max_attempts: compare-and-set attempts per apply before ApplyConflict.
+    """
+
+    def __init__(
+        self,
+        versions: Sequence[TableVersion] = (),
+        max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+        max_attempts: int = 5,
+    ):
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len ({max_seq_len}) must be >= 1")
+        self.max_seq_len = max_seq_len
+        self.max_attempts = max_attempts
+        self._versions: dict[str, TableVersion] = {}
+        self._maintained: list[str] = []
+        for v in versions:
+            self.register_version(v, maintain=v.embeddings is not None)
+
+    # ---- versions -----------------------------------------------------------------------------
+
+    def register_version(self, version: TableVersion, maintain: bool = True) -> str:
+        """Serve lookups for `version`; with `maintain`, also update its tables on every apply.
+
+        Raises:
+            TableVersionMismatch: the store already holds this version with other parameters.
+        """
+        if maintain:
+            if version.embeddings is None:
+                raise MissingEmbeddings(version.name)
+            self._check_params(version.name, version.params())
+            if version.name not in self._maintained:
+                self._maintained.append(version.name)
+        self._versions[version.name] = version
+        return version.name
+
+    def version(self, version: str | TableVersion) -> TableVersion:
+        if isinstance(version, TableVersion):
+            return self._versions.get(version.name, version)
+        try:
+            return self._versions[version]
+        except KeyError:
+            raise UnknownTableVersion(version, list(self._versions)) from None
+
+    @property
+    def maintained_versions(self) -> list[str]:
+        return list(self._maintained)
+
+    # ---- write path ---------------------------------------------------------------------------
+
+    def apply_batch(
+        self,
+        behaviours: Sequence[Behaviour],
+        offsets: Mapping[PartitionKey, int] | None = None,
+        group: str = "bse",
+    ) -> ApplyResult:
+        """Append a batch of behaviours and update every maintained version's tables, atomically
+        with the consumer group's offsets.
+
+        Args:
+            behaviours: in Kafka order per partition; each with its (topic, partition, offset).
+            offsets: (topic, partition) -> next offset to consume after this batch (the consumer
+                position); stored offsets never move backwards.
+            group: consumer group whose offsets are stored with the state.
+        Returns:
+            ApplyResult; behaviours below the stored next offset are counted in n_skipped.
+        Raises:
+            ApplyConflict: the compare-and-set kept failing (another live writer).
+        """
+        offsets = dict(offsets or {})
+        for b in behaviours:
+            if b.topic is not None and b.offset is not None and b.partition is not None:
+                key = (b.topic, b.partition)
+                offsets[key] = max(offsets.get(key, 0), b.offset + 1)
+        for attempt in range(1, self.max_attempts + 1):
+            committed = self._read_offsets(group, list(offsets))
+            kept = [b for b in behaviours if not self._already_applied(b, committed)]
+            by_user: dict[str, list[str]] = {}
+            for b in kept:
+                by_user.setdefault(b.user_id, []).append(b.item_id)
+            new_offsets = {k: max(v, committed.get(k, 0)) for k, v in offsets.items()}
+            snaps = self._read_users({u: len(items) for u, items in by_user.items()}, self._maintained)
+            self._fill_full_sequences(snaps)
+            writes, n_evicted = self._plan_writes(by_user, snaps)
+            if self._write(group, committed, new_offsets, writes):
+                return ApplyResult(
+                    n_applied=len(kept),
+                    n_skipped=len(behaviours) - len(kept),
+                    n_users=len(by_user),
+                    n_evicted=n_evicted,
+                    n_attempts=attempt,
+                    offsets=new_offsets,
+                )
+            log.info("bse apply: compare-and-set lost (group=%s attempt=%d), re-reading", group, attempt)
+        raise ApplyConflict(group, self.max_attempts)
+
+    @staticmethod
+    def _already_applied(b: Behaviour, committed: Mapping[PartitionKey, int]) -> bool:
+        if b.topic is None or b.partition is None or b.offset is None:
+            return False
+        return b.offset < committed.get((b.topic, b.partition), 0)
+
+    def _fill_full_sequences(self, snaps: dict[str, _UserSnapshot]) -> None:
+        """Users needing a table built from their whole sequence: a sequence but no table for some
+        maintained version, or a sequence longer than max_seq_len (the cap was lowered), whose
+        evictions reach past the head the snapshot read."""
+        need = [
+            u
+            for u, s in snaps.items()
+            if s.seq_len > 0
+            and (any(b is None for b in s.blobs.values()) or s.seq_len - self.max_seq_len > len(s.head))
+        ]
+        if need:
+            for u, (_, seq) in zip(need, self._read_sequences(need)):
+                snaps[u].full_seq = seq
+                if len(seq) > self.max_seq_len:  # rebuild every version from the trimmed sequence
+                    snaps[u].blobs = {k: None for k in snaps[u].blobs}
+
+    def _plan_writes(
+        self, by_user: dict[str, list[str]], snaps: dict[str, _UserSnapshot]
+    ) -> tuple[list[_UserWrite], int]:
+        users = list(by_user)
+        n_evicted = 0
+        # per user: items to add (+1) and remove (-1) for incremental versions; full rebuilds listed apart
+        plus: list[list[str]] = []
+        minus: list[list[str]] = []
+        for u in users:
+            s, new = snaps[u], by_user[u]
+            n_evict = max(0, s.seq_len + len(new) - self.max_seq_len)
+            # evicted = the oldest n_evict of (old sequence + new items); may include new items.
+            # (Users whose evictions reach past `head` have all blobs reset to None above and are
+            # rebuilt from full_seq, so `evicted` is unused for them.)
+            evicted = (s.head + new)[:n_evict]
+            n_evicted += n_evict
+            plus.append(new)
+            minus.append(evicted)
+        writes = [_UserWrite(u, snaps[u].n_total, by_user[u], {}) for u in users]
+        for vname in self._maintained:
+            v = self._versions[vname]
+            tables = np.zeros((len(users), *v.shape), dtype=np.int64)  # (U, S, B, d)
+            delta_items: list[str] = []
+            delta_user: list[int] = []
+            delta_sign: list[int] = []
+            for i, u in enumerate(users):
+                s = snaps[u]
+                blob = s.blobs.get(vname)
+                if blob is None:
+                    # no table yet: build from the final sequence (new user, or a version added later)
+                    final = ((s.full_seq or []) + plus[i])[-self.max_seq_len :]
+                    delta_items += final
+                    delta_user += [i] * len(final)
+                    delta_sign += [1] * len(final)
+                else:
+                    tables[i] = self._decode(blob, u, v)
+                    delta_items += plus[i] + minus[i]
+                    delta_user += [i] * (len(plus[i]) + len(minus[i]))
+                    delta_sign += [1] * len(plus[i]) + [-1] * len(minus[i])
+            self._scatter(v, tables, delta_items, np.asarray(delta_user, np.int64), np.asarray(delta_sign, np.int64))
+            for w, blob in zip(writes, _codec.encode_many(tables)):
+                w.blobs[vname] = blob
+        return writes, n_evicted
+
+    @staticmethod
+    def _scatter(v: TableVersion, tables: np.ndarray, items: list[str], user_idx: np.ndarray, sign: np.ndarray) -> None:
+        """tables[u, j, sig_j(e), :] += sign * q(e) for each (item, user, sign)."""
+        if not items:
+            return
+        emb = v.embeddings.lookup(items)  # (n, d)
+        if emb.shape != (len(items), v.shape[2]):
+            raise EmbeddingDimMismatch(v.name, v.shape[2], emb.shape)
+        q = _codec.quantize(emb, v.step, v.item_bits) * sign[:, None]  # (n, d)
+        sigs = v.hasher.signatures_np(emb)  # (n, S)
+        n_sig = sigs.shape[1]
+        np.add.at(
+            tables,
+            (np.repeat(user_idx, n_sig), np.tile(np.arange(n_sig), len(items)), sigs.ravel()),
+            np.repeat(q, n_sig, axis=0),
+        )
+
+    @staticmethod
+    def _decode(blob: bytes, user_id: str, v: TableVersion) -> np.ndarray:
+        try:
+            return _codec.decode(blob, v.shape)
+        except ValueError as e:
+            raise CorruptTable(user_id, v.name, str(e)) from e
+
+    # ---- rebuild ------------------------------------------------------------------------------
+
+    def rebuild(
+        self,
+        hasher: SdimHasher,
+        embeddings: ItemEmbeddings,
+        users: Iterable[str] | None = None,
+        *,
+        model_version: str = "base",
+        item_bits: int = DEFAULT_ITEM_BITS,
+        batch_users: int = 256,
+        maintain: bool = True,
+    ) -> RebuildResult:
+        """Recompute one version's tables from the stored sequences (new ranker version deploys).
+
+        Args:
+            hasher, embeddings, model_version, item_bits: define the TableVersion.
+            users: user ids to rebuild; None = every user with a sequence.
+            batch_users: users per pipelined read/compute/write round.
+            maintain: keep the version updated by later applies of this store object.
+        Returns:
+            RebuildResult with counts. A user whose sequence changed during its round is
+            re-read and rebuilt once more (n_retried).
+        """
+        v = TableVersion(hasher, embeddings, model_version=model_version, item_bits=item_bits)
+        self.register_version(v, maintain=maintain)
+        n_users = n_beh = n_retried = 0
+        batch: list[str] = []
+        for u in users if users is not None else self.users():
+            batch.append(u)
+            if len(batch) >= batch_users:
+                a, b, c = self._rebuild_batch(v, batch)
+                n_users, n_beh, n_retried = n_users + a, n_beh + b, n_retried + c
+                batch = []
+        if batch:
+            a, b, c = self._rebuild_batch(v, batch)
+            n_users, n_beh, n_retried = n_users + a, n_beh + b, n_retried + c
+        log.info("bse rebuild %s: %d users, %d behaviours, %d retried", v.name, n_users, n_beh, n_retried)
+        return RebuildResult(v.name, n_users, n_beh, n_retried)
+
+    def _rebuild_batch(self, v: TableVersion, users: list[str]) -> tuple[int, int, int]:
+        pending, n_beh, n_retried = list(users), 0, 0
+        for attempt in range(self.max_attempts):
+            seqs = self._read_sequences(pending)
+            tables = np.zeros((len(pending), *v.shape), dtype=np.int64)
+            items = [i for _, seq in seqs for i in seq]
+            user_idx = np.repeat(np.arange(len(pending)), [len(seq) for _, seq in seqs])
+            self._scatter(v, tables, items, user_idx, np.ones(len(items), np.int64))
+            blobs = _codec.encode_many(tables)
+            ok = self._write_tables(v.name, [(u, n, b) for u, (n, _), b in zip(pending, seqs, blobs)])
+            n_beh += sum(len(seq) for (_, seq), good in zip(seqs, ok) if good)
+            failed = [u for u, good in zip(pending, ok) if not good]
+            if not failed:
+                return len(users), n_beh, n_retried
+            n_retried += len(failed)
+            pending = failed
+        raise ApplyConflict(f"rebuild:{v.name}", self.max_attempts)
+
+    # ---- read path ----------------------------------------------------------------------------
+
+    def lookup(self, user_id: str, version: str | TableVersion, cand_embeddings: np.ndarray) -> np.ndarray:
+        """SDIM long-term interest of one user for N candidates; one store read for any N.
+
+        Args:
+            user_id: the user; unknown users get zeros.
+            version: table version name or TableVersion (its hasher hashes the candidates).
+            cand_embeddings: (N, d) candidate item embeddings from the same ranker version.
+        Returns:
+            (N, d) float32: mean over signatures of the L2-normalised bucket sum at the
+            candidate's bucket (empty bucket -> zero vector).
+        """
+        v = self.version(version)
+        if cand_embeddings.ndim != 2 or cand_embeddings.shape[1] != v.shape[2]:
+            raise EmbeddingDimMismatch(v.name, v.shape[2], tuple(cand_embeddings.shape))
+        blob = self._read_blobs([user_id], v.name)[0]
+        if blob is None:
+            return np.zeros(cand_embeddings.shape, dtype=np.float32)
+        table = self._decode(blob, user_id, v)  # (S, B, d)
+        sigs = v.hasher.signatures_np(cand_embeddings)  # (N, S)
+        return interest_from_table(table, sigs)
+
+    def tables(self, user_ids: Sequence[str], version: str | TableVersion) -> np.ndarray:
+        """Raw bucket sums for several users in one read (e.g. to gather on GPU).
+
+        Returns:
+            (U, S, B, d) float32, in units of the version's quantisation step; zeros for users
+            without a table.
+        """
+        v = self.version(version)
+        out = np.zeros((len(user_ids), *v.shape), dtype=np.float32)
+        for i, (u, blob) in enumerate(zip(user_ids, self._read_blobs(list(user_ids), v.name))):
+            if blob is not None:
+                out[i] = self._decode(blob, u, v)
+        return out
+
+    def sequence(self, user_id: str, last_n: int | None = None) -> list[str]:
+        """The user's behaviour item ids, oldest first; `last_n` keeps only the most recent."""
+        _, seq = self._read_sequences([user_id], last_n=last_n)[0]
+        return seq
+
+    # ---- backend primitives -------------------------------------------------------------------
+
+    @abstractmethod
+    def committed_offsets(self, group: str) -> dict[PartitionKey, int]:
+        """(topic, partition) -> next offset to apply, as stored atomically with the state.
+
+        A processor seeks its assigned partitions here on (re)assignment.
+        """
+
+    @abstractmethod
+    def table_bytes(self, user_id: str, version: str | TableVersion) -> int:
+        """Memory the user's table of `version` takes in the store (0 if none)."""
+
+    @abstractmethod
+    def users(self) -> Iterator[str]:
+        """Every user id with a stored sequence."""
+
+    @abstractmethod
+    def _check_params(self, version: str, params: dict[str, str]) -> None:
+        """Record a version's parameters on first use; raise TableVersionMismatch on disagreement."""
+
+    @abstractmethod
+    def _read_offsets(self, group: str, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
+        """Stored next offsets for `keys` (absent ones omitted)."""
+
+    @abstractmethod
+    def _read_users(self, n_new: dict[str, int], versions: list[str]) -> dict[str, _UserSnapshot]:
+        """A consistent snapshot of each user's counter, length, oldest n_new items and blobs."""
+
+    @abstractmethod
+    def _read_sequences(self, user_ids: list[str], last_n: int | None = None) -> list[tuple[int, list[str]]]:
+        """(n_total, sequence oldest first) per user."""
+
+    @abstractmethod
+    def _read_blobs(self, user_ids: list[str], version: str) -> list[bytes | None]:
+        """Stored table blobs of one version."""
+
+    @abstractmethod
+    def _write(
+        self,
+        group: str,
+        expected_offsets: dict[PartitionKey, int],
+        new_offsets: dict[PartitionKey, int],
+        writes: list[_UserWrite],
+    ) -> bool:
+        """Atomically: if every user's n_total and the group's offsets still equal the expected
+        values, append items (trimming to max_seq_len), bump n_total, store blobs and offsets.
+        Returns False (changing nothing) otherwise."""
+
+    @abstractmethod
+    def _write_tables(self, version: str, rows: list[tuple[str, int, bytes]]) -> list[bool]:
+        """Per (user, expected n_total, blob): store the blob if n_total is unchanged."""

@@ -1,0 +1,164 @@
+"""Shared layers: vocabularies with hashed OOV buckets, embeddings, MLP, target attention, crossing.
+
+Every model in `models/` composes these; none re-implements them. Index 0 is padding everywhere,
+known ids are 1..V, unknown ids map to V+1..V+n_oov by a stable hash (serving never fails on a
+new id, and two unknown ids only share a row when their hashes collide).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD = 0
+
+
+def stable_hash(token: str) -> int:
+    """Process-independent hash (Python's `hash` is salted per process)."""
+    return zlib.crc32(token.encode("utf-8"))
+
+
+@dataclass
+class Vocab:
+    """Maps raw string ids to embedding rows: 0 = padding, 1..V known, V+1..V+n_oov hashed unknowns.
+
+    Args:
+        name: what the ids are ("user", "item", ...), kept in the artefact.
+        tokens: known ids in row order (row i+1).
+        n_oov_buckets: rows reserved for ids unseen at training time (>= 1).
+    """
+
+    name: str
+    tokens: list[str]
+    n_oov_buckets: int = 16
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.n_oov_buckets < 1:
+            raise ValueError(f"vocab {self.name!r}: n_oov_buckets ({self.n_oov_buckets}) must be >= 1")
+        self._index = {t: i + 1 for i, t in enumerate(self.tokens)}
+        if len(self._index) != len(self.tokens):
+            raise ValueError(f"vocab {self.name!r}: duplicate tokens")
+
+    @classmethod
+    def build(cls, name: str, tokens: Iterable[str], n_oov_buckets: int = 16) -> "Vocab":
+        """Known ids sorted by first appearance order of `tokens` (deduplicated)."""
+        return cls(name, list(dict.fromkeys(str(t) for t in tokens)), n_oov_buckets)
+
+    @property
+    def size(self) -> int:
+        """Embedding rows needed: padding + known + OOV buckets."""
+        return 1 + len(self.tokens) + self.n_oov_buckets
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def index(self, token: str) -> int:
+        i = self._index.get(token)
+        if i is not None:
+            return i
+        return 1 + len(self.tokens) + stable_hash(token) % self.n_oov_buckets
+
+    def encode(self, tokens: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.index(str(t)) for t in tokens), dtype=np.int64)
+
+    def is_known(self, token: str) -> bool:
+        return token in self._index
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "tokens": self.tokens, "n_oov_buckets": self.n_oov_buckets}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        return cls(d["name"], list(d["tokens"]), int(d["n_oov_buckets"]))
+
+
+class HashedEmbedding(nn.Embedding):
+    """nn.Embedding sized by a Vocab (padding row 0 stays zero)."""
+
+    def __init__(self, n_rows: int, dim: int, init_std: float = 0.05):
+        super().__init__(n_rows, dim, padding_idx=PAD)
+        nn.init.normal_(self.weight, std=init_std)
+        with torch.no_grad():
+            self.weight[PAD].zero_()
+
+
+class MLP(nn.Sequential):
+    """Linear -> ReLU (-> Dropout) blocks; `out_dim` adds a final linear layer without activation."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        super().__init__(*layers)
+        self.out_dim = d
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x (B, L, D) where mask (B, L) is true; all-masked rows give zeros."""
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
+
+
+class DotTargetAttention(nn.Module):
+    """Scaled dot-product target attention: softmax(q.k / sqrt(d)) over the sequence, masked.
+
+    The cheapest full attention; the baseline SDIM approximates.
+    """
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # query (B, D), keys (B, L, D), mask (B, L)
+        scores = torch.einsum("bd,bld->bl", query, keys) / math.sqrt(query.shape[-1])  # (B, L)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
+        return torch.einsum("bl,bld->bd", weights, keys)  # (B, D)
+
+
+class DinAttention(nn.Module):
+    """DIN's local activation unit: an MLP on [q, k, q-k, q*k] gives one unnormalised weight per behaviour."""
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (64, 32)):
+        super().__init__()
+        self.mlp = MLP(4 * dim, hidden, out_dim=1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # query (B, D), keys (B, L, D), mask (B, L)
+        q = query.unsqueeze(1).expand_as(keys)  # (B, L, D)
+        w = self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, L)
+        w = w * mask.to(w.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(w.dtype)  # length-normalised
+        return torch.einsum("bl,bld->bd", w, keys)  # (B, D)
+
+
+class CrossNetV2(nn.Module):
+    """DCNv2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l (full-rank W)."""
+
+    def __init__(self, dim: int, n_layers: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        for lin in self.layers:
+            nn.init.xavier_normal_(lin.weight, gain=0.1)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0  # (B, D)
+        for lin in self.layers:
+            x = x0 * lin(x) + x  # (B, D)
+        return x
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return F.normalize(x, dim=dim, eps=1e-12)

@@ -1,0 +1,107 @@
+"""Fine CTR ranker: SDIM long-term interest + DIN short-term attention + DCNv2 crossing, BCE.
+
+    item embedding e(i) = id_emb(i) + cat_emb(cat(i))        (the table the BSE hashes; see item_embedding_table)
+    long  = SDIM(e(target), e(hist))                           (or full target attention / nothing, see long_term)
+    short = DIN(e(target), e(hist[-short_len:]))
+    x0    = [user, e(target), long, short, e(target)*long, e(target)*short]
+    logit = w . [CrossNetV2(x0), MLP(x0)]
+
+The baselines are this same network with only the long-term block swapped, so AUC differences
+measure the long-term block alone:
+- long_term="sdim": the production model (bucket path at serving, `models/sdim.py`);
+- long_term="attention": scaled dot-product target attention over the whole long sequence;
+- long_term="none": DIN on the last `short_len` behaviours only.
+
+Batch keys: user (B,), item (B,), hist (B, L) right-aligned behaviours before the impression
+(0 = pad), label (B,) float in {0, 1}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding
+from models.sdim import SdimInterest
+from models.sdim_hash import SdimConfig
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    n_users: int
+    n_items: int
+    n_item_cats: int = 2
+    dim: int = 64  # must equal sdim.dim: the hasher projects these embeddings
+    long_term: Literal["sdim", "attention", "none"] = "sdim"
+    long_len: int = 1000  # behaviours the long-term block sees
+    short_len: int = 50  # DIN sees the last 50 behaviours
+    din_hidden: tuple[int, ...] = (64, 32)
+    cross_layers: int = 3
+    mlp_hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.0
+    use_user_id: bool = True
+    sdim: SdimConfig = field(default_factory=SdimConfig)
+
+    def __post_init__(self) -> None:
+        if self.long_term not in ("sdim", "attention", "none"):
+            raise ValueError(f"long_term ({self.long_term!r}) must be one of sdim, attention, none")
+        if self.long_term == "sdim" and self.sdim.dim != self.dim:
+            raise ValueError(f"sdim.dim ({self.sdim.dim}) must equal dim ({self.dim})")
+        if self.short_len > self.long_len:
+            raise ValueError(f"short_len ({self.short_len}) must be <= long_len ({self.long_len})")
+
+
+class CtrRanker(nn.Module):
+    def __init__(self, config: RankerConfig):
+        super().__init__()
+        c = self.config = config
+        self.user_emb = HashedEmbedding(c.n_users, c.dim)
+        self.item_emb = HashedEmbedding(c.n_items, c.dim)
+        self.cat_emb = HashedEmbedding(c.n_item_cats, c.dim)
+        self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))
+        self.long_block: nn.Module | None = {
+            "sdim": lambda: SdimInterest(c.sdim),
+            "attention": DotTargetAttention,
+            "none": lambda: None,
+        }[c.long_term]()
+        self.din = DinAttention(c.dim, c.din_hidden)
+        x_dim = 6 * c.dim
+        self.cross = CrossNetV2(x_dim, c.cross_layers)
+        self.mlp = MLP(x_dim, c.mlp_hidden, dropout=c.dropout)
+        self.head = nn.Linear(x_dim + self.mlp.out_dim, 1)
+
+    def set_item_categories(self, item_cat) -> None:
+        self.item_cat.copy_(torch.as_tensor(item_cat, dtype=torch.long))
+
+    def item_embed(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_emb(items) + self.cat_emb(self.item_cat[items])  # (..., d)
+
+    @torch.no_grad()
+    def item_embedding_table(self) -> np.ndarray:
+        """(n_items, d) float32: e(i) for every item row; the BSE hashes and sums these."""
+        return self.item_embed(torch.arange(self.config.n_items, device=self.item_cat.device)).float().cpu().numpy()
+
+    def long_interest(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        if self.long_block is None:
+            return torch.zeros_like(target)
+        seq = hist[:, -self.config.long_len :]  # (B, L)
+        return self.long_block(target, self.item_embed(seq), seq > 0)  # (B, d)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.config
+        target = self.item_embed(batch["item"])  # (B, d)
+        user = self.user_emb(batch["user"]) if c.use_user_id else torch.zeros_like(target)  # (B, d)
+        long = self.long_interest(target, batch["hist"])  # (B, d)
+        short_seq = batch["hist"][:, -c.short_len :]  # (B, 50)
+        short = self.din(target, self.item_embed(short_seq), short_seq > 0)  # (B, d)
+        x0 = torch.cat([user, target, long, short, target * long, target * short], dim=-1)  # (B, 6d)
+        logit = self.head(torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)).squeeze(-1)  # (B,)
+        out = {"logit": logit, "prob": torch.sigmoid(logit)}
+        if "label" in batch:
+            out["loss"] = F.binary_cross_entropy_with_logits(logit, batch["label"].float())
+        return out

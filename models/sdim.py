@@ -1,0 +1,125 @@
+"""SDIM long-term interest (Cao et al., CIKM 2022): the training path and the serving (bucket) path.
+
+Both use the one `SdimHasher` (models/sdim_hash.py), so a ranker trained end to end with these
+signatures is served exactly by the BSE's bucket tables:
+
+    interest(c) = mean_j  normalise( sum_{b : sig_j(e_b) = sig_j(e_c)} e_b )      (empty bucket -> 0)
+
+- `SdimInterest` (torch, training): per sample, collisions between the candidate and each
+  behaviour, O(L * S * d); gradients flow into the behaviour embeddings (hashing is a constant).
+- `build_bucket_tables` (numpy, BSE side): per signature j and bucket value s, the sum and count of
+  the behaviour embeddings hashing there; tables (S, 2**tau, d).
+- `sdim_interest_from_tables` (numpy or torch, ranker side): O(S * d) per candidate, independent of L.
+- `sdim_interest_naive`: the definition as a plain loop, for tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.layers import l2_normalize
+from models.sdim_hash import SdimConfig, SdimHasher
+
+__all__ = [
+    "SdimInterest",
+    "build_bucket_tables",
+    "normalize_tables",
+    "sdim_interest_from_tables",
+    "sdim_interest_naive",
+]
+
+
+class SdimInterest(nn.Module):
+    """Training path: long-term interest of each sample's candidate over its own sequence."""
+
+    def __init__(self, config: SdimConfig = SdimConfig()):
+        super().__init__()
+        self.config = config
+        self.hasher = SdimHasher(config)
+
+    def forward(self, cand_emb: torch.Tensor, seq_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # cand_emb (B, d), seq_emb (B, L, d), mask (B, L) true on real behaviours
+        with torch.no_grad():
+            seq_sig = self.hasher.signatures(seq_emb)  # (B, L, S)
+            cand_sig = self.hasher.signatures(cand_emb)  # (B, S)
+            collide = (seq_sig == cand_sig.unsqueeze(1)) & mask.unsqueeze(-1)  # (B, L, S), padding never collides
+        bucket_sum = torch.einsum("bls,bld->bsd", collide.to(seq_emb.dtype), seq_emb)  # (B, S, d)
+        return l2_normalize(bucket_sum).mean(1)  # (B, d); an empty bucket stays the zero vector
+
+
+def build_bucket_tables(
+    seq_emb: np.ndarray, hasher: SdimHasher, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """BSE side: bucket sums and counts of one user's behaviours.
+
+    Args:
+        seq_emb: (L, d) behaviour embeddings of the deployed ranker version.
+        hasher: the versioned hasher the ranker was trained with.
+        mask: (L,) bool, false on padding; None = all real.
+    Returns:
+        tables (S, 2**tau, d) float32 bucket sums; counts (S, 2**tau) int64.
+    """
+    c = hasher.config
+    seq_emb = np.asarray(seq_emb, dtype=np.float32)
+    if mask is not None:
+        seq_emb = seq_emb[np.asarray(mask, dtype=bool)]
+    sigs = hasher.signatures_np(seq_emb)  # (L, S)
+    tables = np.zeros((c.n_signatures, c.n_buckets, c.dim), dtype=np.float32)
+    counts = np.zeros((c.n_signatures, c.n_buckets), dtype=np.int64)
+    cols = np.broadcast_to(np.arange(c.n_signatures), sigs.shape)  # (L, S)
+    np.add.at(tables, (cols, sigs), seq_emb[:, None, :])
+    np.add.at(counts, (cols, sigs), 1)
+    return tables, counts
+
+
+def normalize_tables(tables):
+    """L2-normalise each bucket sum (..., d); zero buckets stay zero. numpy or torch."""
+    if isinstance(tables, torch.Tensor):
+        return l2_normalize(tables)
+    norms = np.linalg.norm(tables, axis=-1, keepdims=True)
+    return np.where(norms > 0, tables / np.maximum(norms, 1e-12), 0.0).astype(tables.dtype, copy=False)
+
+
+def sdim_interest_from_tables(tables, cand_sigs, normalized: bool = False):
+    """Ranker side: SDIM long-term interest of N candidates from one user's bucket tables.
+
+    Args:
+        tables: (S, B, d) float bucket sums (numpy or torch), B = 2**tau buckets per signature.
+        cand_sigs: (N, S) int bucket ids of the candidates under the same hasher.
+        normalized: tables are already L2-normalised per bucket (skips that O(S*B*d) step).
+    Returns:
+        (N, d): mean over the S signatures of the L2-normalised bucket sum each candidate falls in;
+        an empty bucket contributes a zero vector (and still counts in the mean).
+    """
+    normed = tables if normalized else normalize_tables(tables)
+    n_sig = normed.shape[0]
+    if isinstance(normed, torch.Tensor):
+        cand_sigs = torch.as_tensor(cand_sigs, device=normed.device, dtype=torch.long)
+        rows = torch.arange(n_sig, device=normed.device)
+        return normed[rows, cand_sigs].mean(1)  # (N, S, d) -> (N, d)
+    return normed[np.arange(n_sig), np.asarray(cand_sigs)].mean(1)  # (N, S, d) -> (N, d)
+
+
+def sdim_interest_naive(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
+    """The definition, one candidate and one signature at a time (tests only).
+
+    Args:
+        seq_emb: (L, d); cand_emb: (N, d). Returns (N, d).
+    """
+    seq_sig = hasher.signatures_np(seq_emb)
+    cand_sig = hasher.signatures_np(cand_emb)
+    n, s = cand_sig.shape
+    out = np.zeros((n, seq_emb.shape[1]), dtype=np.float64)
+    for i in range(n):
+        for j in range(s):
+            acc = np.zeros(seq_emb.shape[1], dtype=np.float64)
+            for b in range(seq_emb.shape[0]):
+                if seq_sig[b, j] == cand_sig[i, j]:
+                    acc += seq_emb[b]
+            norm = np.linalg.norm(acc)
+            if norm > 0:
+                out[i] += acc / norm
+        out[i] /= s
+    return out

@@ -1,0 +1,249 @@
+"""Dataset builders: samples whose features are taken as of the sample's own time (no leakage).
+
+Every sample (a retrieval target or a CTR impression) carries a user row, an item row, its time
+and a pointer `end` into a `SequenceStore` of that user's behaviours; its history is
+`store[user_start : end]`, where `end` is the first behaviour at or after the sample's time. So a
+sample never sees a behaviour from its own instant or later, whatever order samples are batched in.
+
+Builders:
+- `build_ml100k_retrieval`: MovieLens-100k, per user time-ordered; the last interaction is the
+  test target, the one before it the validation target, the rest train (leave-last-out).
+- `build_ml100k_ctr`: the same split with one random unseen item per positive as a negative.
+- `build_synthetic_ctr`: impressions of the synthetic world labelled by later clicks, split by
+  global time (last impression round = test, the one before = validation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.layers import Vocab
+from pipelines.data.synthetic import CLICK, IMPRESSION, VIEW, SyntheticConfig, generate_world
+
+log = logging.getLogger(__name__)
+
+
+class SequenceStore:
+    """Behaviour sequences of all users in CSR form, sorted by (user row, ts).
+
+    Args:
+        users, items, ts_ms: (n,) one row per behaviour; users and items are embedding rows.
+        n_users: number of user rows (Vocab.size).
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, ts_ms: np.ndarray, n_users: int):
+        order = np.lexsort((ts_ms, users))
+        self.users = np.asarray(users, dtype=np.int64)[order]
+        self.items = np.asarray(items, dtype=np.int64)[order]
+        self.ts_ms = np.asarray(ts_ms, dtype=np.int64)[order]
+        self.user_ptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.add.at(self.user_ptr, self.users + 1, 1)
+        self.user_ptr = np.cumsum(self.user_ptr)
+        self._offset = int(self.ts_ms.min(initial=0)) - 1
+        self._span = int(self.ts_ms.max(initial=0)) - self._offset + 2
+        if n_users * self._span >= 2**62:
+            raise ValueError(f"SequenceStore: n_users ({n_users}) x time span ({self._span} ms) overflows int64 keys")
+        self._key = self.users * self._span + (self.ts_ms - self._offset)  # sorted
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def end_before(self, users: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+        """Index one past the user's last behaviour strictly before ts_ms."""
+        rel = np.clip(np.asarray(ts_ms, dtype=np.int64) - self._offset, 0, self._span - 1)
+        return np.searchsorted(self._key, np.asarray(users, dtype=np.int64) * self._span + rel, side="left")
+
+    def gather(self, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+        """(B, length) the last `length` behaviours before each end, right-aligned, 0-padded."""
+        idx = ends[:, None] - length + np.arange(length)[None, :]  # (B, length)
+        valid = idx >= self.user_ptr[users][:, None]
+        return np.where(valid, self.items[np.clip(idx, 0, None)], 0)
+
+    def history(self, user: int, end: int) -> np.ndarray:
+        return self.items[self.user_ptr[user] : end]
+
+
+@dataclass
+class Samples:
+    """Training or evaluation samples over a shared SequenceStore.
+
+    batches() yields dicts of tensors: user (B,), item (B,), hist (B, hist_len), [label (B,)].
+    """
+
+    store: SequenceStore
+    user: np.ndarray
+    item: np.ndarray
+    ts_ms: np.ndarray
+    end: np.ndarray
+    hist_len: int
+    label: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, idx: np.ndarray) -> "Samples":
+        return replace(self, user=self.user[idx], item=self.item[idx], ts_ms=self.ts_ms[idx], end=self.end[idx],
+                       label=None if self.label is None else self.label[idx])
+
+    def shard(self, rank: int, world_size: int) -> "Samples":
+        """Every world_size-th sample starting at rank (data-parallel workers)."""
+        return self.subset(np.arange(rank, len(self), world_size))
+
+    def n_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {
+            "user": torch.from_numpy(self.user[idx]),
+            "item": torch.from_numpy(self.item[idx]),
+            "hist": torch.from_numpy(self.store.gather(self.user[idx], self.end[idx], self.hist_len)),
+        }
+        if self.label is not None:
+            out["label"] = torch.from_numpy(self.label[idx].astype(np.float32))
+        return out
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+    @property
+    def window(self) -> dict[str, int]:
+        return {"start_ts_ms": int(self.ts_ms.min(initial=0)), "end_ts_ms": int(self.ts_ms.max(initial=0)), "n_samples": len(self)}
+
+
+@dataclass
+class Splits:
+    """train / valid / test samples plus what a model needs to be built and served."""
+
+    task: str  # "retrieval" | "ranking"
+    train: Samples
+    valid: Samples
+    test: Samples
+    vocabs: dict[str, Vocab]
+    item_cat: np.ndarray  # (n_item_rows,) category row of every item row
+    catalogue: np.ndarray  # item rows a retrieval model ranks over (the known items)
+    meta: dict = field(default_factory=dict)  # JSON-safe facts that go into the manifest
+    extras: dict = field(default_factory=dict)  # ground truth for benchmarks (not serialised)
+
+    def model_dims(self) -> dict[str, int]:
+        return {"n_users": self.vocabs["user"].size, "n_items": self.vocabs["item"].size,
+                "n_item_cats": self.vocabs["item_cat"].size}
+
+    @property
+    def data_window(self) -> dict:
+        return {"train": self.train.window, "valid": self.valid.window, "test": self.test.window, **self.meta}
+
+
+def _item_cat_rows(item_vocab: Vocab, cat_vocab: Vocab, cats_by_token: dict[str, str]) -> np.ndarray:
+    out = np.zeros(item_vocab.size, dtype=np.int64)
+    for i, tok in enumerate(item_vocab.tokens):
+        if tok in cats_by_token:
+            out[i + 1] = cat_vocab.index(cats_by_token[tok])
+    return out
+
+
+def build_ml100k_retrieval(hist_len: int = 200, data=None) -> Splits:
+    """MovieLens-100k leave-last-out: per user, last interaction = test, previous = valid."""
+    if data is None:
+        from pipelines.data.movielens import load_ml100k
+
+        data = load_ml100k()
+    inter = data.interactions  # sorted by ts_ms (stable)
+    users = Vocab.build("user", sorted(data.users["user_id"], key=int))
+    items = Vocab.build("item", sorted(data.items["item_id"], key=int))
+    first_genre = {i: (g.split()[0] if g else "none") for i, g in zip(data.items["item_id"], data.items["genres"])}
+    cats = Vocab.build("item_cat", sorted(set(first_genre.values())))
+    u = users.encode(inter["user_id"])
+    it = items.encode(inter["item_id"])
+    ts = inter["ts_ms"].to_numpy(np.int64)
+    store = SequenceStore(u, it, ts, users.size)
+    from_end = pd.Series(u).groupby(u).cumcount(ascending=False).to_numpy()  # 0 = user's last interaction
+    end = store.end_before(u, ts)
+
+    def part(mask: np.ndarray) -> Samples:
+        return Samples(store, u[mask], it[mask], ts[mask], end[mask], hist_len)
+
+    return Splits("retrieval", part(from_end >= 2), part(from_end == 1), part(from_end == 0),
+                  {"user": users, "item": items, "item_cat": cats}, _item_cat_rows(items, cats, first_genre),
+                  catalogue=np.arange(1, len(items) + 1), meta={"dataset": "ml100k", "split": "leave-last-out"})
+
+
+def _with_negatives(s: Samples, n_items: int, seed: int) -> Samples:
+    """Each positive plus one random item the user had not interacted with before, label 0."""
+    rng = np.random.default_rng(seed)
+    neg = rng.integers(1, n_items + 1, len(s))
+    for k in range(len(s)):  # resample the rare collisions with the user's history
+        hist = s.store.history(s.user[k], s.end[k])
+        while neg[k] == s.item[k] or neg[k] in hist:
+            neg[k] = rng.integers(1, n_items + 1)
+    return Samples(s.store, np.concatenate([s.user, s.user]), np.concatenate([s.item, neg]),
+                   np.concatenate([s.ts_ms, s.ts_ms]), np.concatenate([s.end, s.end]), s.hist_len,
+                   label=np.concatenate([np.ones(len(s)), np.zeros(len(s))]).astype(np.float32))
+
+
+def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None) -> Splits:
+    r = build_ml100k_retrieval(hist_len, data)
+    n = len(r.vocabs["item"])
+    return replace(r, task="ranking", train=_with_negatives(r.train, n, seed), valid=_with_negatives(r.valid, n, seed + 1),
+                   test=_with_negatives(r.test, n, seed + 2), meta={**r.meta, "negatives": "1 random unseen per positive"})
+
+
+def build_ctr_samples(frame: pd.DataFrame, n_user_rows: int, hist_len: int,
+                      behaviour_types: Sequence[int] = (VIEW, CLICK)) -> tuple[Samples, np.ndarray]:
+    """Impressions labelled by a later click on the same request and item.
+
+    Args:
+        frame: int-coded events: user, item (embedding rows), type, ts_ms, request.
+        behaviour_types: event types that form the behaviour sequence.
+    Returns:
+        (samples, request number of each sample).
+    """
+    beh = frame[frame["type"].isin(list(behaviour_types))]
+    store = SequenceStore(beh["user"].to_numpy(), beh["item"].to_numpy(), beh["ts_ms"].to_numpy(), n_user_rows)
+    imp = frame[frame["type"] == IMPRESSION]
+    clicks = frame[frame["type"] == CLICK][["request", "item", "ts_ms"]].rename(columns={"ts_ms": "click_ts"})
+    imp = imp.merge(clicks, on=["request", "item"], how="left")
+    label = (imp["click_ts"].notna() & (imp["click_ts"] >= imp["ts_ms"])).to_numpy(np.float32)
+    u, ts = imp["user"].to_numpy(np.int64), imp["ts_ms"].to_numpy(np.int64)
+    samples = Samples(store, u, imp["item"].to_numpy(np.int64), ts, store.end_before(u, ts), hist_len, label)
+    return samples, imp["request"].to_numpy(np.int64)
+
+
+def build_synthetic_ctr(cfg: SyntheticConfig, hist_len: int | None = None,
+                        behaviour_types: Sequence[int] = (VIEW,)) -> Splits:
+    """Synthetic CTR samples split by time: last impression round = test, the one before = valid.
+
+    Behaviours default to views only: the clicks on impressions are the labels, and keeping them
+    out of the history keeps the long-term interests strictly invisible in the last 50 behaviours.
+    """
+    world = generate_world(cfg)
+    users = Vocab("user", [f"u{i}" for i in range(cfg.n_users)])
+    items = Vocab("item", [f"i{i}" for i in range(cfg.n_items)])
+    cats = Vocab("item_cat", [f"c{i}" for i in range(cfg.n_categories)])
+    frame = world.frame.assign(user=world.frame["user"] + 1, item=world.frame["item"] + 1)  # ids -> rows
+    samples, request = build_ctr_samples(frame, users.size, hist_len or cfg.seq_len, behaviour_types)
+    t0 = cfg.start_ts_ms + cfg.seq_len * cfg.view_gap_ms + cfg.impression_gap_ms
+    valid_start = t0 + (cfg.n_impressions - 2) * cfg.impression_gap_ms
+    test_start = valid_start + cfg.impression_gap_ms
+    item_cat = np.zeros(items.size, dtype=np.int64)
+    item_cat[1 : cfg.n_items + 1] = world.item_category + 1
+    ts = samples.ts_ms
+    return Splits(
+        "ranking",
+        samples.subset(np.flatnonzero(ts < valid_start)),
+        samples.subset(np.flatnonzero((ts >= valid_start) & (ts < test_start))),
+        samples.subset(np.flatnonzero(ts >= test_start)),
+        {"user": users, "item": items, "item_cat": cats},
+        item_cat,
+        catalogue=np.arange(1, cfg.n_items + 1),
+        meta={"dataset": "synthetic", "split": "time", "valid_start_ts_ms": int(valid_start),
+              "test_start_ts_ms": int(test_start), "behaviour_types": [int(t) for t in behaviour_types]},
+        extras={"click_prob_test": world.click_prob[request[ts >= test_start]], "world": world},
+    )

@@ -1,0 +1,44 @@
+"""The walking-skeleton processor: item popularity and each user's seen/recent items in Redis.
+
+Keys (prefix `rs` by default):
+  <p>:pop                 ZSET item -> weighted count of positive events
+  <p>:seen:<user>         SET  items the user has interacted with (filters recommendations)
+  <p>:recent:<user>       ZSET item -> last event ts (ms), capped at recent_items_max
+"""
+
+from __future__ import annotations
+
+import redis
+
+from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
+from recstream.events import EventType
+
+# Explicit feedback counts more than a view; impressions are exposure, not interest.
+WEIGHTS = {EventType.purchase: 3.0, EventType.like: 2.0, EventType.rating: 1.0, EventType.click: 1.0,
+           EventType.view: 0.5, EventType.impression: 0.0}
+
+
+class PopularityHandler(RedisTransactionalHandler):
+    name = "popularity"
+
+    def __init__(self, client: redis.Redis, prefix: str = "rs", recent_items_max: int = 200):
+        super().__init__(client, prefix)
+        self.recent_items_max = recent_items_max
+
+    def write(self, pipe, events: list[SourcedEvent]) -> None:
+        p = self.prefix
+        pop: dict[str, float] = {}
+        recent: dict[str, dict[str, int]] = {}
+        for se in events:
+            e = se.event
+            w = WEIGHTS[e.type]
+            if w > 0:
+                pop[e.item_id] = pop.get(e.item_id, 0.0) + w
+            if e.type != EventType.impression:
+                recent.setdefault(e.user_id, {})[e.item_id] = e.ts
+        for item, w in pop.items():
+            pipe.zincrby(f"{p}:pop", w, item)
+        for user, items in recent.items():
+            pipe.sadd(f"{p}:seen:{user}", *items)
+            pipe.zadd(f"{p}:recent:{user}", items, gt=True)
+            pipe.zremrangebyrank(f"{p}:recent:{user}", 0, -self.recent_items_max - 1)

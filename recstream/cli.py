@@ -1,0 +1,279 @@
+"""The `recstream` command: the one module that reaches pipelines, services and deploy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+import typer
+
+from recstream.logs import setup_logging
+from recstream.settings import Settings, get_settings
+
+app = typer.Typer(help="recstream: streaming, online-serving recommender platform.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis stack.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+log = logging.getLogger("recstream.cli")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+          json_logs: bool = typer.Option(False, "--json-logs", help="structured JSON log lines")) -> None:
+    setup_logging(logging.DEBUG if verbose else logging.INFO, json_lines=json_logs)
+
+
+def _stack(settings: Settings):
+    from deploy.local import LocalStack, StackConfig
+
+    return LocalStack(StackConfig(home=settings.home))
+
+
+def _external_servers() -> bool:
+    """True when the user pointed us at their own Kafka and Redis."""
+    return bool(os.environ.get("RECSTREAM_KAFKA_BOOTSTRAP") and os.environ.get("RECSTREAM_REDIS_URL"))
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and Redis (idempotent) and create the topics."""
+    from recstream.errors import StackError
+    from recstream.kafka_io import ensure_topics
+
+    s = get_settings()
+    try:
+        st = _stack(s).up()
+        ensure_topics(s)
+    except StackError as e:
+        _fail(e)
+    typer.echo(json.dumps(st.__dict__, indent=2))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local Kafka and Redis."""
+    _stack(get_settings()).down()
+    typer.echo("stack stopped")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show whether Kafka and Redis are running and ready."""
+    st = _stack(get_settings()).status()
+    typer.echo(json.dumps({**st.__dict__, "ready": st.ready}, indent=2))
+    raise typer.Exit(0 if st.ready else 3)
+
+
+@app.command()
+def topics(partitions: Optional[int] = typer.Option(None, help="partitions for new topics")) -> None:
+    """Create the platform's Kafka topics when missing."""
+    from recstream.kafka_io import ensure_topics
+
+    typer.echo("\n".join(ensure_topics(get_settings(), partitions)))
+
+
+@app.command()
+def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
+            limit: Optional[int] = typer.Option(None, help="produce at most this many events"),
+            users: int = typer.Option(1000, help="synthetic: users"),
+            items: int = typer.Option(5000, help="synthetic: items"),
+            seq_len: int = typer.Option(200, help="synthetic: behaviours per user"),
+            seed: int = typer.Option(0, help="synthetic: seed")) -> None:
+    """Produce a dataset's events to the events topic."""
+    import itertools
+
+    from pipelines.produce import produce_events
+
+    if dataset == "ml100k":
+        from pipelines.data.movielens import ml100k_events
+
+        events, total = ml100k_events(limit=limit), limit or 100_000
+    elif dataset == "synthetic":
+        from pipelines.data.synthetic import SyntheticConfig, generate_events
+
+        cfg = SyntheticConfig(n_users=users, n_items=items, seq_len=seq_len, seed=seed)
+        total = users * seq_len if limit is None else min(limit, users * seq_len)
+        events = itertools.islice(generate_events(cfg), total)
+    else:
+        raise typer.BadParameter(f"dataset must be ml100k or synthetic, got {dataset!r}", param_hint="DATASET")
+    n = produce_events(events, get_settings(), total=total)
+    typer.echo(f"produced {n} events to {get_settings().events_topic}")
+
+
+@app.command()
+def process(name: str = typer.Argument("popularity", help="processor: popularity"),
+            max_idle_s: Optional[float] = typer.Option(None, help="exit after this long without new events"),
+            metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)")) -> None:
+    """Run a stream processor (consumer group, manual commits, DLQ)."""
+    import redis
+    from prometheus_client import start_http_server
+
+    from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
+
+    s = get_settings()
+    if name != "popularity":
+        raise typer.BadParameter(f"unknown processor {name!r}; available: popularity", param_hint="NAME")
+    if metrics_port:
+        start_http_server(metrics_port)
+    handler = PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
+    proc = StreamProcessor(handler, ProcessorConfig(name=name), s)
+    proc.install_signal_handlers()
+    proc.run(max_idle_s=max_idle_s)
+    typer.echo(f"{name}: applied {proc.applied_total} events, {proc.dlq_total} to the DLQ")
+
+
+def _start_serve(settings: Settings, config) -> str:
+    import ray
+    from ray import serve
+
+    from services.app import build_app
+
+    if not ray.is_initialized():
+        # Logical CPUs: replicas reserve fractions (ServeConfig.num_cpus), so several deployments fit on 2 cores.
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, namespace="recstream")
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config={"log_level": "WARNING"})
+    serve.run(build_app(settings, config), name="recstream", route_prefix="/", blocking=False)
+    return f"http://{config.host}:{config.port}"
+
+
+@app.command()
+def serve(port: int = typer.Option(8000, help="HTTP port"), host: str = typer.Option("127.0.0.1", help="bind address"),
+          layout: str = typer.Option("fused", help="fused | split")) -> None:
+    """Run the Ray Serve application until interrupted."""
+    from services.config import ServeConfig
+
+    url = _start_serve(get_settings(), ServeConfig(port=port, host=host, layout=layout))
+    typer.echo(f"serving on {url}  (OpenAPI docs: {url}/docs)")
+    _wait_forever()
+
+
+def _wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+
+
+@app.command()
+def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", help="exit after the sample requests (tests, CI)"),
+         limit: Optional[int] = typer.Option(None, help="produce at most this many ML-100k events"),
+         port: int = typer.Option(8000, help="HTTP port")) -> None:
+    """Everything end to end: stack, ML-100k -> Kafka -> processor -> Redis -> Ray Serve -> impressions."""
+    import httpx
+    import redis
+
+    from pipelines.data.movielens import ml100k_events
+    from pipelines.produce import produce_events
+    from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
+    from recstream.errors import StackError
+    from recstream.kafka_io import ensure_topics
+    from services.config import ServeConfig
+
+    s = get_settings()
+    t0 = time.monotonic()
+    try:
+        if not _external_servers():
+            typer.echo("starting the local stack (Kafka KRaft + Redis)...")
+            _stack(s).up()
+        ensure_topics(s)
+    except StackError as e:
+        _fail(e)
+    typer.echo(f"stack ready in {time.monotonic() - t0:.1f}s: kafka={s.kafka_bootstrap} redis={s.redis_url}")
+
+    want = limit or 100_000
+    have = _topic_size(s)
+    if have >= want:
+        # Re-producing would count every rating twice; the topic already holds the dataset.
+        n = 0
+        typer.echo(f"{s.events_topic} already holds {have} events; not producing MovieLens-100k again")
+    else:
+        n = produce_events(ml100k_events(limit=limit), s, total=want)
+        typer.echo(f"produced {n} MovieLens-100k events")
+
+    handler = PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
+    proc = StreamProcessor(handler, ProcessorConfig(name="popularity"), s)
+    worker = threading.Thread(target=proc.run, name="processor", daemon=True)
+    worker.start()
+    r = redis.Redis.from_url(s.redis_url)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        # Caught up when the group's stored offsets reach the log end.
+        if _topic_size(s) <= sum(handler.stored_offsets(s.events_topic).values()):
+            break
+        time.sleep(0.5)
+    typer.echo(f"processor applied {proc.applied_total} new events; {r.zcard(s.redis_prefix + ':pop')} items have popularity")
+
+    url = _start_serve(s, ServeConfig(port=port))
+    typer.echo(f"Ray Serve is up: {url}  (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for user in ("1", "42", "not-a-known-user"):
+            resp = client.post("/v1/recommend", json={"user_id": user, "k": 5})
+            typer.echo(f"POST /v1/recommend user_id={user!r} -> {resp.status_code} {resp.text}")
+    if exit_after_samples:
+        proc.stop()
+        worker.join(timeout=30)
+        from ray import serve as ray_serve
+
+        import ray
+
+        ray_serve.shutdown()
+        ray.shutdown()
+        typer.echo("demo done")
+        return
+    typer.echo("serving until Ctrl-C; the processor keeps consuming new events")
+    _wait_forever()
+    proc.stop()
+
+
+def _topic_size(s: Settings) -> int:
+    """Records in the events topic (sum of partition end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, client_id="recstream-cli", enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(s.events_topic) or set()
+        tps = [TopicPartition(s.events_topic, p) for p in parts]
+        return sum(c.end_offsets(tps).values()) if tps else 0
+    finally:
+        c.close()
+
+
+def _mount_optional() -> None:
+    """Sub-commands owned by other packages; absent packages simply do not appear."""
+    try:
+        from pipelines.training.commands import app as training_app
+
+        for cmd in training_app.registered_commands:
+            app.registered_commands.append(cmd)
+    except ImportError:
+        pass
+    try:
+        from pipelines.bse_commands import app as bse_app
+
+        app.add_typer(bse_app, name="bse")
+    except ImportError:
+        pass
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

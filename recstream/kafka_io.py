@@ -1,0 +1,83 @@
+"""Kafka helpers shared by processors, services and tools: topics, producers, DLQ records.
+
+The producer is idempotent with `acks=all`, so a retried send never duplicates a record in the
+log; consumers use manual commits (see pipelines/stream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Iterable
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from recstream.errors import StackError
+from recstream.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(settings: Settings | None = None, partitions: int | None = None, extra: Iterable[str] = ()) -> list[str]:
+    """Create the platform's topics when missing (idempotent). Returns the topic names."""
+    s = settings or get_settings()
+    n = partitions or s.topic_partitions
+    names = [s.events_topic, s.dlq_topic, s.impressions_topic, *extra]
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, client_id="recstream-admin", request_timeout_ms=15000)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in names if t not in existing]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(name=t, num_partitions=n, replication_factor=1) for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # a concurrent creator won the race; the topic is what we wanted
+        # Metadata propagates asynchronously; wait so a producer right after us sees the topics.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not set(names) <= set(admin.list_topics()):
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    return names
+
+
+def make_producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
+    """An idempotent, acks=all producer with string keys and bytes values."""
+    s = settings or get_settings()
+    cfg = dict(
+        bootstrap_servers=s.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        compression_type=None,
+        key_serializer=lambda k: k.encode("utf-8") if isinstance(k, str) else k,
+        client_id="recstream-producer",
+    )
+    cfg.update(overrides)
+    try:
+        return KafkaProducer(**cfg)
+    except Exception as e:
+        raise StackError(f"cannot connect a Kafka producer to {s.kafka_bootstrap}: {e}") from e
+
+
+def dlq_record(raw: bytes | None, error: str, topic: str, partition: int, offset: int, processor: str) -> bytes:
+    """A DLQ value: the original bytes (as text when UTF-8, else base64), the error and the source."""
+    import base64
+
+    raw = raw or b""
+    try:
+        original, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return json.dumps({
+        "error": error,
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "processor": processor,
+        "original": original,
+        "original_encoding": encoding,
+        "ts": int(time.time() * 1000),
+    }).encode("utf-8")

@@ -1,0 +1,34 @@
+"""Logging set-up: human-readable by default, one JSON object per line with --json-logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: int = logging.INFO, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # kafka-python logs every connection at INFO; keep our own INFO lines readable.
+    for noisy in ("kafka", "urllib3", "httpx", "filelock", "ray"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Its event-loop watchdog warns about slow batches under load; not actionable for users.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)

@@ -1,0 +1,1 @@
+"""Long-running online services: the Ray Serve application and its stages."""

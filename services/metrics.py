@@ -1,0 +1,13 @@
+"""Prometheus metrics of the serving path (prefix `recstream_`), exported at /metrics per replica."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STAGE_LATENCY = Histogram("recstream_stage_latency_seconds", "latency per serving stage", ["stage"],
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+CANDIDATES = Histogram("recstream_stage_candidates", "items out of each stage", ["stage"],
+                       buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 5000))
+DEGRADED = Counter("recstream_degraded_total", "answers served with a fallback", ["stage", "reason"])
+REQUESTS = Counter("recstream_requests_total", "recommend requests answered", ["variant"])
+IMPRESSIONS_LOGGED = Counter("recstream_impression_log_sent_total", "impression records handed to Kafka")
+IMPRESSIONS_DROPPED = Counter("recstream_impression_log_dropped_total", "impression records dropped", ["reason"])
+MODEL_VERSION = Gauge("recstream_model_version_info", "served model versions (value 1)", ["stage", "version"])
