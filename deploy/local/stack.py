@@ -38,6 +38,7 @@ def _default_home() -> Path:
 @dataclass(frozen=True)
 class StackConfig:
     home: Path = field(default_factory=_default_home)
+    stack_name: str = "stack"  # data/logs folder under home; tests use their own beside the demo's
     host: str = "127.0.0.1"
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
@@ -55,7 +56,7 @@ class StackConfig:
 
     @property
     def stack_dir(self) -> Path:
-        return self.home / "stack"
+        return self.home / self.stack_name
 
     @property
     def kafka_libs(self) -> Path:

@@ -1,0 +1,36 @@
+"""BSE: per-user behaviour sequences and SDIM bucket-sum tables (DESIGN.md, "SDIM and the BSE service")."""
+
+from features.bse.embeddings import ArrayItemEmbeddings, ItemEmbeddings, stable_bucket
+from features.bse.memory import InMemoryBseStore
+from features.bse.redis_store import RedisBseStore
+from features.bse.store import (
+    DEFAULT_ITEM_BITS,
+    DEFAULT_MAX_SEQ_LEN,
+    ApplyResult,
+    Behaviour,
+    BseStore,
+    RebuildResult,
+    TableVersion,
+    interest_from_table,
+    naive_interest,
+)
+
+SequenceStore = BseStore  # the name issue 4 uses for the same interface
+
+__all__ = [
+    "ApplyResult",
+    "ArrayItemEmbeddings",
+    "Behaviour",
+    "BseStore",
+    "DEFAULT_ITEM_BITS",
+    "DEFAULT_MAX_SEQ_LEN",
+    "InMemoryBseStore",
+    "ItemEmbeddings",
+    "RebuildResult",
+    "RedisBseStore",
+    "SequenceStore",
+    "TableVersion",
+    "interest_from_table",
+    "naive_interest",
+    "stable_bucket",
+]

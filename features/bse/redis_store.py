@@ -1,0 +1,243 @@
+"""Redis BSE store.
+
+Keys (prefix = Settings.redis_prefix):
+    {p}:bse:seq:{user}            list of item ids, oldest first, capped at max_seq_len
+    {p}:bse:n:{user}              behaviours ever appended (compare-and-set token)
+    {p}:bse:tab:{version}:{user}  packed table blob (features.bse._codec)
+    {p}:bse:off:{group}           hash "topic:partition" -> next offset to apply
+    {p}:bse:ver:{version}         hash of the version's parameters (hasher, step, ...)
+
+An apply costs two round trips whatever the batch size: one MULTI/EXEC pipeline that reads a
+snapshot (offsets, counters, lengths, eviction heads, blobs), then one Lua script that checks
+the counters and offsets still match the snapshot and only then writes sequences, tables and
+offsets. Redis runs a script atomically and, with appendonly, logs its effects as one
+transaction, so offsets never survive a restart without the state they describe. The new
+tables are computed in Python (numpy) between the two trips, which keeps the script short and
+Redis' single thread free of arithmetic. The script touches many users' keys, so it needs a
+single Redis (or one cluster slot); Redis Cluster would need per-slot offset hashes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import redis
+
+from features.bse.store import (
+    DEFAULT_MAX_SEQ_LEN,
+    BseStore,
+    PartitionKey,
+    TableVersion,
+    _UserSnapshot,
+    _UserWrite,
+)
+from features.errors import TableVersionMismatch
+
+_LUA_CHUNK = 1000  # RPUSH arguments per unpack(): Lua's C stack holds ~8000
+
+_WRITE_SCRIPT = """
+local off_key = KEYS[1]
+local max_len = tonumber(ARGV[1])
+local n_off = tonumber(ARGV[2])
+local a = 3
+for i = 1, n_off do
+  local cur = redis.call('HGET', off_key, ARGV[a])
+  local exp = ARGV[a + 1]
+  if (cur == false and exp ~= '') or (cur ~= false and cur ~= exp) then return 0 end
+  a = a + 3
+end
+local n_users = tonumber(ARGV[a]); local n_ver = tonumber(ARGV[a + 1]); a = a + 2
+local first = a
+local k = 2
+for u = 1, n_users do
+  local cur = redis.call('GET', KEYS[k]) or '0'
+  if cur ~= ARGV[a] then return 0 end
+  a = a + 3 + tonumber(ARGV[a + 1]) + n_ver  -- expected, n_items, items, blobs, new_n
+  k = k + 2 + n_ver
+end
+a = first; k = 2
+for u = 1, n_users do
+  local n_items = tonumber(ARGV[a + 1])
+  redis.call('SET', KEYS[k], ARGV[a + n_items + 2 + n_ver])
+  a = a + 2
+  local i = 0
+  while i < n_items do
+    local hi = math.min(i + CHUNK, n_items)
+    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, a + i, a + hi - 1))
+    i = hi
+  end
+  if n_items > 0 then redis.call('LTRIM', KEYS[k + 1], -max_len, -1) end
+  a = a + n_items
+  for v = 1, n_ver do
+    redis.call('SET', KEYS[k + 1 + v], ARGV[a]); a = a + 1
+  end
+  a = a + 1
+  k = k + 2 + n_ver
+end
+a = 3
+for i = 1, n_off do
+  redis.call('HSET', off_key, ARGV[a], ARGV[a + 2]); a = a + 3
+end
+return 1
+""".replace("CHUNK", str(_LUA_CHUNK))
+
+_WRITE_TABLES_SCRIPT = """
+local ok = {}
+for u = 1, #KEYS / 2 do
+  local cur = redis.call('GET', KEYS[2 * u - 1]) or '0'
+  if cur == ARGV[2 * u - 1] then
+    redis.call('SET', KEYS[2 * u], ARGV[2 * u]); ok[u] = 1
+  else
+    ok[u] = 0
+  end
+end
+return ok
+"""
+
+
+class RedisBseStore(BseStore):
+    """BSE store in one Redis.
+
+    Args:
+        client: a redis-py client with decode_responses=False (blobs are binary).
+        prefix: key prefix (Settings.redis_prefix).
+        versions, max_seq_len, max_attempts: see BseStore.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "rs",
+        versions: Sequence[TableVersion] = (),
+        max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+        max_attempts: int = 5,
+    ):
+        self.r = client
+        self.prefix = prefix
+        self._write_script = client.register_script(_WRITE_SCRIPT)
+        self._write_tables_script = client.register_script(_WRITE_TABLES_SCRIPT)
+        super().__init__(versions, max_seq_len=max_seq_len, max_attempts=max_attempts)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "rs", **kwargs) -> "RedisBseStore":
+        return cls(redis.Redis.from_url(url, decode_responses=False), prefix=prefix, **kwargs)
+
+    # ---- keys ---------------------------------------------------------------------------------
+
+    def _k_seq(self, u: str) -> str:
+        return f"{self.prefix}:bse:seq:{u}"
+
+    def _k_n(self, u: str) -> str:
+        return f"{self.prefix}:bse:n:{u}"
+
+    def _k_tab(self, version: str, u: str) -> str:
+        return f"{self.prefix}:bse:tab:{version}:{u}"
+
+    def _k_off(self, group: str) -> str:
+        return f"{self.prefix}:bse:off:{group}"
+
+    @staticmethod
+    def _field(key: PartitionKey) -> str:
+        return f"{key[0]}:{key[1]}"
+
+    # ---- public -------------------------------------------------------------------------------
+
+    def committed_offsets(self, group: str) -> dict[PartitionKey, int]:
+        out = {}
+        for f, v in self.r.hgetall(self._k_off(group)).items():
+            topic, _, part = f.decode().rpartition(":")
+            out[(topic, int(part))] = int(v)
+        return out
+
+    def table_bytes(self, user_id: str, version: str | TableVersion) -> int:
+        name = version.name if isinstance(version, TableVersion) else version
+        # SAMPLES 0: exact for a string; includes key, object header and allocator rounding
+        return int(self.r.memory_usage(self._k_tab(name, user_id), samples=0) or 0)
+
+    def users(self) -> Iterator[str]:
+        head = len(self._k_n(""))
+        for k in self.r.scan_iter(match=f"{self.prefix}:bse:n:*", count=1000):
+            yield k.decode()[head:]
+
+    # ---- backend primitives -------------------------------------------------------------------
+
+    def _check_params(self, version: str, params: dict[str, str]) -> None:
+        key = f"{self.prefix}:bse:ver:{version}"
+        pipe = self.r.pipeline(transaction=True)
+        for f, v in params.items():
+            pipe.hsetnx(key, f, v)
+        pipe.hgetall(key)
+        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        for f, v in params.items():
+            if stored.get(f) != v:
+                raise TableVersionMismatch(version, f, str(stored.get(f)), v)
+
+    def _read_offsets(self, group: str, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
+        if not keys:
+            return {}
+        vals = self.r.hmget(self._k_off(group), [self._field(k) for k in keys])
+        return {k: int(v) for k, v in zip(keys, vals) if v is not None}
+
+    def _read_users(self, n_new: dict[str, int], versions: list[str]) -> dict[str, _UserSnapshot]:
+        pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: one consistent snapshot
+        for u, n in n_new.items():
+            pipe.get(self._k_n(u))
+            pipe.llen(self._k_seq(u))
+            pipe.lrange(self._k_seq(u), 0, n - 1)
+            for v in versions:
+                pipe.get(self._k_tab(v, u))
+        res = pipe.execute()
+        out, i = {}, 0
+        step = 3 + len(versions)
+        for u in n_new:
+            n_total, seq_len, head = res[i : i + 3]
+            out[u] = _UserSnapshot(
+                n_total=int(n_total or 0),
+                seq_len=int(seq_len),
+                head=[h.decode() for h in head],
+                blobs=dict(zip(versions, res[i + 3 : i + step])),
+            )
+            i += step
+        return out
+
+    def _read_sequences(self, user_ids: list[str], last_n: int | None = None) -> list[tuple[int, list[str]]]:
+        pipe = self.r.pipeline(transaction=True)
+        for u in user_ids:
+            pipe.get(self._k_n(u))
+            pipe.lrange(self._k_seq(u), -last_n if last_n else 0, -1)
+        res = pipe.execute()
+        return [(int(res[2 * i] or 0), [x.decode() for x in res[2 * i + 1]]) for i in range(len(user_ids))]
+
+    def _read_blobs(self, user_ids: list[str], version: str) -> list[bytes | None]:
+        if len(user_ids) == 1:
+            return [self.r.get(self._k_tab(version, user_ids[0]))]
+        return self.r.mget([self._k_tab(version, u) for u in user_ids])
+
+    def _write(
+        self,
+        group: str,
+        expected_offsets: dict[PartitionKey, int],
+        new_offsets: dict[PartitionKey, int],
+        writes: list[_UserWrite],
+    ) -> bool:
+        versions = sorted({v for w in writes for v in w.blobs})
+        keys: list[str] = [self._k_off(group)]
+        args: list[str | bytes | int] = [self.max_seq_len, len(new_offsets)]
+        for k, new in new_offsets.items():
+            exp = expected_offsets.get(k)
+            args += [self._field(k), "" if exp is None else str(exp), str(new)]
+        args += [len(writes), len(versions)]
+        for w in writes:
+            keys += [self._k_n(w.user_id), self._k_seq(w.user_id)] + [self._k_tab(v, w.user_id) for v in versions]
+            args += [str(w.expected_n_total), len(w.new_items), *w.new_items]
+            args += [w.blobs[v] for v in versions]
+            args.append(str(w.expected_n_total + len(w.new_items)))
+        return int(self._write_script(keys=keys, args=args)) == 1
+
+    def _write_tables(self, version: str, rows: list[tuple[str, int, bytes]]) -> list[bool]:
+        keys: list[str] = []
+        args: list[str | bytes] = []
+        for u, n_total, blob in rows:
+            keys += [self._k_n(u), self._k_tab(version, u)]
+            args += [str(n_total), blob]
+        return [bool(x) for x in self._write_tables_script(keys=keys, args=args)]

@@ -1,0 +1,127 @@
+"""A training job: which model on which data with which settings, runnable anywhere.
+
+`TrainJob` is a small picklable spec, so the same job runs in-process (`run_job`) or on each Ray
+Train worker (`pipelines/training/distributed.py`), where every worker builds the data itself and
+trains on its shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from models import MODELS, build_model
+from pipelines.data.datasets import Splits, build_ml100k_ctr, build_ml100k_retrieval, build_synthetic_ctr
+from pipelines.data.synthetic import SyntheticConfig
+from pipelines.training.loop import FitResult, TrainConfig, fit, seed_everything
+from pipelines.training.metrics import evaluate_ranking, evaluate_retrieval
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("ml100k", "synthetic")
+ML100K_HIST_LEN = 200  # behaviours kept per sample on ML-100k (the median user has ~65 ratings)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    model: str = "two_tower"
+    data: str = "ml100k"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # merged over the per-data defaults
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    eval_ks: tuple[int, ...] = (20,)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model ({self.model!r}) must be one of {sorted(MODELS)}")
+        if self.data not in DATASETS:
+            raise ValueError(f"data ({self.data!r}) must be one of {DATASETS}")
+        if self.data == "synthetic" and MODELS[self.model].task != "ranking":
+            raise ValueError(f"model {self.model!r} is a retrieval model; synthetic data holds CTR impressions only")
+
+    @property
+    def task(self) -> str:
+        return MODELS[self.model].task
+
+    @property
+    def monitor(self) -> str:
+        return f"recall_at_{self.eval_ks[0]}" if self.task == "retrieval" else "auc"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@lru_cache(maxsize=4)
+def _splits(data: str, task: str, synthetic: SyntheticConfig) -> Splits:
+    if data == "synthetic":
+        return build_synthetic_ctr(synthetic)
+    return build_ml100k_retrieval(ML100K_HIST_LEN) if task == "retrieval" else build_ml100k_ctr(ML100K_HIST_LEN)
+
+
+def load_splits(job: TrainJob) -> Splits:
+    return _splits(job.data, job.task, job.synthetic)
+
+
+def model_config(job: TrainJob, splits: Splits) -> Any:
+    """The model's config: dimensions from the data, per-data defaults, then the job's overrides."""
+    spec = MODELS[job.model]
+    cfg: dict[str, Any] = {**spec.defaults, **splits.model_dims()}
+    if job.model == "popularity":
+        cfg = {"n_items": splits.vocabs["item"].size}
+    elif spec.task == "ranking":
+        cfg["long_len"] = job.synthetic.seq_len if job.data == "synthetic" else ML100K_HIST_LEN
+    elif job.model == "hcn":
+        cfg.update(long_len=ML100K_HIST_LEN, short_len=20)
+    cfg.update(job.model_overrides)
+    return build_model(job.model, cfg).config
+
+
+def build(job: TrainJob, splits: Splits) -> nn.Module:
+    seed_everything(job.train.seed)
+    model = build_model(job.model, model_config(job, splits))
+    if hasattr(model, "set_item_categories"):
+        model.set_item_categories(torch.as_tensor(splits.item_cat))
+    return model
+
+
+def evaluator(job: TrainJob, splits: Splits, which: str = "valid") -> Callable[[nn.Module], dict[str, float]]:
+    samples = getattr(splits, which)
+    if job.task == "retrieval":
+        return lambda m: evaluate_retrieval(m, samples, splits.catalogue, job.eval_ks)
+    return lambda m: evaluate_ranking(m, samples)
+
+
+@dataclass
+class JobResult:
+    model: nn.Module
+    splits: Splits
+    fit: FitResult
+    valid_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+
+
+def run_job(job: TrainJob, rank: int = 0, world_size: int = 1,
+            wrap: Callable[[nn.Module], nn.Module] | None = None,
+            epoch_callback: Callable[[int, dict], None] | None = None,
+            evaluate_test: bool = True) -> JobResult:
+    """Build data and model, train with the shared loop on this worker's shard, evaluate on test.
+
+    Args:
+        rank / world_size: this worker's shard of the training samples.
+        wrap: wraps the model for data parallelism (Ray's prepare_model); the loop unwraps to evaluate.
+    """
+    splits = load_splits(job)
+    model = build(job, splits)
+    train = splits.train if world_size == 1 else splits.train.shard(rank, world_size)
+    wrapped = wrap(model) if wrap else model
+    result = fit(wrapped, train, job.train, evaluate=evaluator(job, splits), monitor=job.monitor, mode="max",
+                 epoch_callback=epoch_callback)
+    model.eval()
+    test = evaluator(job, splits, "test")(model) if evaluate_test else {}
+    return JobResult(model, splits, result, result.best_metrics, test)

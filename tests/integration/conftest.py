@@ -1,0 +1,104 @@
+"""Session fixtures for the real stack: Kafka (KRaft), Redis and Ray, started once per session.
+
+Order of preference:
+1. servers named by RECSTREAM_KAFKA_BOOTSTRAP and RECSTREAM_REDIS_URL (used as they are);
+2. testcontainers, when a Docker engine is reachable and RECSTREAM_TEST_CONTAINERS=1;
+3. the local stack launcher (deploy/local) on test ports, stopped at the end of the session.
+Nothing is skipped for a missing server: if none can be had, the fixture fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from recstream.settings import Settings
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    kafka_bootstrap: str
+    redis_url: str
+    stack: object | None = None  # the LocalStack when we started one (for restart tests)
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack_endpoints(tmp_path_factory) -> StackEndpoints:
+    kafka, redis_url = os.environ.get("RECSTREAM_KAFKA_BOOTSTRAP"), os.environ.get("RECSTREAM_REDIS_URL")
+    if kafka and redis_url:
+        yield StackEndpoints(kafka, redis_url)
+        return
+    if os.environ.get("RECSTREAM_TEST_CONTAINERS") == "1" and _docker_reachable():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.redis import RedisContainer
+
+        with KafkaContainer().with_kraft() as k, RedisContainer() as r:
+            url = f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
+            yield StackEndpoints(k.get_bootstrap_server(), url)
+        return
+    from deploy.local import LocalStack, StackConfig
+
+    home = Path(os.environ.get("RECSTREAM_HOME", Path.home() / ".cache" / "recstream"))
+    cfg = StackConfig(home=home, stack_name=f"stack-test-{os.getpid()}", kafka_port=29092, kafka_controller_port=29093,
+                      redis_port=26379)
+    stack = LocalStack(cfg)
+    stack.up()
+    try:
+        yield StackEndpoints(cfg.kafka_bootstrap, cfg.redis_url, stack)
+    finally:
+        stack.down()
+        import shutil
+
+        shutil.rmtree(cfg.stack_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack_endpoints) -> str:
+    return stack_endpoints.redis_url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_endpoints) -> str:
+    return stack_endpoints.kafka_bootstrap
+
+
+@pytest.fixture
+def settings(stack_endpoints) -> Settings:
+    """Settings with topics and a Redis prefix unique to one test, so tests never see each other's data."""
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
+                 events_topic=f"t{tag}.events", dlq_topic=f"t{tag}.events.dlq", impressions_topic=f"t{tag}.impressions",
+                 topic_partitions=2, redis_prefix=f"t{tag}")
+    from recstream.kafka_io import ensure_topics
+
+    ensure_topics(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One local Ray instance and Serve HTTP proxy for the session."""
+    import ray
+    from ray import serve
+
+    port = int(os.environ.get("RECSTREAM_TEST_SERVE_PORT", "18000"))
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="recstream-test",
+             configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()

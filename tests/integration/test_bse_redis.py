@@ -1,0 +1,135 @@
+"""Redis BSE store against a real redis-server: same checks as the in-memory unit tests, plus
+round trips, the size goal and atomic offsets."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from features.bse import ArrayItemEmbeddings, Behaviour, InMemoryBseStore, RedisBseStore, TableVersion
+from models.sdim_hash import SdimConfig, SdimHasher
+
+pytestmark = pytest.mark.integration
+
+
+def naive_sdim(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
+    """Independent reference loop: colliding behaviours summed, L2-normalised, mean over signatures."""
+    tau, n_sig = hasher.config.tau, hasher.config.n_signatures
+
+    def sig(x):
+        bits = (x.astype(np.float32) @ hasher.projection) > 0
+        return [sum(int(bits[j * tau + t]) << t for t in range(tau)) for j in range(n_sig)]
+
+    seq_sigs = [sig(e) for e in seq_emb]
+    out = np.zeros((len(cand_emb), seq_emb.shape[1]))
+    for n, c in enumerate(cand_emb):
+        cs = sig(c)
+        for j in range(n_sig):
+            s = sum((e.astype(np.float64) for e, es in zip(seq_emb, seq_sigs) if es[j] == cs[j]), np.zeros(seq_emb.shape[1]))
+            if np.linalg.norm(s) > 0:
+                out[n] += s / np.linalg.norm(s)
+        out[n] /= n_sig
+    return out
+
+
+@pytest.fixture
+def client(redis_url):
+    c = redis.Redis.from_url(redis_url, decode_responses=False)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    yield c, prefix
+    keys = list(c.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        c.delete(*keys)
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def hasher() -> SdimHasher:
+    return SdimHasher(SdimConfig(dim=16, n_hashes=48, tau=3, seed=7))
+
+
+@pytest.fixture(scope="module")
+def emb() -> ArrayItemEmbeddings:
+    return ArrayItemEmbeddings.random(n_items=300, dim=16, n_oov=8, seed=3)
+
+
+def _events(rng, n, n_users, start=0):
+    return [Behaviour(f"u{rng.integers(n_users)}", f"i{rng.integers(330)}", "events", int(k % 2), start + k) for k in range(n)]
+
+
+def test_redis_bucket_path_matches_naive_and_memory_store(client, hasher, emb):
+    c, prefix = client
+    version = TableVersion(hasher, emb, item_bits=16)
+    store = RedisBseStore(c, prefix, [version], max_seq_len=40)
+    mem = InMemoryBseStore([version], max_seq_len=40)
+    rng = np.random.default_rng(0)
+    events = _events(rng, 300, n_users=3)
+    for k in range(0, 300, 37):
+        batch = events[k : k + 37]
+        offsets = {("events", p): max(b.offset for b in batch if b.partition == p) + 1 for p in (0, 1)}
+        store.apply_batch(batch, offsets, group="g")
+        mem.apply_batch(batch, offsets, group="g")
+    cands = emb.lookup([f"i{k}" for k in rng.integers(330, size=25)])
+    for u in ("u0", "u1", "u2"):
+        seq = [b.item_id for b in events if b.user_id == u][-40:]
+        assert store.sequence(u) == seq
+        got = store.lookup(u, version.name, cands)
+        np.testing.assert_allclose(got, naive_sdim(emb.lookup(seq), cands, hasher), atol=2e-4)
+        np.testing.assert_array_equal(got, mem.lookup(u, version.name, cands))
+    assert store.committed_offsets("g") == mem.committed_offsets("g") == {("events", 0): 300, ("events", 1): 300}
+    assert sorted(store.users()) == ["u0", "u1", "u2"]
+
+
+def test_redis_redelivery_and_rebuild(client, hasher, emb):
+    c, prefix = client
+    store = RedisBseStore(c, prefix, [TableVersion(hasher, emb)], max_seq_len=30)
+    rng = np.random.default_rng(1)
+    events = _events(rng, 100, n_users=2, start=1000)
+    assert store.apply_batch(events[:60], group="g").n_applied == 60
+    r = store.apply_batch(events, group="g")  # first 60 redelivered
+    assert (r.n_applied, r.n_skipped) == (40, 60)
+    name = store.maintained_versions[0]
+    before = c.get(f"{prefix}:bse:tab:{name}:u0")
+    res = store.rebuild(hasher, emb, model_version="base")
+    assert res.n_users == 2 and res.n_behaviours == 60
+    assert c.get(f"{prefix}:bse:tab:{name}:u0") == before  # incremental == recomputed, bit for bit
+
+
+def test_redis_apply_is_two_round_trips_and_lookup_one(client, hasher, emb, monkeypatch):
+    c, prefix = client
+    store = RedisBseStore(c, prefix, [TableVersion(hasher, emb)], max_seq_len=50)
+    store.apply_batch(_events(np.random.default_rng(2), 200, n_users=50), group="g")
+    sent = []
+    real = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(
+        redis.connection.Connection, "send_packed_command", lambda self, *a, **k: (sent.append(1), real(self, *a, **k))[1]
+    )
+    store.apply_batch(_events(np.random.default_rng(3), 200, n_users=50, start=200), group="g")
+    n_apply = len(sent)
+    sent.clear()
+    store.lookup("u1", store.maintained_versions[0], emb.lookup([f"i{k}" for k in range(500)]))
+    # apply: offsets read + snapshot pipeline + Lua write (EVALSHA) = 3 packets for 50 users
+    assert n_apply <= 3, n_apply
+    assert len(sent) == 1
+
+
+def test_redis_table_size_at_max_seq_len(client):
+    """Size goal: one user's table at L = 10,000 (d=64, 16 x 8 buckets) within 16 KB of Redis memory."""
+    c, prefix = client
+    rng = np.random.default_rng(0)
+    n_items, dim = 20_000, 64
+    centers = rng.standard_normal((50, dim)) * 0.3
+    labels = rng.integers(0, 50, n_items + 16)
+    table = (centers[labels] + rng.standard_normal((n_items + 16, dim)) * 0.15).astype(np.float32)
+    emb64 = ArrayItemEmbeddings([f"i{k}" for k in range(n_items)], table, 16)
+    hasher = SdimHasher()
+    store = RedisBseStore(c, prefix, [TableVersion(hasher, emb64)], max_seq_len=10_000)
+    liked = np.flatnonzero(np.isin(labels[:n_items], [1, 2, 3, 4, 5]))  # a user with a few tastes
+    items = [f"i{k}" for k in rng.choice(liked, 12_000)]
+    for k in range(0, len(items), 2000):
+        store.apply_batch([Behaviour("user-000001", it) for it in items[k : k + 2000]])
+    size = store.table_bytes("user-000001", store.maintained_versions[0])
+    assert 0 < size <= 16 * 1024, size
