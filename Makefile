@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Both start from a fresh clone.
+.PHONY: demo test test-unit bench stack-up stack-down bootstrap clean
+
+bootstrap:
+	@bash deploy/local/bootstrap.sh
+
+demo: bootstrap
+	.venv/bin/recstream demo $(DEMO_ARGS)
+
+# Unit tests, then integration tests on the real stack (Kafka KRaft, Redis, Ray), which the
+# session fixture starts on test ports and stops afterwards.
+test: bootstrap
+	.venv/bin/python -m pytest -m "not bench" $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: bootstrap
+	.venv/bin/python -m pytest -m bench -s $(PYTEST_ARGS)
+
+stack-up: bootstrap
+	.venv/bin/recstream stack up
+
+stack-down:
+	.venv/bin/recstream stack down
+
+clean:
+	rm -rf .venv .cache
