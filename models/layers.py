@@ -115,14 +115,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class DotTargetAttention(nn.Module):
-    """Scaled dot-product target attention: softmax(q.k / sqrt(d)) over the sequence, masked.
+    """Scaled dot-product target attention: softmax(s * q.k) over the sequence, masked.
 
-    The cheapest full attention; the baseline SDIM approximates.
+    The cheapest full attention; the baseline SDIM approximates. The scale s starts at 1/sqrt(d)
+    and is learned (one scalar), so the attention can sharpen as much as the data asks.
     """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(dim)))
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # query (B, D), keys (B, L, D), mask (B, L)
-        scores = torch.einsum("bd,bld->bl", query, keys) / math.sqrt(query.shape[-1])  # (B, L)
+        scores = torch.einsum("bd,bld->bl", query, keys) * self.log_scale.exp()  # (B, L)
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
         return torch.einsum("bl,bld->bd", weights, keys)  # (B, D)

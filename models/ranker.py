@@ -43,7 +43,7 @@ class RankerConfig:
     din_hidden: tuple[int, ...] = (64, 32)
     cross_layers: int = 3
     mlp_hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.0
+    dropout: float = 0.1  # in the MLP tower; id embeddings overfit quickly on small data
     use_user_id: bool = True
     sdim: SdimConfig = field(default_factory=SdimConfig)
 
@@ -66,7 +66,7 @@ class CtrRanker(nn.Module):
         self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))
         self.long_block: nn.Module | None = {
             "sdim": lambda: SdimInterest(c.sdim),
-            "attention": DotTargetAttention,
+            "attention": lambda: DotTargetAttention(c.dim),
             "none": lambda: None,
         }[c.long_term]()
         self.din = DinAttention(c.dim, c.din_hidden)

@@ -16,7 +16,7 @@ from recstream.logs import setup_logging
 from recstream.settings import Settings, get_settings
 
 app = typer.Typer(help="recstream: streaming, online-serving recommender platform.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis stack.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 
@@ -111,23 +111,46 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
     typer.echo(f"produced {n} events to {get_settings().events_topic}")
 
 
-@app.command()
-def process(name: str = typer.Argument("popularity", help="processor: popularity"),
-            max_idle_s: Optional[float] = typer.Option(None, help="exit after this long without new events"),
-            metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)")) -> None:
-    """Run a stream processor (consumer group, manual commits, DLQ)."""
+PROCESSORS = ("popularity", "bse-encoder")
+
+
+def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int):
     import redis
+
+    if name == "popularity":
+        from pipelines.stream import PopularityHandler
+
+        return PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
+    if name == "bse-encoder":
+        from features.bse import RedisBseStore, TableVersion
+        from models.sdim_hash import SdimConfig, SdimHasher
+        from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+
+        emb = load_item_embeddings(embeddings)
+        version = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version)
+        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len)
+        return BseEncoderHandler(store)
+    raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
+
+
+@app.command()
+def process(name: str = typer.Argument("popularity", help="processor: " + " | ".join(PROCESSORS)),
+            max_idle_s: Optional[float] = typer.Option(None, help="exit after this long without new events"),
+            batch_max_records: int = typer.Option(2000, help="records per poll/apply batch"),
+            metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
+            embeddings: str = typer.Option("random:2000:0", help="bse-encoder: random:<n_items>[:<seed>] or artifact:<model>[/<version>]"),
+            model_version: str = typer.Option("base", help="bse-encoder: ranker version whose embeddings feed the tables"),
+            max_seq_len: int = typer.Option(10_000, help="bse-encoder: behaviours kept per user")) -> None:
+    """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis)."""
     from prometheus_client import start_http_server
 
-    from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
+    from pipelines.stream import ProcessorConfig, StreamProcessor
 
     s = get_settings()
-    if name != "popularity":
-        raise typer.BadParameter(f"unknown processor {name!r}; available: popularity", param_hint="NAME")
     if metrics_port:
         start_http_server(metrics_port)
-    handler = PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
-    proc = StreamProcessor(handler, ProcessorConfig(name=name), s)
+    handler = _make_handler(name, s, embeddings, model_version, max_seq_len)
+    proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records), s)
     proc.install_signal_handlers()
     proc.run(max_idle_s=max_idle_s)
     typer.echo(f"{name}: applied {proc.applied_total} events, {proc.dlq_total} to the DLQ")

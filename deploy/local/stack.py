@@ -341,16 +341,32 @@ log.segment.bytes=67108864
         if pid is None:
             self._pidfile(name).unlink(missing_ok=True)
             return
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        # The server leads its own process group (start_new_session); signalling the group also
+        # reaches forked children (redis' AOF-rewrite child) that would keep the port open.
+        self._signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _pid_alive(pid):
             log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing", name, pid, timeout_s)
-            os.kill(pid, signal.SIGKILL)
+            self._signal_group(pid, signal.SIGKILL)
             while _pid_alive(pid):
                 time.sleep(0.1)
+        port = self.config.redis_port if name == "redis" else self.config.kafka_port
+        deadline = time.monotonic() + timeout_s
+        while _port_open(self.config.host, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._pidfile(name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def restart_redis(self, kill: bool = True) -> None:
         """Kill and restart redis-server (used by failure tests); AOF brings the data back."""

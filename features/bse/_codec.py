@@ -68,10 +68,14 @@ def _pack_rows(rows: np.ndarray, w: int) -> np.ndarray:
 def _unpack_rows(packed: np.ndarray, d: int, w: int) -> np.ndarray:
     """(k, nbytes) uint8 -> (k, d) int64, sign-extended from w bits."""
     k = packed.shape[0]
+    nb = (w + 7) // 8
     bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : d * w].reshape(k, d, w)  # (k, d, w)
-    sign = bits[:, :, w - 1 : w]  # (k, d, 1) replicate the sign bit up to 64 bits
-    full = np.concatenate([bits, np.broadcast_to(sign, (k, d, 64 - w))], axis=2)  # (k, d, 64)
-    return np.packbits(full, axis=2, bitorder="little").view("<i8").reshape(k, d).astype(np.int64)
+    if nb * 8 > w:
+        bits = np.concatenate([bits, np.zeros((k, d, nb * 8 - w), np.uint8)], axis=2)  # (k, d, 8*nb)
+    le = np.zeros((k, d, 8), dtype=np.uint8)
+    le[:, :, :nb] = np.packbits(bits, axis=2, bitorder="little")  # (k, d, nb) low bytes
+    u = le.view("<i8").reshape(k, d).astype(np.int64)
+    return np.where(u >= (1 << (w - 1)), u - (1 << w), u)  # sign-extend from w bits
 
 
 def _widths(rows: np.ndarray) -> np.ndarray:
@@ -173,3 +177,54 @@ def decode(blob: bytes, shape: tuple[int, int, int] | None = None) -> np.ndarray
     j, b = np.nonzero(derived)
     table[j, b] = total - table[j].sum(1)  # derived rows are zero so far
     return table
+
+
+def decode_many(blobs: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+    """Decode U blobs of one shape at once (the apply path): rows of equal width across all
+    blobs are unpacked together.
+
+    Args:
+        blobs: U blobs from `encode`/`encode_many`.
+        shape: (S, B, d) they must all have.
+    Returns:
+        (U, S, B, d) int64.
+    Raises:
+        ValueError: naming the index of the first malformed blob.
+    """
+    n_sig, n_buckets, dim = shape
+    n_rows = n_sig * n_buckets
+    out = np.zeros((len(blobs), n_rows, dim), dtype=np.int64)
+    if not blobs:
+        return out.reshape(0, *shape)
+    head = _HEADER.pack(_FORMAT, n_sig, n_buckets, dim)
+    widths = np.zeros((len(blobs), n_rows), dtype=np.int64)
+    for i, b in enumerate(blobs):
+        if b[: _HEADER.size] != head or len(b) < _HEADER.size + n_rows:
+            decode(b, shape)  # raises the precise reason
+            raise ValueError(f"blob {i} has a bad header")
+        widths[i] = np.frombuffer(b, dtype=np.uint8, count=n_rows, offset=_HEADER.size)
+    derived = widths == _DERIVED  # (U, R)
+    stored_w = np.where(derived, 0, widths)
+    row_nbytes = (stored_w * dim + 7) // 8  # (U, R)
+    base = np.cumsum([0] + [len(b) for b in blobs[:-1]]) + _HEADER.size + n_rows  # data start per blob
+    row_off = base[:, None] + np.cumsum(row_nbytes, axis=1) - row_nbytes  # (U, R)
+    ends = row_off[:, -1] + row_nbytes[:, -1]
+    sizes = np.array([len(b) for b in blobs])
+    if (ends - base != sizes - _HEADER.size - n_rows).any():
+        bad = int(np.flatnonzero(ends - base != sizes - _HEADER.size - n_rows)[0])
+        raise ValueError(f"blob {bad} has {sizes[bad]} bytes, its row widths need more or fewer")
+    data = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    flat_w, flat_off = stored_w.ravel(), row_off.ravel()
+    flat_out = out.reshape(-1, dim)
+    for w in np.unique(flat_w):
+        if w == 0:
+            continue
+        sel = np.flatnonzero(flat_w == w)
+        nb = (int(w) * dim + 7) // 8
+        flat_out[sel] = _unpack_rows(data[flat_off[sel][:, None] + np.arange(nb)], dim, int(w))
+    tables = out.reshape(len(blobs), n_sig, n_buckets, dim)
+    der = derived.reshape(len(blobs), n_sig, n_buckets)
+    total = tables[:, 0].sum(1)  # (U, d)
+    u, j, b = np.nonzero(der)
+    tables[u, j, b] = total[u] - tables[u, j].sum(1)
+    return tables

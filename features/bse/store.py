@@ -155,12 +155,14 @@ def interest_from_table(table: np.ndarray, sigs: np.ndarray) -> np.ndarray:
         (N, d) float32: mean over signatures j of normalise(table[j, sigs[:, j]]); an empty
         (all-zero) bucket contributes zero.
     """
-    t = table.astype(np.float64)
+    t = table.astype(np.float64)  # exact for integer sums up to 2**53
     norm = np.linalg.norm(t, axis=-1, keepdims=True)  # (S, B, 1)
-    unit = np.divide(t, norm, out=np.zeros_like(t), where=norm > 0)  # (S, B, d)
+    unit = np.divide(t, norm, out=np.zeros_like(t), where=norm > 0).astype(np.float32)  # (S, B, d)
     n_sig = table.shape[0]
-    gathered = unit[np.arange(n_sig)[None, :], sigs]  # (N, S, d)
-    return gathered.mean(axis=1).astype(np.float32)  # (N, d)
+    out = np.zeros((sigs.shape[0], table.shape[-1]), dtype=np.float32)  # (N, d)
+    for j in range(n_sig):  # S gathers of (N, d): no (N, S, d) temporary
+        out += unit[j, sigs[:, j]]
+    return out / np.float32(n_sig)
 
 
 def naive_interest(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
@@ -332,6 +334,14 @@ class BseStore(ABC):
         for vname in self._maintained:
             v = self._versions[vname]
             tables = np.zeros((len(users), *v.shape), dtype=np.int64)  # (U, S, B, d)
+            have = [i for i, u in enumerate(users) if snaps[u].blobs.get(vname) is not None]
+            if have:
+                try:
+                    tables[have] = _codec.decode_many([snaps[users[i]].blobs[vname] for i in have], v.shape)
+                except ValueError:  # find and name the bad one
+                    for i in have:
+                        self._decode(snaps[users[i]].blobs[vname], users[i], v)
+                    raise
             delta_items: list[str] = []
             delta_user: list[int] = []
             delta_sign: list[int] = []
@@ -345,7 +355,6 @@ class BseStore(ABC):
                     delta_user += [i] * len(final)
                     delta_sign += [1] * len(final)
                 else:
-                    tables[i] = self._decode(blob, u, v)
                     delta_items += plus[i] + minus[i]
                     delta_user += [i] * (len(plus[i]) + len(minus[i]))
                     delta_sign += [1] * len(plus[i]) + [-1] * len(minus[i])
@@ -438,13 +447,20 @@ class BseStore(ABC):
 
     # ---- read path ----------------------------------------------------------------------------
 
-    def lookup(self, user_id: str, version: str | TableVersion, cand_embeddings: np.ndarray) -> np.ndarray:
+    def lookup(
+        self,
+        user_id: str,
+        version: str | TableVersion,
+        cand_embeddings: np.ndarray,
+        cand_sigs: np.ndarray | None = None,
+    ) -> np.ndarray:
         """SDIM long-term interest of one user for N candidates; one store read for any N.
 
         Args:
             user_id: the user; unknown users get zeros.
             version: table version name or TableVersion (its hasher hashes the candidates).
             cand_embeddings: (N, d) candidate item embeddings from the same ranker version.
+            cand_sigs: (N, S) their signatures, if the caller already hashed them (skips hashing).
         Returns:
             (N, d) float32: mean over signatures of the L2-normalised bucket sum at the
             candidate's bucket (empty bucket -> zero vector).
@@ -456,7 +472,7 @@ class BseStore(ABC):
         if blob is None:
             return np.zeros(cand_embeddings.shape, dtype=np.float32)
         table = self._decode(blob, user_id, v)  # (S, B, d)
-        sigs = v.hasher.signatures_np(cand_embeddings)  # (N, S)
+        sigs = v.hasher.signatures_np(cand_embeddings) if cand_sigs is None else cand_sigs  # (N, S)
         return interest_from_table(table, sigs)
 
     def tables(self, user_ids: Sequence[str], version: str | TableVersion) -> np.ndarray:

@@ -217,8 +217,10 @@ def build_ctr_samples(frame: pd.DataFrame, n_user_rows: int, hist_len: int,
 
 
 def build_synthetic_ctr(cfg: SyntheticConfig, hist_len: int | None = None,
-                        behaviour_types: Sequence[int] = (VIEW,)) -> Splits:
-    """Synthetic CTR samples split by time: last impression round = test, the one before = valid.
+                        behaviour_types: Sequence[int] = (VIEW,), n_valid_rounds: int = 1,
+                        n_test_rounds: int = 2) -> Splits:
+    """Synthetic CTR samples split by time: the last `n_test_rounds` impression rounds are the test
+    set (several impressions per user, so GAUC is defined), the `n_valid_rounds` before them validation.
 
     Behaviours default to views only: the clicks on impressions are the labels, and keeping them
     out of the history keeps the long-term interests strictly invisible in the last 50 behaviours.
@@ -230,8 +232,11 @@ def build_synthetic_ctr(cfg: SyntheticConfig, hist_len: int | None = None,
     frame = world.frame.assign(user=world.frame["user"] + 1, item=world.frame["item"] + 1)  # ids -> rows
     samples, request = build_ctr_samples(frame, users.size, hist_len or cfg.seq_len, behaviour_types)
     t0 = cfg.start_ts_ms + cfg.seq_len * cfg.view_gap_ms + cfg.impression_gap_ms
-    valid_start = t0 + (cfg.n_impressions - 2) * cfg.impression_gap_ms
-    test_start = valid_start + cfg.impression_gap_ms
+    if n_valid_rounds + n_test_rounds >= cfg.n_impressions:
+        raise ValueError(f"n_valid_rounds ({n_valid_rounds}) + n_test_rounds ({n_test_rounds}) must be < "
+                         f"n_impressions ({cfg.n_impressions}) to leave training rounds")
+    valid_start = t0 + (cfg.n_impressions - n_test_rounds - n_valid_rounds) * cfg.impression_gap_ms
+    test_start = valid_start + n_valid_rounds * cfg.impression_gap_ms
     item_cat = np.zeros(items.size, dtype=np.int64)
     item_cat[1 : cfg.n_items + 1] = world.item_category + 1
     ts = samples.ts_ms
@@ -247,3 +252,27 @@ def build_synthetic_ctr(cfg: SyntheticConfig, hist_len: int | None = None,
               "test_start_ts_ms": int(test_start), "behaviour_types": [int(t) for t in behaviour_types]},
         extras={"click_prob_test": world.click_prob[request[ts >= test_start]], "world": world},
     )
+
+
+def build_synthetic_retrieval(cfg: SyntheticConfig, hist_len: int = 200) -> Splits:
+    """Retrieval on the synthetic views, leave-last-out per user (small, offline: used by tests)."""
+    world = generate_world(cfg)
+    views = world.frame[world.frame["type"] == VIEW]
+    users = Vocab("user", [f"u{i}" for i in range(cfg.n_users)])
+    items = Vocab("item", [f"i{i}" for i in range(cfg.n_items)])
+    cats = Vocab("item_cat", [f"c{i}" for i in range(cfg.n_categories)])
+    u = views["user"].to_numpy(np.int64) + 1
+    it = views["item"].to_numpy(np.int64) + 1
+    ts = views["ts_ms"].to_numpy(np.int64)
+    store = SequenceStore(u, it, ts, users.size)
+    from_end = pd.Series(u).groupby(u).cumcount(ascending=False).to_numpy()
+    end = store.end_before(u, ts)
+
+    def part(mask: np.ndarray) -> Samples:
+        return Samples(store, u[mask], it[mask], ts[mask], end[mask], hist_len)
+
+    item_cat = np.zeros(items.size, dtype=np.int64)
+    item_cat[1 : cfg.n_items + 1] = world.item_category + 1
+    return Splits("retrieval", part(from_end >= 2), part(from_end == 1), part(from_end == 0),
+                  {"user": users, "item": items, "item_cat": cats}, item_cat, catalogue=np.arange(1, cfg.n_items + 1),
+                  meta={"dataset": "synthetic", "split": "leave-last-out"})

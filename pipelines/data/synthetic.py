@@ -38,7 +38,7 @@ TYPE_NAMES = {VIEW: EventType.view, IMPRESSION: EventType.impression, CLICK: Eve
 @dataclass(frozen=True)
 class SyntheticConfig:
     n_users: int = 8000
-    n_items: int = 2000
+    n_items: int = 1000  # ~40 training impressions per item at the bench size: id embeddings do not just memorise
     n_categories: int = 50
     n_interests: int = 3  # long-term categories per user
     n_short_interests: int = 2

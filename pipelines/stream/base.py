@@ -162,6 +162,9 @@ class StreamProcessor:
             auto_offset_reset="earliest",
             max_poll_records=self.config.batch_max_records,
             fetch_max_bytes=32 * 1024 * 1024,
+            # A killed processor's partitions move to a live one after this long.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
         )
         self.consumer.subscribe([self.topic], listener=_SeekToStored(self))
         self.producer = make_producer(self.settings, client_id=f"recstream-{self.config.name}-dlq")
@@ -175,7 +178,9 @@ class StreamProcessor:
             while not self._stop.is_set():
                 n = self.step()
                 now = time.monotonic()
-                if n:
+                # Idle counts only while we own partitions: right after a crash the group waits
+                # for the dead member's session to expire before it assigns us anything.
+                if n or not self.consumer.assignment():
                     idle_since = now
                 elif max_idle_s is not None and now - idle_since > max_idle_s:
                     break

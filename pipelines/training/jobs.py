@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from models import MODELS, build_model
-from pipelines.data.datasets import Splits, build_ml100k_ctr, build_ml100k_retrieval, build_synthetic_ctr
+from pipelines.data.datasets import (
+    Splits,
+    build_ml100k_ctr,
+    build_ml100k_retrieval,
+    build_synthetic_ctr,
+    build_synthetic_retrieval,
+)
 from pipelines.data.synthetic import SyntheticConfig
 from pipelines.training.loop import FitResult, TrainConfig, fit, seed_everything
 from pipelines.training.metrics import evaluate_ranking, evaluate_retrieval
@@ -42,8 +48,6 @@ class TrainJob:
             raise ValueError(f"model ({self.model!r}) must be one of {sorted(MODELS)}")
         if self.data not in DATASETS:
             raise ValueError(f"data ({self.data!r}) must be one of {DATASETS}")
-        if self.data == "synthetic" and MODELS[self.model].task != "ranking":
-            raise ValueError(f"model {self.model!r} is a retrieval model; synthetic data holds CTR impressions only")
 
     @property
     def task(self) -> str:
@@ -56,11 +60,23 @@ class TrainJob:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainJob":
+        """Inverse of to_dict (the manifest keeps the job that trained a model)."""
+        d = dict(d)
+        if isinstance(d.get("train"), dict):
+            d["train"] = TrainConfig(**d["train"])
+        if isinstance(d.get("synthetic"), dict):
+            d["synthetic"] = SyntheticConfig(**d["synthetic"])
+        if "eval_ks" in d:
+            d["eval_ks"] = tuple(d["eval_ks"])
+        return cls(**d)
+
 
 @lru_cache(maxsize=4)
 def _splits(data: str, task: str, synthetic: SyntheticConfig) -> Splits:
     if data == "synthetic":
-        return build_synthetic_ctr(synthetic)
+        return build_synthetic_ctr(synthetic) if task == "ranking" else build_synthetic_retrieval(synthetic, ML100K_HIST_LEN)
     return build_ml100k_retrieval(ML100K_HIST_LEN) if task == "retrieval" else build_ml100k_ctr(ML100K_HIST_LEN)
 
 

@@ -13,14 +13,12 @@ from features.errors import CorruptTable, TableVersionMismatch, UnknownTableVers
 def naive_sdim(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher) -> np.ndarray:
     """Independent reference: per candidate and signature, sum the colliding behaviours,
     L2-normalise the sum, average over signatures. (N, d) float64."""
-    proj = hasher.projection.astype(np.float64)
     tau, n_sig = hasher.config.tau, hasher.config.n_signatures
 
     def sig(x):  # (d,) -> list of n_sig ints
         bits = (x.astype(np.float32) @ hasher.projection) > 0
         return [sum(int(bits[j * tau + t]) << t for t in range(tau)) for j in range(n_sig)]
 
-    del proj
     seq_sigs = [sig(e) for e in seq_emb]
     out = np.zeros((len(cand_emb), seq_emb.shape[1]))
     for n, c in enumerate(cand_emb):
@@ -152,14 +150,20 @@ def test_unknown_user_version_and_param_mismatch(bse_store, hasher, item_embeddi
 
 def test_codec_roundtrip_and_corruption():
     rng = np.random.default_rng(5)
+    tables = []
     for hi in (1, 3, 40_000, 2**40):
         t = rng.integers(-hi, hi, (16, 8, 64))
         t[2] = 0
-        t[2, 5] = t[0].sum(0) - t[0].sum(0) + t[0].sum(0)  # one full bucket, others empty
+        t[2, 5] = t[0].sum(0)  # one full bucket, others empty
         t[1:, 0] = 0
         t[1:, 0] = t[0].sum(0) - t[1:].sum(1)  # every signature sums to the same total
         blob = _codec.encode(t)
         np.testing.assert_array_equal(_codec.decode(blob, (16, 8, 64)), t)
+        tables.append(t)
+    many = _codec.encode_many(np.stack(tables))
+    np.testing.assert_array_equal(_codec.decode_many(many, (16, 8, 64)), np.stack(tables))
+    with pytest.raises(ValueError, match="blob 1"):
+        _codec.decode_many([many[0], many[1][:-1]], (16, 8, 64))
     with pytest.raises(ValueError):
         _codec.decode(blob[:-1])
     with pytest.raises(ValueError, match="shape"):

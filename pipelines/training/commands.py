@@ -1,0 +1,135 @@
+"""`recstream train | evaluate | bench`: the training CLI (a typer app the `recstream` command mounts).
+
+    python -m pipelines.training.commands train --model two_tower --data ml100k --epochs 10
+    python -m pipelines.training.commands train --model ranker --data synthetic --workers 2
+    python -m pipelines.training.commands evaluate --name two_tower
+    python -m pipelines.training.commands bench
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from models import MODELS
+
+app = typer.Typer(help="Train, evaluate and benchmark recstream models.", no_args_is_help=True)
+log = logging.getLogger(__name__)
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def train(
+    model: str = typer.Option("two_tower", help=f"one of {', '.join(MODELS)}"),
+    data: str = typer.Option("ml100k", help="ml100k or synthetic"),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(512, min=1),
+    lr: float = typer.Option(1e-3, min=0.0),
+    patience_epochs: int = typer.Option(2, min=1, help="early stopping patience"),
+    workers: int = typer.Option(1, min=1, help="1 = in-process; >1 = Ray Train data-parallel workers"),
+    gpu: bool = typer.Option(False, help="one GPU per Ray Train worker"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker"),
+    seed: int = typer.Option(0),
+    name: Optional[str] = typer.Option(None, help="artefact name (default: the model name)"),
+    version: Optional[str] = typer.Option(None, help="artefact version (default: a UTC timestamp)"),
+    artifacts_dir: Optional[Path] = typer.Option(None, help="artefacts root (default $RECSTREAM_ARTIFACTS_DIR or ./artifacts)"),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="per-epoch checkpoints; a rerun resumes from them"),
+    synthetic_users: int = typer.Option(6000, min=1),
+    synthetic_seq_len: int = typer.Option(500, min=1),
+    synthetic_items: int = typer.Option(1000, min=1),
+    use_user_id: Optional[bool] = typer.Option(None, help="ranker: user id embedding (default: off on synthetic)"),
+    progress: bool = typer.Option(True, help="tqdm progress bars"),
+) -> None:
+    """Train one model and save it under artifacts/models/<name>/<version>/."""
+    from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
+    from pipelines.data.synthetic import SyntheticConfig
+    from pipelines.training.artifacts import save_artifact
+    from pipelines.training.jobs import TrainJob, run_job
+    from pipelines.training.loop import TrainConfig
+
+    _setup_logging()
+    overrides = {}
+    if MODELS.get(model) and MODELS[model].task == "ranking":
+        overrides["use_user_id"] = use_user_id if use_user_id is not None else data != "synthetic"
+    try:
+        job = TrainJob(
+            model=model, data=data, model_overrides=overrides,
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience_epochs=patience_epochs, seed=seed,
+                              num_threads=threads, checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                              progress=progress),
+            synthetic=SyntheticConfig(n_users=synthetic_users, seq_len=synthetic_seq_len, n_items=synthetic_items),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    t0 = time.perf_counter()
+    if workers > 1 or gpu:
+        from pipelines.training.distributed import fit_distributed
+
+        result = fit_distributed(job, num_workers=workers, use_gpu=gpu)
+    else:
+        result = run_job(job)
+    seconds = time.perf_counter() - t0
+    path = save_artifact(name or model, version, result.model, result.model.config, result.splits.vocabs,
+                         {"valid": result.valid_metrics, "test": result.test_metrics}, result.splits.data_window,
+                         root=artifacts_dir,
+                         extra={"job": job.to_dict(), "workers": workers, "fit_history": result.fit.history, "train_seconds": seconds})
+    typer.echo(json.dumps({"artifact": str(path), "train_seconds": round(seconds, 1), "valid": result.valid_metrics,
+                           "test": result.test_metrics}, indent=2, default=float))
+
+
+@app.command()
+def evaluate(
+    name: str = typer.Option(..., help="artefact name"),
+    version: Optional[str] = typer.Option(None, help="default: latest"),
+    split: str = typer.Option("test", help="valid or test"),
+    artifacts_dir: Optional[Path] = typer.Option(None),
+) -> None:
+    """Evaluate a saved model on the split of the data it was trained on (rebuilt from its manifest)."""
+    from pipelines.training.artifacts import load_artifact
+    from pipelines.training.jobs import TrainJob, evaluator, load_splits
+
+    _setup_logging()
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"split ({split!r}) must be valid or test")
+    model, manifest = load_artifact(name, version, artifacts_dir)
+    job_dict = manifest.get("extra", {}).get("job")
+    if job_dict is None:
+        raise typer.BadParameter(f"artefact {name}/{manifest['version']} has no training job in its manifest")
+    job = TrainJob.from_dict(job_dict)
+    metrics = evaluator(job, load_splits(job), split)(model)
+    typer.echo(json.dumps({"artifact": manifest["path"], "split": split, **metrics}, indent=2, default=float))
+
+
+@app.command()
+def bench(
+    out_dir: Path = typer.Option(Path("reports"), help="where models.json and models.md go"),
+    artifacts_dir: Optional[Path] = typer.Option(None, help="also save every trained model here"),
+    quick: bool = typer.Option(False, help="tiny sizes: checks the plumbing, the numbers mean nothing"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
+    from pipelines import bench_models as b
+    from pipelines.data.synthetic import SyntheticConfig
+
+    _setup_logging()
+    kwargs = {}
+    if quick:
+        kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6),
+                      ml100k_train=dataclasses.replace(b.ML100K_TRAIN, epochs=1),
+                      synthetic_train=dataclasses.replace(b.SYNTHETIC_TRAIN, epochs=1), speed_lengths=(1000, 3000))
+    results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)
+    typer.echo(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    app()
