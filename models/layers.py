@@ -119,17 +119,30 @@ class DotTargetAttention(nn.Module):
 
     The cheapest full attention; the baseline SDIM approximates. The scale s starts at 1/sqrt(d)
     and is learned (one scalar), so the attention can sharpen as much as the data asks.
+
+    With `null_key`, one learned logit joins the softmax as an "attend to nothing" slot, so the
+    output's magnitude can say "no behaviour matches" (plain softmax always returns a full-weight
+    average, even of unrelated behaviours). Same O(L * D) cost.
+
+    With `cosine`, scores are cos(q, k) times a learned scale starting at sqrt(d): scale-invariant
+    like SDIM's SimHash (which estimates angles), and sharp from the first step; with small initial
+    embeddings a plain dot product starts as mean pooling and takes many steps to sharpen.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, null_key: bool = True, cosine: bool = False):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(dim)))
+        self.cosine = cosine
+        self.log_scale = nn.Parameter(torch.tensor((0.5 if cosine else -0.5) * math.log(dim)))
+        self.null_logit = nn.Parameter(torch.zeros(())) if null_key else None
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # query (B, D), keys (B, L, D), mask (B, L)
-        scores = torch.einsum("bd,bld->bl", query, keys) * self.log_scale.exp()  # (B, L)
+        q, k = (l2_normalize(query), l2_normalize(keys)) if self.cosine else (query, keys)
+        scores = torch.einsum("bd,bld->bl", q, k) * self.log_scale.exp()  # (B, L)
         scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
+        if self.null_logit is not None:
+            scores = torch.cat([scores, self.null_logit.expand(len(scores), 1)], dim=1)  # (B, L+1)
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)[:, : keys.shape[1]]  # (B, L); all-masked -> 0
         return torch.einsum("bl,bld->bd", weights, keys)  # (B, D)
 
 

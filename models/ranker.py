@@ -45,6 +45,7 @@ class RankerConfig:
     mlp_hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.1  # in the MLP tower; id embeddings overfit quickly on small data
     use_user_id: bool = True
+    attention_cosine: bool = True  # long_term="attention": cosine scores with a learned scale (see DotTargetAttention)
     sdim: SdimConfig = field(default_factory=SdimConfig)
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class CtrRanker(nn.Module):
         self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))
         self.long_block: nn.Module | None = {
             "sdim": lambda: SdimInterest(c.sdim),
-            "attention": lambda: DotTargetAttention(c.dim),
+            "attention": lambda: DotTargetAttention(c.dim, null_key=True, cosine=c.attention_cosine),
             "none": lambda: None,
         }[c.long_term]()
         self.din = DinAttention(c.dim, c.din_hidden)

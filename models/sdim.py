@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.layers import l2_normalize
@@ -96,9 +97,11 @@ def sdim_interest_from_tables(tables, cand_sigs, normalized: bool = False):
     normed = tables if normalized else normalize_tables(tables)
     n_sig = normed.shape[0]
     if isinstance(normed, torch.Tensor):
+        n_buckets = normed.shape[1]
         cand_sigs = torch.as_tensor(cand_sigs, device=normed.device, dtype=torch.long)
-        rows = torch.arange(n_sig, device=normed.device)
-        return normed[rows, cand_sigs].mean(1)  # (N, S, d) -> (N, d)
+        flat = cand_sigs + torch.arange(n_sig, device=normed.device) * n_buckets  # (N, S) rows of the (S*B, d) table
+        # fused gather + mean over the S signatures (no (N, S, d) intermediate)
+        return F.embedding_bag(flat, normed.reshape(n_sig * n_buckets, -1), mode="mean")  # (N, d)
     return normed[np.arange(n_sig), np.asarray(cand_sigs)].mean(1)  # (N, S, d) -> (N, d)
 
 

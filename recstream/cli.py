@@ -55,9 +55,10 @@ def stack_up() -> None:
     try:
         st = _stack(s).up()
         ensure_topics(s)
+        repo = _feast_repo(s)
     except StackError as e:
         _fail(e)
-    typer.echo(json.dumps(st.__dict__, indent=2))
+    typer.echo(json.dumps({**st.__dict__, "feast_repo": str(repo.repo_dir)}, indent=2))
 
 
 @stack_app.command("down")
@@ -111,10 +112,18 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
     typer.echo(f"produced {n} events to {get_settings().events_topic}")
 
 
-PROCESSORS = ("popularity", "bse-encoder")
+PROCESSORS = ("popularity", "bse-encoder", "feature-writer")
 
 
-def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int):
+def _feast_repo(s: Settings):
+    """Apply the Feast repository (idempotent) with the Redis online store of these settings."""
+    from features.feast_repo import apply_repo
+
+    return apply_repo(s.home / "feast" / s.redis_prefix, online="redis", redis_conn=s.redis_url,
+                      project=f"recstream_{s.redis_prefix}".replace("-", "_"))
+
+
+def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True):
     import redis
 
     if name == "popularity":
@@ -130,6 +139,13 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
         version = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version)
         store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len)
         return BseEncoderHandler(store)
+    if name == "feature-writer":
+        from features.item_features import RedisItemFeatures
+        from pipelines.stream.feature_writer import FeatureWriterHandler
+
+        repo = _feast_repo(s) if feast else None
+        return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix, repo=repo,
+                                    item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 
 
@@ -140,7 +156,8 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
             metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
             embeddings: str = typer.Option("random:2000:0", help="bse-encoder: random:<n_items>[:<seed>] or artifact:<model>[/<version>]"),
             model_version: str = typer.Option("base", help="bse-encoder: ranker version whose embeddings feed the tables"),
-            max_seq_len: int = typer.Option(10_000, help="bse-encoder: behaviours kept per user")) -> None:
+            max_seq_len: int = typer.Option(10_000, help="bse-encoder: behaviours kept per user"),
+            feast: bool = typer.Option(True, help="feature-writer: publish to Feast (off: counters and item blobs only)")) -> None:
     """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis)."""
     from prometheus_client import start_http_server
 
@@ -149,7 +166,7 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
     s = get_settings()
     if metrics_port:
         start_http_server(metrics_port)
-    handler = _make_handler(name, s, embeddings, model_version, max_seq_len)
+    handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast)
     proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records), s)
     proc.install_signal_handlers()
     proc.run(max_idle_s=max_idle_s)

@@ -172,11 +172,17 @@ class StreamProcessor:
     def run(self, max_idle_s: float | None = None, max_events: int | None = None) -> None:
         """Process until stopped; optionally until idle for max_idle_s or after max_events applied."""
         self._connect()
+        recover = getattr(self.handler, "recover", None)
+        if recover is not None:
+            recover()  # e.g. publish an outbox a crashed run left behind
+        tick = getattr(self.handler, "tick", None)
         idle_since = time.monotonic()
         log.info("processor %s consuming %s as group %s", self.config.name, self.topic, self.config.group_id)
         try:
             while not self._stop.is_set():
                 n = self.step()
+                if tick is not None:
+                    tick()
                 now = time.monotonic()
                 # Idle counts only while we own partitions: right after a crash the group waits
                 # for the dead member's session to expire before it assigns us anything.
@@ -190,6 +196,12 @@ class StreamProcessor:
                     self._record_lag()
                     self._last_lag = now
         finally:
+            drain = getattr(self.handler, "drain", None)
+            if drain is not None:
+                try:
+                    drain()
+                except Exception as e:  # whatever is left stays in the outbox for the next run
+                    log.warning("processor %s: drain on stop failed: %s", self.config.name, e)
             self.close()
 
     def step(self) -> int:
@@ -215,9 +227,10 @@ class StreamProcessor:
             m.DLQ.labels(self.config.name).inc(bad)
             self.dlq_total += bad
         self._apply_with_retry(good, next_offsets)
-        now_ms = time.time() * 1000
-        for se in good:
-            m.FRESHNESS.labels(self.config.name).observe(max(0.0, now_ms - se.kafka_ts_ms) / 1000)
+        if not hasattr(self.handler, "freshness_ms"):  # handlers that publish later measure it themselves
+            now_ms = time.time() * 1000
+            for se in good:
+                m.FRESHNESS.labels(self.config.name).observe(max(0.0, now_ms - se.kafka_ts_ms) / 1000)
         self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()})
         return sum(len(r) for r in polled.values())
 

@@ -1,0 +1,343 @@
+"""feature-writer: rolling user and item features from the event stream into Feast.
+
+Exactly-once effect in two steps:
+
+1. Counters. Per entity, a Redis hash of event-time hour buckets (`<kind>:<hour>` -> count) plus
+   the latest event time, updated in the same MULTI/EXEC as the consumer offsets
+   (RedisTransactionalHandler): a redelivered record is skipped, so every event is counted once.
+   The same transaction bumps the touched entities in two "dirty" hashes (entity -> change
+   counter), an outbox.
+2. Publication. Features are *absolute* values computed from the counters, so writing them twice
+   is harmless. After each batch the dirty-online set is pushed to the Feast online store and the
+   fast item-feature blobs, then removed from the set; the dirty-offline set is pushed to the
+   offline store every `offline_flush_s` (Feast's file offline store rewrites its parquet file
+   on every write, so per-batch offline pushes would grow quadratically). An entity leaves the
+   outbox only if its change counter is still the one read before publishing, so a concurrent
+   processor's newer change is never lost. A crash between the two steps leaves the entities
+   dirty, and the next run publishes them: nothing lost, no count applied twice.
+
+Windows are event-time windows at hour resolution, relative to the entity's latest event:
+`*_1h` is the latest hour bucket, `*_24h` the last 24 buckets, `*_7d` the last 168. Older buckets
+are pruned at publication.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import pandas as pd
+import redis
+
+from features.item_features import RedisItemFeatures
+from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD, USER_FEATURES
+from pipelines.stream import metrics as m
+from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
+from recstream.events import EventType
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+WEEK_H = 168
+POPULARITY_HALF_LIFE_H = 24.0  # decayed engagement: yesterday counts half as much as now
+RECENT_GENRES = 5
+
+# What each event type counts as. Ratings and views are engagement without an impression;
+# a like, a purchase or a rating of 4+ also counts as a like.
+_KIND = {EventType.impression: "imp", EventType.click: "clk", EventType.view: "clk", EventType.purchase: "clk",
+         EventType.rating: "clk", EventType.like: "lik"}
+
+PUBLISH_LATENCY = m.Histogram("recstream_feature_publish_seconds", "feature publication latency (Feast online push)",
+                              ["target"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+# One call applies a whole batch (client-side per-command overhead, not Redis, bounds a Python
+# writer): ARGV[1] is JSON {"incr": [[key, field, n]...], "span": [[key, max_ts, min_ts]...],
+# "genres": [[key, [genre...]]...], "dirty": [[key, field]...], "trim": n}.
+_APPLY_SCRIPT = """
+local b = cjson.decode(ARGV[1])
+for _, x in ipairs(b.incr) do redis.call('HINCRBY', x[1], x[2], x[3]) end
+for _, x in ipairs(b.span) do
+  local cur = redis.call('HGET', x[1], 'ts')
+  if (not cur) or x[2] > tonumber(cur) then redis.call('HSET', x[1], 'ts', x[2]) end
+  local first = redis.call('HGET', x[1], 'first')
+  if (not first) or x[3] < tonumber(first) then redis.call('HSET', x[1], 'first', x[3]) end
+end
+for _, x in ipairs(b.genres) do
+  redis.call('LPUSH', x[1], unpack(x[2]))
+  redis.call('LTRIM', x[1], 0, b.trim)
+end
+for _, x in ipairs(b.dirty) do redis.call('HINCRBY', x[1], x[2], 1) end
+return 1
+"""
+
+# Read many counter hashes (and genre lists) in one call: KEYS are hashes then lists.
+_READ_SCRIPT = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  if i <= tonumber(ARGV[1]) then out[i] = redis.call('HGETALL', k) else out[i] = redis.call('LRANGE', k, 0, tonumber(ARGV[2])) end
+end
+return out
+"""
+
+# Remove outbox fields whose change counter is still the one we published (ARGV: field, value, ...).
+_CLEAN_SCRIPT = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]); n = n + 1 end
+end
+return n
+"""
+
+
+def _kinds(e) -> list[str]:
+    kinds = [_KIND[e.type]]
+    if e.type is EventType.purchase or (e.type is EventType.rating and e.value >= 4.0):
+        kinds.append("lik")
+    return kinds
+
+
+def _counts(fields: dict[str, str]) -> tuple[dict[str, dict[int, int]], int, int]:
+    """Parse a counter hash -> ({kind: {hour: count}}, latest ts ms, first ts ms)."""
+    counts: dict[str, dict[int, int]] = defaultdict(dict)
+    for f, v in fields.items():
+        kind, sep, hour = f.partition(":")
+        if sep:
+            counts[kind][int(hour)] = int(v)
+    return counts, int(fields.get("ts", 0)), int(fields.get("first", fields.get("ts", 0)))
+
+
+def _window(counts: dict[int, int], now_h: int, hours: int) -> int:
+    return sum(c for h, c in counts.items() if h > now_h - hours)
+
+
+def user_features(fields: dict[str, str], genres: list[str]) -> dict[str, Any]:
+    """Feature row of one user from its counter hash and recent genres (most recent first)."""
+    counts, ts, _ = _counts(fields)
+    now_h = ts // HOUR_MS
+    row: dict[str, Any] = {}
+    for kind, name in (("imp", "impressions"), ("clk", "clicks"), ("lik", "likes")):
+        for win, hours in (("1h", 1), ("24h", 24), ("7d", WEEK_H)):
+            row[f"{name}_{win}"] = _window(counts.get(kind, {}), now_h, hours)
+    row["ctr_24h"] = row["clicks_24h"] / row["impressions_24h"] if row["impressions_24h"] else 0.0
+    row["ctr_7d"] = row["clicks_7d"] / row["impressions_7d"] if row["impressions_7d"] else 0.0
+    row["recent_genres"] = "|".join(genres)
+    row[TIMESTAMP_FIELD] = ts
+    return row
+
+
+def item_features(fields: dict[str, str]) -> dict[str, Any]:
+    counts, ts, first = _counts(fields)
+    now_h = ts // HOUR_MS
+    row: dict[str, Any] = {}
+    for kind, name in (("imp", "impressions"), ("clk", "clicks"), ("lik", "likes")):
+        for win, hours in (("24h", 24), ("7d", WEEK_H)):
+            row[f"{name}_{win}"] = _window(counts.get(kind, {}), now_h, hours)
+    row["ctr_7d"] = row["clicks_7d"] / row["impressions_7d"] if row["impressions_7d"] else 0.0
+    engaged = defaultdict(int)
+    for kind in ("clk", "lik"):
+        for h, c in counts.get(kind, {}).items():
+            engaged[h] += c
+    row["popularity"] = sum(c * math.pow(0.5, (now_h - h) / POPULARITY_HALF_LIFE_H) for h, c in engaged.items()
+                            if h > now_h - WEEK_H)
+    row["age_s"] = max(0.0, (ts - first) / 1000)
+    row[TIMESTAMP_FIELD] = ts
+    return row
+
+
+def _stale_fields(fields: dict[str, str]) -> list[str]:
+    _, ts, _ = _counts(fields)
+    now_h = ts // HOUR_MS
+    return [f for f in fields if ":" in f and int(f.partition(":")[2]) <= now_h - WEEK_H]
+
+
+class FeatureWriterHandler(RedisTransactionalHandler):
+    """Counters + outbox in Redis; publication to Feast (online per batch, offline periodically).
+
+    Args:
+        client: Redis for counters and outbox (decode_responses=True).
+        repo: a features.feast_repo.FeatureRepo, or None to skip Feast (counters and fast item
+            blobs only; used by benchmarks that measure Feast separately).
+        item_blobs: the fast item-feature reader's writer (RedisItemFeatures), or None.
+        offline_flush_s: how often dirty entities are appended to the offline store.
+        online_publish_ms: how often dirty entities are pushed online; entities changed several
+            times in between are pushed once (Feast's push costs per row, not per event).
+    """
+
+    name = "feature-writer"
+
+    def __init__(self, client: redis.Redis, prefix: str = "rs", repo=None, item_blobs: RedisItemFeatures | None = None,
+                 offline_flush_s: float = 10.0, online_publish_ms: float = 100.0, freshness_samples: int = 200_000):
+        super().__init__(client, prefix)
+        self.online_publish_ms = online_publish_ms
+        self._last_online = 0.0
+        # Kafka timestamps (ms) of applied events not yet published online: freshness is
+        # measured when their features become readable, not when the counters moved.
+        self._unpublished_ts: list[int] = []
+        self.freshness_ms: deque[float] = deque(maxlen=freshness_samples)
+        self.repo = repo
+        self.item_blobs = item_blobs
+        self.offline_flush_s = offline_flush_s
+        self._apply_script = client.register_script(_APPLY_SCRIPT)
+        self._read_script = client.register_script(_READ_SCRIPT)
+        self._clean_script = client.register_script(_CLEAN_SCRIPT)
+        self._last_offline = time.monotonic()
+
+    # keys
+    def k_user(self, u: str) -> str:
+        return f"{self.prefix}:fw:u:{u}"
+
+    def k_item(self, i: str) -> str:
+        return f"{self.prefix}:fw:i:{i}"
+
+    def k_genres(self, u: str) -> str:
+        return f"{self.prefix}:fw:ug:{u}"
+
+    def k_dirty(self, target: str, entity: str) -> str:
+        return f"{self.prefix}:fw:dirty:{target}:{entity}"
+
+    # step 1: counters, inside the offsets transaction
+    def write(self, pipe, events: list[SourcedEvent]) -> None:
+        incr: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        span: dict[str, list[int]] = {}
+        genres: dict[str, list[str]] = defaultdict(list)
+        users, items = set(), set()
+        for se in events:
+            e = se.event
+            h = e.ts // HOUR_MS
+            for kind in _kinds(e):
+                incr[self.k_user(e.user_id)][f"{kind}:{h}"] += 1
+                incr[self.k_item(e.item_id)][f"{kind}:{h}"] += 1
+            for key in (self.k_user(e.user_id), self.k_item(e.item_id)):
+                lo_hi = span.setdefault(key, [e.ts, e.ts])
+                lo_hi[0], lo_hi[1] = min(lo_hi[0], e.ts), max(lo_hi[1], e.ts)
+            genre = (e.context or {}).get("genre") or (e.context or {}).get("category")
+            if genre and e.type is not EventType.impression:
+                genres[e.user_id].append(genre)
+            users.add(e.user_id)
+            items.add(e.item_id)
+        batch = {
+            "incr": [[key, f, n] for key, fields in incr.items() for f, n in fields.items()],
+            "span": [[key, hi, lo] for key, (lo, hi) in span.items()],
+            "genres": [[self.k_genres(u), gs] for u, gs in genres.items()],
+            "dirty": [[self.k_dirty(t, ent), x] for t in ("online", "offline") for ent, ids in (("u", users), ("i", items))
+                      for x in ids],
+            "trim": 4 * RECENT_GENRES,
+        }
+        self._apply_script(keys=[], args=[json.dumps(batch)], client=pipe)
+
+    def apply(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int]) -> int:
+        n = super().apply(topic, events, next_offsets)
+        self._unpublished_ts.extend(se.kafka_ts_ms for se in events)
+        self.tick()
+        return n
+
+    def tick(self) -> None:
+        """Publish when due; the processor calls this on every poll, idle or not."""
+        now = time.monotonic()
+        if now - self._last_online >= self.online_publish_ms / 1000:
+            while self.publish("online"):
+                pass
+            self._last_online = now
+            done_ms = time.time() * 1000
+            for ts in self._unpublished_ts:
+                self.freshness_ms.append(done_ms - ts)
+                m.FRESHNESS.labels(self.name).observe(max(0.0, done_ms - ts) / 1000)
+            self._unpublished_ts.clear()
+        if now - self._last_offline >= self.offline_flush_s:
+            self.publish("offline")
+
+    # step 2: publication from the outbox
+    def compute(self, users: list[str], items: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Current feature rows for users and items (one pipelined read), pruning stale buckets."""
+        keys = [self.k_user(u) for u in users] + [self.k_item(i) for i in items] + [self.k_genres(u) for u in users]
+        raw = self._read_script(keys=keys, args=[len(users) + len(items), 4 * RECENT_GENRES]) if keys else []
+        hashes = [dict(zip(h[0::2], h[1::2])) for h in raw[: len(users) + len(items)]]
+        res = []
+        for n in range(len(users)):
+            res += [hashes[n], raw[len(users) + len(items) + n]]
+        res += hashes[len(users):]
+        urows, irows, prune = [], [], []
+        for n, u in enumerate(users):
+            fields, gs = res[2 * n], res[2 * n + 1]
+            recent = list(dict.fromkeys(gs))[:RECENT_GENRES]
+            urows.append({"user_id": u, **user_features(fields, recent)})
+            prune.append((self.k_user(u), _stale_fields(fields)))
+        for n, i in enumerate(items):
+            fields = res[2 * len(users) + n]
+            irows.append({"item_id": i, **item_features(fields)})
+            prune.append((self.k_item(i), _stale_fields(fields)))
+        stale = [(k, fs) for k, fs in prune if fs]
+        if stale:
+            pipe = self.r.pipeline(transaction=False)
+            for k, fs in stale:
+                pipe.hdel(k, *fs)
+            pipe.execute()
+        udf = pd.DataFrame(urows, columns=["user_id", TIMESTAMP_FIELD, *USER_FEATURES])
+        idf = pd.DataFrame(irows, columns=["item_id", TIMESTAMP_FIELD, *ITEM_FEATURES])
+        for df in (udf, idf):
+            df[TIMESTAMP_FIELD] = pd.to_datetime(df[TIMESTAMP_FIELD], unit="ms", utc=True)
+        return udf, idf
+
+    def publish(self, target: str, max_entities: int = 20_000) -> int:
+        """Push dirty entities of `target` ("online" or "offline") and clear them from the outbox."""
+        ku, ki = self.k_dirty(target, "u"), self.k_dirty(target, "i")
+        # The outbox is normally one batch's entities; after a long outage it is read in chunks.
+        dirty_u = self.r.hrandfield(ku, max_entities, withvalues=True) or []
+        dirty_i = self.r.hrandfield(ki, max_entities, withvalues=True) or []
+        users, items = dirty_u[0::2], dirty_i[0::2]
+        if not users and not items:
+            return 0
+        t0 = time.perf_counter()
+        udf, idf = self.compute(users, items)
+        if target == "online":
+            if self.item_blobs is not None and len(idf):
+                self.item_blobs.write(idf)
+            if self.repo is not None:
+                if len(udf):
+                    self.repo.push_user_features(udf, offline=False)
+                if len(idf):
+                    self.repo.push_item_features(idf, offline=False)
+        else:
+            if self.repo is not None:
+                self._push_offline(udf, idf)
+            self._last_offline = time.monotonic()
+        if dirty_u:
+            self._clean_script(keys=[ku], args=dirty_u)
+        if dirty_i:
+            self._clean_script(keys=[ki], args=dirty_i)
+        PUBLISH_LATENCY.labels(target).observe(time.perf_counter() - t0)
+        return len(users) + len(items)
+
+    def _push_offline(self, udf: pd.DataFrame, idf: pd.DataFrame) -> None:
+        from feast.data_source import PushMode
+
+        # Offline only: the online store already has these values from the per-batch push.
+        from features.repo.definitions import ITEM_PUSH_SOURCE, USER_PUSH_SOURCE
+
+        if len(udf):
+            self.repo.store.push(USER_PUSH_SOURCE, _typed(udf, USER_FEATURES), to=PushMode.OFFLINE)
+        if len(idf):
+            self.repo.store.push(ITEM_PUSH_SOURCE, _typed(idf, ITEM_FEATURES), to=PushMode.OFFLINE)
+
+    def flush_all(self) -> None:
+        """Publish everything still dirty (start-up after a crash, clean shutdown)."""
+        for target in ("online", "offline"):
+            while self.publish(target):
+                pass
+
+    recover = flush_all
+    drain = flush_all
+
+
+def _typed(df: pd.DataFrame, features: dict) -> pd.DataFrame:
+    out = df.copy()
+    for n, t in features.items():
+        if str(t) == "Int64":
+            out[n] = out[n].astype("int64")
+        elif str(t) == "Float32":
+            out[n] = out[n].astype("float32")
+    return out
