@@ -66,7 +66,11 @@ def write_feature_store_yaml(
     if online == "redis":
         if not redis_url:
             raise FeatureRepoError(str(repo_dir), "online='redis' needs redis_url")
-        online_yaml = f"  type: redis\n  connection_string: \"{feast_redis_connection_string(redis_url)}\"\n"
+        # skip_dedup: our writers push absolute values computed from exactly-once counters, and an
+        # entity's counts can change without its latest event time moving (a late event on another
+        # partition); Feast's default check would drop such a row as "not newer".
+        online_yaml = (f"  type: redis\n  connection_string: \"{feast_redis_connection_string(redis_url)}\"\n"
+                       f"  skip_dedup: true\n")
     elif online == "sqlite":
         online_yaml = f"  type: sqlite\n  path: {repo_dir / 'online.db'}\n"
     else:
@@ -243,3 +247,12 @@ def push_user_features(repo: FeatureRepo, df: pd.DataFrame, offline: bool = True
 def push_item_features(repo: FeatureRepo, df: pd.DataFrame, offline: bool = True) -> None:
     """Module-level alias of FeatureRepo.push_item_features."""
     repo.push_item_features(df, offline=offline)
+
+
+def repo_for_settings(settings) -> FeatureRepo:
+    """Apply (idempotently) the repository of a deployment: Redis online store at settings.redis_url,
+    working directory `<home>/feast/<redis_prefix>`, one Feast project per Redis prefix so that
+    several deployments (or test runs) can share a Redis without seeing each other's rows."""
+    project = f"recstream_{settings.redis_prefix}".replace("-", "_")
+    return apply_repo(Path(settings.home) / "feast" / settings.redis_prefix, online="redis",
+                      redis_conn=settings.redis_url, project=project)

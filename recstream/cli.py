@@ -116,11 +116,9 @@ PROCESSORS = ("popularity", "bse-encoder", "feature-writer")
 
 
 def _feast_repo(s: Settings):
-    """Apply the Feast repository (idempotent) with the Redis online store of these settings."""
-    from features.feast_repo import apply_repo
+    from features.feast_repo import repo_for_settings
 
-    return apply_repo(s.home / "feast" / s.redis_prefix, online="redis", redis_conn=s.redis_url,
-                      project=f"recstream_{s.redis_prefix}".replace("-", "_"))
+    return repo_for_settings(s)
 
 
 def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True):

@@ -24,10 +24,19 @@ Blob layout: header `<BHIH` (format, n_signatures, n_buckets, dim), uint8 widths
 the stored rows' packed bits in row order (each ceil(w*d/8) bytes, little-endian bit order).
 At L = 10,000 and d = 64 a row needs ~13-17 bits per value, ~14 KB per table, which with
 Redis' string header fits jemalloc's 14,336-byte size class (the next is 16,384 + key: >16 KB).
+
+Speed (the bse-encoder decodes and re-encodes every touched user's table per batch): the
+little-endian bit stream of a row is a sequence of little-endian uint64 words, so rows are
+packed and unpacked as uint64 words with per-position shifts, vectorised over every row of
+one width across all blobs of a batch (a handful of numpy passes over (rows, d) arrays; no
+per-bit arrays, no per-user Python loops). With d a multiple of 64 every row is a whole number
+of words; blobs are laid out in one buffer with their row data 8-byte aligned, so rows are
+gathered and scattered as words.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -52,80 +61,230 @@ def quantize(emb: np.ndarray, step: float, item_bits: int) -> np.ndarray:
     return np.clip(np.rint(emb.astype(np.float64) / step), -lim, lim).astype(np.int64)
 
 
-# Bit packing works on the little-endian bytes of each int64 (np.unpackbits/packbits are C
-# loops over uint8), never on one int64 per bit: ~50x faster than shifting int64 arrays.
+# ---- bit packing ------------------------------------------------------------------------------
+#
+# The little-endian bit stream of a row is a sequence of little-endian uint32 half-words. Rows of
+# one width w <= 32 (all rows in practice: ~13-17 bits at L = 10,000) are packed and unpacked in
+# chunks of _CHUNK rows, transposed to (d, rows) so that each of the d value positions is one
+# contiguous vector op with a constant half-word index and shift; chunks keep the temporaries in
+# cache. Widths 33..64 (sums beyond 2**32: only with huge sequences) use 64-bit words.
+
+_CHUNK = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _plan32(w: int, d: int):
+    """Per value position: half-word index, shift, straddles into the next half-word; half-words per row."""
+    bit = np.arange(d, dtype=np.int64) * w
+    return (bit >> 5).tolist(), (bit & 31).tolist(), ((bit & 31) + w > 32).tolist(), (w * d + 31) // 32
+
+
+def _pack32(rows: np.ndarray, w: int) -> np.ndarray:
+    """(c, d) ints within the w-bit (w <= 32) two's-complement range -> (c, nh) uint32 half-words."""
+    c, d = rows.shape
+    hw, sh, st, nh = _plan32(w, d)
+    u = rows.T.astype(np.uint32)  # (d, c): low 32 bits, two's complement
+    if w < 32:
+        u &= np.uint32((1 << w) - 1)
+    out = np.zeros((nh, c), dtype=np.uint32)
+    for p in range(d):
+        if sh[p]:
+            out[hw[p]] |= u[p] << np.uint32(sh[p])
+            if st[p]:
+                out[hw[p] + 1] |= u[p] >> np.uint32(32 - sh[p])
+        else:
+            out[hw[p]] |= u[p]
+    return out.T
+
+
+def _unpack32(half: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarray:
+    """(c, nh) uint32 half-words -> (c, d) `dtype`, sign-extended from w (<= 32) bits."""
+    hw, sh, st, nh = _plan32(w, d)
+    h = np.ascontiguousarray(half.T)  # (nh, c)
+    v = np.empty((d, h.shape[1]), dtype=np.uint32)
+    for p in range(d):
+        if sh[p]:
+            np.right_shift(h[hw[p]], np.uint32(sh[p]), out=v[p])
+            if st[p]:
+                v[p] |= h[hw[p] + 1] << np.uint32(32 - sh[p])
+        else:
+            v[p] = h[hw[p]]
+    if w < 32:
+        v <<= np.uint32(32 - w)
+    s = v.view(np.int32)
+    if w < 32:
+        s >>= 32 - w  # arithmetic shift: sign extension
+    return s.T.astype(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(w: int, d: int):
+    """64-bit words: words and bytes per row; per value its word index and shift; the values
+    straddling into the next word, that word and the right shift of their high part."""
+    bit = np.arange(d, dtype=np.int64) * w
+    nw, nb = (w * d + 63) // 64, (w * d + 7) // 8
+    wi = bit >> 6
+    sh = (bit & 63).astype(np.uint64)
+    st = np.flatnonzero((bit & 63) + w > 64)
+    return nw, nb, wi, sh, st, wi[st] + 1, (64 - (bit[st] & 63)).astype(np.uint64)
+
+
+def _pack_words(rows: np.ndarray, w: int) -> np.ndarray:
+    """(k, d) int64 within the w-bit two's-complement range -> (k, nw) uint64 words."""
+    k, d = rows.shape
+    nw, _, wi, sh, st, st_word, st_shift = _plan(w, d)
+    u = np.ascontiguousarray(rows, dtype=np.int64).view(np.uint64)
+    if w < 64:
+        u = u & np.uint64((1 << w) - 1)
+    lo = u << sh  # bits beyond the word drop out
+    words = np.zeros((k, nw), dtype=np.uint64)
+    for p in range(d):  # values sharing a word have disjoint bits
+        words[:, wi[p]] |= lo[:, p]
+    for s, wd, ss in zip(st, st_word, st_shift):
+        words[:, wd] |= u[:, s] >> ss
+    return words
+
+
+def _unpack_words(words: np.ndarray, d: int, w: int) -> np.ndarray:
+    """(k, nw) uint64 -> (k, d) int64, sign-extended from w bits."""
+    _, _, wi, sh, st, st_word, st_shift = _plan(w, d)
+    lo = words[:, wi] >> sh  # (k, d)
+    if len(st):
+        lo[:, st] |= words[:, st_word] << st_shift
+    if w < 64:
+        lo <<= np.uint64(64 - w)
+        v = lo.view(np.int64)
+        v >>= 64 - w  # arithmetic shift: sign extension
+        return v
+    return lo.view(np.int64)
 
 
 def _pack_rows(rows: np.ndarray, w: int) -> np.ndarray:
-    """(k, d) int64 with |v| < 2**(w-1) -> (k, ceil(d*w/8)) uint8, w-bit two's complement."""
-    k, d = rows.shape
-    nb = (w + 7) // 8
-    le = np.ascontiguousarray(rows.astype("<i8")).view(np.uint8).reshape(k, d, 8)[:, :, :nb]  # (k, d, nb)
-    bits = np.unpackbits(le, axis=2, bitorder="little")[:, :, :w]  # (k, d, w) low bits, sign at w-1
-    return np.packbits(bits.reshape(k, d * w), axis=1, bitorder="little")
+    """(k, d) ints with |v| < 2**(w-1) -> (k, ceil(d*w/8)) uint8, w-bit two's complement."""
+    nb = (w * rows.shape[1] + 7) // 8
+    if w <= 32:
+        half = np.ascontiguousarray(_pack32(rows, w), dtype="<u4")
+        return half.view(np.uint8)[:, :nb]
+    return np.ascontiguousarray(_pack_words(rows, w), dtype="<u8").view(np.uint8)[:, :nb]
 
 
-def _unpack_rows(packed: np.ndarray, d: int, w: int) -> np.ndarray:
-    """(k, nbytes) uint8 -> (k, d) int64, sign-extended from w bits."""
-    k = packed.shape[0]
-    nb = (w + 7) // 8
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : d * w].reshape(k, d, w)  # (k, d, w)
-    if nb * 8 > w:
-        bits = np.concatenate([bits, np.zeros((k, d, nb * 8 - w), np.uint8)], axis=2)  # (k, d, 8*nb)
-    le = np.zeros((k, d, 8), dtype=np.uint8)
-    le[:, :, :nb] = np.packbits(bits, axis=2, bitorder="little")  # (k, d, nb) low bytes
-    u = le.view("<i8").reshape(k, d).astype(np.int64)
-    return np.where(u >= (1 << (w - 1)), u - (1 << w), u)  # sign-extend from w bits
+def _unpack_rows(packed: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarray:
+    """(k, nbytes) uint8 -> (k, d) `dtype`, sign-extended from w bits."""
+    unit = 4 if w <= 32 else 8
+    buf = np.zeros((packed.shape[0], -(-packed.shape[1] // unit) * unit), dtype=np.uint8)
+    buf[:, : packed.shape[1]] = packed
+    if w <= 32:
+        return _unpack32(buf.view("<u4"), d, w, dtype)
+    return _unpack_words(buf.view("<u8"), d, w).astype(dtype, copy=False)
 
 
 def _widths(rows: np.ndarray) -> np.ndarray:
     """(..., d) int64 -> (...,) uint8 two's-complement bit widths (0 for all-zero rows)."""
-    mag = np.abs(rows).max(axis=-1)  # (...,)
+    mag = np.maximum(rows.max(axis=-1), -rows.min(axis=-1))  # max |v| without an |rows| temporary
     # bit_length(mag) + 1 sign bit; frexp gives the exponent exactly for ints < 2**53
     _, exp = np.frexp(mag.astype(np.float64))
     return np.where(mag == 0, 0, exp + 1).astype(np.uint8)
+
+
+def _row_io(dim: int, w: int):
+    """(units per row, numpy unit dtype, bytes per row) of a w-bit row."""
+    if w <= 32:
+        return (w * dim + 31) // 32, np.dtype("<u4"), (w * dim + 7) // 8
+    return (w * dim + 63) // 64, np.dtype("<u8"), (w * dim + 7) // 8
+
+
+def _store_rows(buf: np.ndarray, off: np.ndarray, rows: np.ndarray, w: int) -> None:
+    """Pack `rows` (k, d) at byte offsets `off` (k,) of `buf` (uint8)."""
+    dim = rows.shape[1]
+    n_units, unit, nb = _row_io(dim, w)
+    whole = n_units * unit.itemsize == nb
+    for c0 in range(0, len(off), _CHUNK):
+        chunk, o = rows[c0 : c0 + _CHUNK], off[c0 : c0 + _CHUNK]
+        packed = _pack32(chunk, w) if w <= 32 else _pack_words(chunk, w)  # (c, n_units)
+        if whole and (o % unit.itemsize == 0).all():
+            view = buf[: buf.size // unit.itemsize * unit.itemsize].view(unit)
+            view[(o // unit.itemsize)[:, None] + np.arange(n_units)] = packed
+        else:
+            b = np.ascontiguousarray(packed, dtype=unit).view(np.uint8)[:, :nb]
+            buf[o[:, None] + np.arange(nb)] = b
+
+
+def _load_rows(data: np.ndarray, off: np.ndarray, dim: int, w: int, out: np.ndarray, dest: np.ndarray) -> None:
+    """Unpack the w-bit rows at byte offsets `off` of `data` into out[dest]."""
+    n_units, unit, nb = _row_io(dim, w)
+    whole = n_units * unit.itemsize == nb
+    view = data[: data.size // unit.itemsize * unit.itemsize].view(unit)
+    for c0 in range(0, len(off), _CHUNK):
+        o, dst = off[c0 : c0 + _CHUNK], dest[c0 : c0 + _CHUNK]
+        if whole and (o % unit.itemsize == 0).all():
+            packed = view[(o // unit.itemsize)[:, None] + np.arange(n_units)]
+        else:
+            raw = np.zeros((len(o), n_units * unit.itemsize), dtype=np.uint8)
+            raw[:, :nb] = data[o[:, None] + np.arange(nb)]
+            packed = raw.view(unit)
+        if w <= 32:
+            out[dst] = _unpack32(packed, dim, w, out.dtype)
+        else:
+            out[dst] = _unpack_words(packed, dim, w)
+
+
+def _width_groups(flat_w: np.ndarray):
+    """(width, row indices) for each non-zero width present."""
+    order = np.argsort(flat_w, kind="stable")
+    bounds = np.flatnonzero(np.diff(flat_w[order])) + 1
+    for sel in np.split(order, bounds):
+        if len(sel) and flat_w[sel[0]] != 0:
+            yield int(flat_w[sel[0]]), sel
+
+
+# ---- tables <-> blobs ------------------------------------------------------------------------
 
 
 def encode_many(tables: np.ndarray) -> list[bytes]:
     """Encode U exact integer tables.
 
     Args:
-        tables: (U, S, B, d) int64 bucket sums; each signature's buckets must sum to the same total.
+        tables: (U, S, B, d) int32 or int64 bucket sums; each signature's buckets must sum to
+            the same total.
     Returns:
         U blobs.
     """
     n_users, n_sig, n_buckets, dim = tables.shape
     if n_users == 0:
         return []
-    rows = tables.reshape(n_users, n_sig * n_buckets, dim)  # (U, R, d)
+    if tables.dtype not in (np.int32, np.int64):
+        tables = tables.astype(np.int64)
+    n_rows = n_sig * n_buckets
+    rows = np.ascontiguousarray(tables).reshape(n_users, n_rows, dim)  # (U, R, d)
     widths = _widths(rows).reshape(n_users, n_sig, n_buckets)  # (U, S, B)
     if int(widths.max(initial=0)) > 63:
         raise OverflowError("BSE bucket sum needs more than 63 bits")
     if n_sig > 1:
         # signatures 1..: drop the widest bucket, derived on decode as total - the others
         widest = widths[:, 1:].argmax(axis=2)  # (U, S-1)
-        u_idx, j_idx = np.meshgrid(np.arange(n_users), np.arange(1, n_sig), indexing="ij")
-        widths[u_idx, j_idx, widest] = _DERIVED
-    widths = widths.reshape(n_users, -1)  # (U, R)
+        widths[:, 1:][np.arange(n_users)[:, None], np.arange(n_sig - 1)[None, :], widest] = _DERIVED
+    widths = widths.reshape(n_users, n_rows)  # (U, R)
     stored_w = np.where(widths == _DERIVED, 0, widths).astype(np.int64)
     row_nbytes = (stored_w * dim + 7) // 8  # (U, R)
-    flat_off = np.concatenate([[0], np.cumsum(row_nbytes.ravel())])  # (U*R + 1,)
-    buf = np.zeros(int(flat_off[-1]), dtype=np.uint8)
+    meta = _HEADER.size + n_rows
+    sizes = meta + row_nbytes.sum(axis=1)  # (U,) blob lengths
+    # blob i at pos[i], its row data (pos + meta) 4-byte aligned: regions start at multiples of 4
+    pad = (-meta) % 4
+    region = (pad + sizes + 3) // 4 * 4
+    pos = np.concatenate([[0], np.cumsum(region[:-1])]) + pad
+    buf = np.zeros(int(region.sum()) + 8, dtype=np.uint8)
+    head = np.frombuffer(_HEADER.pack(_FORMAT, n_sig, n_buckets, dim), dtype=np.uint8)
+    buf[pos[:, None] + np.arange(_HEADER.size)] = head
+    buf[pos[:, None] + _HEADER.size + np.arange(n_rows)] = widths
+    row_off = (pos + meta)[:, None] + np.cumsum(row_nbytes, axis=1) - row_nbytes  # (U, R) absolute
+    flat_w, flat_off = stored_w.ravel(), row_off.ravel()
     flat_rows = rows.reshape(-1, dim)
-    flat_w = stored_w.ravel()
-    for w in np.unique(flat_w):
-        if w == 0:
-            continue
-        sel = np.flatnonzero(flat_w == w)
-        packed = _pack_rows(flat_rows[sel], int(w))  # (k, nbytes)
-        buf[flat_off[sel][:, None] + np.arange(packed.shape[1])] = packed
-    header = _HEADER.pack(_FORMAT, n_sig, n_buckets, dim)
-    n_rows = n_sig * n_buckets
-    out = []
-    for u_i in range(n_users):
-        lo, hi = flat_off[u_i * n_rows], flat_off[(u_i + 1) * n_rows]
-        out.append(header + widths[u_i].tobytes() + buf[lo:hi].tobytes())
-    return out
+    for w, sel in _width_groups(flat_w):
+        for c0 in range(0, len(sel), _CHUNK):
+            part = sel[c0 : c0 + _CHUNK]
+            _store_rows(buf, flat_off[part], flat_rows[part], w)
+    mv = memoryview(buf)
+    return [bytes(mv[p : p + n]) for p, n in zip(pos.tolist(), sizes.tolist())]
 
 
 def encode(table: np.ndarray) -> bytes:
@@ -149,82 +308,86 @@ def decode(blob: bytes, shape: tuple[int, int, int] | None = None) -> np.ndarray
         raise ValueError(f"unknown table format {fmt}")
     if shape is not None and (n_sig, n_buckets, dim) != tuple(shape):
         raise ValueError(f"table shape {(n_sig, n_buckets, dim)} != expected {tuple(shape)}")
-    n_rows = n_sig * n_buckets
-    pos = _HEADER.size
-    if len(blob) < pos + n_rows:
-        raise ValueError(f"blob of {len(blob)} bytes is shorter than its {n_rows} row widths")
-    widths = np.frombuffer(blob, dtype=np.uint8, count=n_rows, offset=pos).astype(np.int64)
-    derived = widths.reshape(n_sig, n_buckets) == _DERIVED  # (S, B)
-    if derived[0].any() or (n_sig > 1 and not (derived[1:].sum(1) == 1).all()):
-        raise ValueError("derived-bucket markers are not one per signature 1..S-1")
-    widths = np.where(widths == _DERIVED, 0, widths)
-    pos += n_rows
-    row_nbytes = (widths * dim + 7) // 8
-    off = pos + np.concatenate([[0], np.cumsum(row_nbytes)])
-    if off[-1] != len(blob):
-        raise ValueError(f"blob has {len(blob)} bytes, its row widths need {int(off[-1])}")
-    data = np.frombuffer(blob, dtype=np.uint8)
-    rows = np.zeros((n_rows, dim), dtype=np.int64)
-    for w in np.unique(widths):
-        if w == 0:
-            continue
-        sel = np.flatnonzero(widths == w)
-        nb = int(row_nbytes[sel[0]])
-        packed = data[off[sel][:, None] + np.arange(nb)]  # (k, nb)
-        rows[sel] = _unpack_rows(packed, dim, int(w))
-    table = rows.reshape(n_sig, n_buckets, dim)
-    total = table[0].sum(0)  # (d,) every signature's buckets sum to this
-    j, b = np.nonzero(derived)
-    table[j, b] = total - table[j].sum(1)  # derived rows are zero so far
-    return table
+    if len(blob) < _HEADER.size + n_sig * n_buckets:
+        raise ValueError(f"blob of {len(blob)} bytes is shorter than its {n_sig * n_buckets} row widths")
+    return decode_many([blob], (n_sig, n_buckets, dim))[0]
 
 
-def decode_many(blobs: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+def decode_many(blobs: list[bytes], shape: tuple[int, int, int], dtype=np.int64) -> np.ndarray:
     """Decode U blobs of one shape at once (the apply path): rows of equal width across all
     blobs are unpacked together.
 
     Args:
         blobs: U blobs from `encode`/`encode_many`.
         shape: (S, B, d) they must all have.
+        dtype: np.int64, or np.int32 when the caller knows every bucket sum and every partial
+            sum of a signature fits in 31 bits (the store checks its sequence bound); a blob
+            with a row wider than 32 bits is then still decoded, as int64.
     Returns:
-        (U, S, B, d) int64.
+        (U, S, B, d) of `dtype` (or int64, see above).
     Raises:
         ValueError: naming the index of the first malformed blob.
     """
     n_sig, n_buckets, dim = shape
     n_rows = n_sig * n_buckets
-    out = np.zeros((len(blobs), n_rows, dim), dtype=np.int64)
+    n_users = len(blobs)
     if not blobs:
-        return out.reshape(0, *shape)
+        return np.zeros((0, *shape), dtype=dtype)
+    meta = _HEADER.size + n_rows
     head = _HEADER.pack(_FORMAT, n_sig, n_buckets, dim)
-    widths = np.zeros((len(blobs), n_rows), dtype=np.int64)
+    pad = (-meta) % 4
+    pieces, starts, pos, zeros = [], [], 0, b"\0" * 8
     for i, b in enumerate(blobs):
-        if b[: _HEADER.size] != head or len(b) < _HEADER.size + n_rows:
-            decode(b, shape)  # raises the precise reason
-            raise ValueError(f"blob {i} has a bad header")
-        widths[i] = np.frombuffer(b, dtype=np.uint8, count=n_rows, offset=_HEADER.size)
-    derived = widths == _DERIVED  # (U, R)
+        if len(b) < meta or b[: _HEADER.size] != head:
+            if len(blobs) == 1:
+                _check_header(b, shape)
+            raise ValueError(f"blob {i} has a bad header or is shorter than its {n_rows} row widths")
+        fill = pad + (-(len(b) + pad)) % 4  # each blob's row data 4-byte aligned
+        pieces += [b, zeros[: (-(len(b) + pad)) % 4 + pad]]
+        starts.append(pos)
+        pos += len(b) + fill
+    data = np.frombuffer(zeros[:pad] + b"".join(pieces) + zeros, dtype=np.uint8)
+    start = np.asarray(starts, dtype=np.int64) + pad
+    widths = data[(start + _HEADER.size)[:, None] + np.arange(n_rows)].astype(np.int64)  # (U, R)
+    derived = widths == _DERIVED
+    bad = derived.reshape(n_users, n_sig, n_buckets)
+    ok = ~bad[:, 0].any(axis=1)
+    if n_sig > 1:
+        ok &= (bad[:, 1:].sum(axis=2) == 1).all(axis=1)
+    if not ok.all():
+        raise ValueError(f"blob {int(np.flatnonzero(~ok)[0])}: derived-bucket markers are not one per signature 1..S-1")
     stored_w = np.where(derived, 0, widths)
+    if (stored_w > 64).any():
+        raise ValueError(f"blob {int(np.flatnonzero((stored_w > 64).any(1))[0])}: row width above 64")
     row_nbytes = (stored_w * dim + 7) // 8  # (U, R)
-    base = np.cumsum([0] + [len(b) for b in blobs[:-1]]) + _HEADER.size + n_rows  # data start per blob
-    row_off = base[:, None] + np.cumsum(row_nbytes, axis=1) - row_nbytes  # (U, R)
-    ends = row_off[:, -1] + row_nbytes[:, -1]
-    sizes = np.array([len(b) for b in blobs])
-    if (ends - base != sizes - _HEADER.size - n_rows).any():
-        bad = int(np.flatnonzero(ends - base != sizes - _HEADER.size - n_rows)[0])
-        raise ValueError(f"blob {bad} has {sizes[bad]} bytes, its row widths need more or fewer")
-    data = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    sizes = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=n_users)
+    need = meta + row_nbytes.sum(axis=1)
+    if (need != sizes).any():
+        bad_i = int(np.flatnonzero(need != sizes)[0])
+        raise ValueError(f"blob {bad_i} has {sizes[bad_i]} bytes, its row widths need {int(need[bad_i])}")
+    row_off = (start + meta)[:, None] + np.cumsum(row_nbytes, axis=1) - row_nbytes  # (U, R) absolute
+    if np.dtype(dtype) != np.int64 and int(stored_w.max()) > 32:
+        dtype = np.int64
     flat_w, flat_off = stored_w.ravel(), row_off.ravel()
-    flat_out = out.reshape(-1, dim)
-    for w in np.unique(flat_w):
-        if w == 0:
-            continue
-        sel = np.flatnonzero(flat_w == w)
-        nb = (int(w) * dim + 7) // 8
-        flat_out[sel] = _unpack_rows(data[flat_off[sel][:, None] + np.arange(nb)], dim, int(w))
-    tables = out.reshape(len(blobs), n_sig, n_buckets, dim)
-    der = derived.reshape(len(blobs), n_sig, n_buckets)
-    total = tables[:, 0].sum(1)  # (U, d)
-    u, j, b = np.nonzero(der)
-    tables[u, j, b] = total[u] - tables[u, j].sum(1)
+    out = np.empty((n_users * n_rows, dim), dtype=dtype)
+    out[flat_w == 0] = 0  # empty and derived rows
+    for w, sel in _width_groups(flat_w):
+        _load_rows(data, flat_off[sel], dim, w, out, sel)
+    tables = out.reshape(n_users, n_sig, n_buckets, dim)
+    if n_sig > 1:
+        u, j, b = np.nonzero(derived.reshape(n_users, n_sig, n_buckets))
+        sums = tables.sum(axis=2, dtype=np.int64)  # (U, S, d); derived rows are still 0
+        tables[u, j, b] = sums[u, 0] - sums[u, j]
     return tables
+
+
+def _check_header(blob: bytes, shape: tuple[int, int, int]) -> None:
+    """Raise ValueError with the precise reason a single blob's header is unusable."""
+    if len(blob) < _HEADER.size:
+        raise ValueError(f"blob of {len(blob)} bytes is shorter than its header")
+    fmt, n_sig, n_buckets, dim = _HEADER.unpack_from(blob)
+    if fmt != _FORMAT:
+        raise ValueError(f"unknown table format {fmt}")
+    if (n_sig, n_buckets, dim) != tuple(shape):
+        raise ValueError(f"table shape {(n_sig, n_buckets, dim)} != expected {tuple(shape)}")
+    raise ValueError(f"blob of {len(blob)} bytes is shorter than its {n_sig * n_buckets} row widths")

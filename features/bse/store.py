@@ -16,14 +16,17 @@ it: the loser re-reads, skips what the winner applied, and retries.
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from features.bse import _codec
+from features.bse._itemcodes import ItemCodes
 from features.bse.embeddings import ItemEmbeddings
 from features.errors import (
     ApplyConflict,
@@ -94,6 +97,18 @@ class TableVersion:
         if self.embeddings is None:
             raise MissingEmbeddings(self.name)
         return _codec.quant_step(self.embeddings.max_abs, self.item_bits)
+
+    @functools.cached_property
+    def codes(self) -> ItemCodes:
+        """Memoised signatures and quantised embeddings per item (embeddings are fixed per version)."""
+        if self.embeddings is None:
+            raise MissingEmbeddings(self.name)
+        return ItemCodes(self)
+
+    def item_signatures(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(N, S) int64 signatures of items by id, each item hashed once per version (the
+        candidate path: pass them to `BseStore.lookup(..., cand_sigs=...)`)."""
+        return self.codes.signatures(item_ids)
 
     def params(self) -> dict[str, str]:
         """What every writer of this version must agree on (checked against the store)."""
@@ -317,68 +332,103 @@ class BseStore(ABC):
     ) -> tuple[list[_UserWrite], int]:
         users = list(by_user)
         n_evicted = 0
-        # per user: items to add (+1) and remove (-1) for incremental versions; full rebuilds listed apart
+        # per user: items to add (+1) and remove (-1) for incremental versions
         plus: list[list[str]] = []
         minus: list[list[str]] = []
+        longest = self.max_seq_len
         for u in users:
             s, new = snaps[u], by_user[u]
             n_evict = max(0, s.seq_len + len(new) - self.max_seq_len)
             # evicted = the oldest n_evict of (old sequence + new items); may include new items.
             # (Users whose evictions reach past `head` have all blobs reset to None above and are
             # rebuilt from full_seq, so `evicted` is unused for them.)
-            evicted = (s.head + new)[:n_evict]
+            evicted = (s.head + new)[:n_evict] if n_evict else []
             n_evicted += n_evict
             plus.append(new)
             minus.append(evicted)
+            longest = max(longest, s.seq_len + len(new))
         writes = [_UserWrite(u, snaps[u].n_total, by_user[u], {}) for u in users]
         for vname in self._maintained:
             v = self._versions[vname]
-            tables = np.zeros((len(users), *v.shape), dtype=np.int64)  # (U, S, B, d)
+            # exact integer sums in int32 when no bucket sum (nor partial sum) can reach 2**31
+            lim = 2 ** (v.item_bits - 1) - 1
+            dtype = np.int32 if longest * lim < 2**31 - 1 else np.int64
             have = [i for i, u in enumerate(users) if snaps[u].blobs.get(vname) is not None]
-            if have:
-                try:
-                    tables[have] = _codec.decode_many([snaps[users[i]].blobs[vname] for i in have], v.shape)
-                except ValueError:  # find and name the bad one
-                    for i in have:
-                        self._decode(snaps[users[i]].blobs[vname], users[i], v)
-                    raise
+            if len(have) == len(users):
+                tables = self._decode_many([snaps[u].blobs[vname] for u in users], users, v, dtype)
+            else:
+                tables = np.zeros((len(users), *v.shape), dtype=dtype)  # (U, S, B, d)
+                if have:
+                    dec = self._decode_many([snaps[users[i]].blobs[vname] for i in have], [users[i] for i in have], v, dtype)
+                    if dec.dtype != tables.dtype:
+                        tables = tables.astype(dec.dtype)
+                    tables[have] = dec
             delta_items: list[str] = []
-            delta_user: list[int] = []
+            n_per_user: list[int] = []
             delta_sign: list[int] = []
             for i, u in enumerate(users):
                 s = snaps[u]
-                blob = s.blobs.get(vname)
-                if blob is None:
+                if s.blobs.get(vname) is None:
                     # no table yet: build from the final sequence (new user, or a version added later)
                     final = ((s.full_seq or []) + plus[i])[-self.max_seq_len :]
                     delta_items += final
-                    delta_user += [i] * len(final)
+                    n_per_user.append(len(final))
                     delta_sign += [1] * len(final)
                 else:
-                    delta_items += plus[i] + minus[i]
-                    delta_user += [i] * (len(plus[i]) + len(minus[i]))
-                    delta_sign += [1] * len(plus[i]) + [-1] * len(minus[i])
-            self._scatter(v, tables, delta_items, np.asarray(delta_user, np.int64), np.asarray(delta_sign, np.int64))
+                    delta_items += plus[i]
+                    delta_items += minus[i]
+                    n_per_user.append(len(plus[i]) + len(minus[i]))
+                    delta_sign += [1] * len(plus[i])
+                    delta_sign += [-1] * len(minus[i])
+            user_idx = np.repeat(np.arange(len(users)), n_per_user)
+            self._scatter(v, tables, delta_items, user_idx, np.asarray(delta_sign, np.int64))
             for w, blob in zip(writes, _codec.encode_many(tables)):
                 w.blobs[vname] = blob
         return writes, n_evicted
 
     @staticmethod
     def _scatter(v: TableVersion, tables: np.ndarray, items: list[str], user_idx: np.ndarray, sign: np.ndarray) -> None:
-        """tables[u, j, sig_j(e), :] += sign * q(e) for each (item, user, sign)."""
+        """tables[u, j, sig_j(e), :] += sign * q(e) for each (item, user, sign), exactly.
+
+        Signatures and quantised embeddings come from the version's per-item memo. The sums are
+        accumulated with torch index_add_ (one call per signature, no (n, S, d) temporary) in
+        float32 when every partial sum stays below 2**24 (float64, exact below 2**53, otherwise),
+        so the integer result is exact whatever the accumulation order.
+        """
         if not items:
             return
-        emb = v.embeddings.lookup(items)  # (n, d)
-        if emb.shape != (len(items), v.shape[2]):
-            raise EmbeddingDimMismatch(v.name, v.shape[2], emb.shape)
-        q = _codec.quantize(emb, v.step, v.item_bits) * sign[:, None]  # (n, d)
-        sigs = v.hasher.signatures_np(emb)  # (n, S)
-        n_sig = sigs.shape[1]
-        np.add.at(
-            tables,
-            (np.repeat(user_idx, n_sig), np.tile(np.arange(n_sig), len(items)), sigs.ravel()),
-            np.repeat(q, n_sig, axis=0),
-        )
+        sigs, q = v.codes.codes(items)  # (n, S), (n, d)
+        n_sig, n_buckets, dim = v.shape
+        n = len(items)
+        lim = 2 ** (v.item_bits - 1) - 1
+        per_user = int(np.bincount(user_idx).max())
+        fdt = torch.float32 if per_user * lim < 2**24 else torch.float64
+        src = torch.from_numpy(q).to(fdt)
+        if (sign != 1).any():
+            src *= torch.from_numpy(sign).to(fdt)[:, None]
+        keys = (user_idx[:, None] * n_sig + np.arange(n_sig)) * n_buckets + sigs  # (n, S) flat row ids
+        flat = tables.reshape(-1, dim)
+        if len(flat) <= 4 * n:  # dense: (mostly) fresh tables, e.g. rebuild
+            acc = torch.zeros((len(flat), dim), dtype=fdt)
+            index = torch.from_numpy(keys)
+            for j in range(n_sig):
+                acc.index_add_(0, index[:, j], src)
+            flat += acc.numpy().astype(flat.dtype)
+            return
+        uniq, inv = np.unique(keys, return_inverse=True)
+        inv = torch.from_numpy(inv.reshape(n, n_sig))
+        acc = torch.zeros((len(uniq), dim), dtype=fdt)
+        for j in range(n_sig):
+            acc.index_add_(0, inv[:, j], src)
+        flat[uniq] += acc.numpy().astype(flat.dtype)
+
+    def _decode_many(self, blobs: list[bytes], users: list[str], v: TableVersion, dtype=np.int64) -> np.ndarray:
+        try:
+            return _codec.decode_many(blobs, v.shape, dtype)
+        except ValueError:  # find and name the bad one
+            for blob, u in zip(blobs, users):
+                self._decode(blob, u, v)
+            raise
 
     @staticmethod
     def _decode(blob: bytes, user_id: str, v: TableVersion) -> np.ndarray:
@@ -412,6 +462,9 @@ class BseStore(ABC):
             re-read and rebuilt once more (n_retried).
         """
         v = TableVersion(hasher, embeddings, model_version=model_version, item_bits=item_bits)
+        known = self._versions.get(v.name)
+        if known is not None and known.hasher is hasher and known.embeddings is embeddings:
+            v = known  # keeps its per-item memo
         self.register_version(v, maintain=maintain)
         n_users = n_beh = n_retried = 0
         batch: list[str] = []
@@ -431,7 +484,9 @@ class BseStore(ABC):
         pending, n_beh, n_retried = list(users), 0, 0
         for attempt in range(self.max_attempts):
             seqs = self._read_sequences(pending)
-            tables = np.zeros((len(pending), *v.shape), dtype=np.int64)
+            longest = max((len(seq) for _, seq in seqs), default=0)
+            dtype = np.int32 if longest * (2 ** (v.item_bits - 1) - 1) < 2**31 - 1 else np.int64
+            tables = np.zeros((len(pending), *v.shape), dtype=dtype)
             items = [i for _, seq in seqs for i in seq]
             user_idx = np.repeat(np.arange(len(pending)), [len(seq) for _, seq in seqs])
             self._scatter(v, tables, items, user_idx, np.ones(len(items), np.int64))
@@ -484,9 +539,10 @@ class BseStore(ABC):
         """
         v = self.version(version)
         out = np.zeros((len(user_ids), *v.shape), dtype=np.float32)
-        for i, (u, blob) in enumerate(zip(user_ids, self._read_blobs(list(user_ids), v.name))):
-            if blob is not None:
-                out[i] = self._decode(blob, u, v)
+        blobs = self._read_blobs(list(user_ids), v.name)
+        have = [i for i, b in enumerate(blobs) if b is not None]
+        if have:
+            out[have] = self._decode_many([blobs[i] for i in have], [user_ids[i] for i in have], v)
         return out
 
     def sequence(self, user_id: str, last_n: int | None = None) -> list[str]:

@@ -15,6 +15,9 @@ Exactly-once effect in two steps:
    outbox only if its change counter is still the one read before publishing, so a concurrent
    processor's newer change is never lost. A crash between the two steps leaves the entities
    dirty, and the next run publishes them: nothing lost, no count applied twice.
+   Known limit with several processor instances: items are touched from every partition, and
+   two instances publishing the same item at once may land in either order, leaving the older
+   value until the item's next change republishes it (users are owned by one partition).
 
 Windows are event-time windows at hour resolution, relative to the entity's latest event:
 `*_1h` is the latest hour bucket, `*_24h` the last 24 buckets, `*_7d` the last 168. Older buckets

@@ -4,11 +4,7 @@ from-scratch computation ends: no event lost, none applied twice."""
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +15,7 @@ from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.data.synthetic import SyntheticConfig, generate_events
 from pipelines.produce import produce_events
 from pipelines.stream.bse_encoder import load_item_embeddings
+from tests.integration.procs import spawn_processor, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,34 +26,16 @@ MAX_SEQ_LEN = 300  # below the per-user sequence length, so evictions happen
 SYN = SyntheticConfig(n_users=220, n_items=3000, seq_len=450, short_len=50, seed=11)
 
 
-def _env(settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"RECSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECSTREAM_REDIS_URL": settings.redis_url,
-                "RECSTREAM_EVENTS_TOPIC": settings.events_topic, "RECSTREAM_DLQ_TOPIC": settings.dlq_topic,
-                "RECSTREAM_IMPRESSIONS_TOPIC": settings.impressions_topic, "RECSTREAM_REDIS_PREFIX": settings.redis_prefix})
-    return env
-
-
-def _spawn(settings, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "recstream.cli", "process", "bse-encoder", "--embeddings", EMB_SPEC,
-           "--max-seq-len", str(MAX_SEQ_LEN), "--batch-max-records", "500", *args]
-    return subprocess.Popen(cmd, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _spawn(settings, *args: str):
+    return spawn_processor(settings, "bse-encoder", "--embeddings", EMB_SPEC, "--max-seq-len", str(MAX_SEQ_LEN), *args)
 
 
 def _applied(store: RedisBseStore, topic: str) -> int:
     return sum(o for (t, _), o in store.committed_offsets("bse-encoder").items() if t == topic)
 
 
-def _wait_offsets(store, topic, at_least: int, proc: subprocess.Popen, timeout_s: float = 240) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        n = _applied(store, topic)
-        if n >= at_least:
-            return n
-        if proc.poll() is not None:
-            raise AssertionError(f"processor exited early (rc={proc.returncode}): {proc.stdout.read().decode()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"processor reached only {_applied(store, topic)} of {at_least} offsets in {timeout_s}s")
+def _wait_offsets(store, topic, at_least: int, proc, timeout_s: float = 300) -> int:
+    return wait_for(lambda: _applied(store, topic), at_least, proc, timeout_s)
 
 
 def _version() -> TableVersion:

@@ -24,6 +24,8 @@ def test_dot_attention_matches_manual_softmax_and_ignores_padding():
 def test_null_key_lets_attention_say_nothing_matches():
     q, k = torch.ones(1, 4), -torch.ones(1, 3, 4)  # every behaviour points away from the target
     att = DotTargetAttention(4, null_key=True, cosine=True)
+    with torch.no_grad():
+        att.log_scale.fill_(math.log(8.0))
     out = att(q, k, torch.ones(1, 3, dtype=torch.bool))
     assert out.norm() < 0.1 * k[0, 0].norm()  # plain softmax would return a full-norm average
     assert DotTargetAttention(4, null_key=False)(q, k, torch.ones(1, 3, dtype=torch.bool)).norm() > 1.9

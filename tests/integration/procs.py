@@ -1,0 +1,45 @@
+"""Run processors as real OS processes (so tests can SIGKILL them) and wait on their progress."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def env_for(settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"RECSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECSTREAM_REDIS_URL": settings.redis_url,
+                "RECSTREAM_EVENTS_TOPIC": settings.events_topic, "RECSTREAM_DLQ_TOPIC": settings.dlq_topic,
+                "RECSTREAM_IMPRESSIONS_TOPIC": settings.impressions_topic, "RECSTREAM_REDIS_PREFIX": settings.redis_prefix,
+                "RECSTREAM_HOME": str(settings.home)})
+    return env
+
+
+def spawn_processor(settings, name: str, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "recstream.cli", "process", name, "--batch-max-records", "500", *args]
+    return subprocess.Popen(cmd, env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(progress: Callable[[], int], at_least: int, proc: subprocess.Popen, timeout_s: float = 300) -> int:
+    """Poll progress() until it reaches at_least; fail with the process output if it dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        n = progress()
+        if n >= at_least:
+            return n
+        if proc.poll() is not None:
+            raise AssertionError(f"processor exited early (rc={proc.returncode}): {proc.stdout.read().decode()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"processor reached only {progress()} of {at_least} in {timeout_s}s")
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    try:
+        rc = proc.wait(timeout=timeout_s)
+        assert rc == 0, proc.stdout.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
