@@ -1,0 +1,194 @@
+"""Stream benchmark: processor throughput, freshness at a fixed rate, read paths, BSE size.
+
+Writes `reports/stream.json` (flat keys) and `reports/stream.md`. Everything runs against the
+real stack (Kafka, Redis, Feast with the Redis online store) with topics and key prefixes unique
+to the run, and every variant is measured in the same run so ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from features.feast_repo import repo_for_settings
+from features.item_features import RedisItemFeatures, bench_item_reads
+from pipelines.data.synthetic import SyntheticConfig, generate_events
+from pipelines.produce import produce_events
+from pipelines.stream.base import ProcessorConfig, StreamProcessor
+from pipelines.stream.feature_writer import FeatureWriterHandler
+from recstream.kafka_io import ensure_topics, make_producer
+from recstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _fresh(settings: Settings, tag: str) -> Settings:
+    s = settings.model_copy(update={"events_topic": f"bench{tag}.events", "dlq_topic": f"bench{tag}.events.dlq",
+                                    "impressions_topic": f"bench{tag}.impressions", "redis_prefix": f"bench{tag}"})
+    ensure_topics(s)
+    return s
+
+
+def _events(n: int, seed: int = 3):
+    # 10k-behaviour users are the BSE's worst case; here long-ish sequences over many users.
+    cfg = SyntheticConfig(n_users=max(1, n // 500), n_items=5000, seq_len=490, short_len=50, seed=seed)
+    return list(itertools.islice(generate_events(cfg), n))
+
+
+def _throughput(settings: Settings, handler, name: str, n: int, batch: int) -> dict:
+    """Events/s of one processor consuming n pre-produced events (steady state: first to last batch)."""
+    proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch), settings)
+    marks: list[tuple[float, int]] = []
+    orig_step = proc.step
+
+    def step() -> int:
+        got = orig_step()
+        if got:
+            marks.append((time.perf_counter(), got))
+        return got
+
+    proc.step = step
+    t = threading.Thread(target=proc.run, kwargs={"max_idle_s": 3.0}, daemon=True)
+    t.start()
+    t.join(timeout=1800)
+    consumed = sum(k for _, k in marks)
+    if consumed < n or len(marks) < 2:
+        raise RuntimeError(f"{name}: consumed {consumed} of {n} events")
+    # Steady state: from the end of the first batch to the end of the last.
+    span_s = marks[-1][0] - marks[0][0]
+    return {"events_per_s": (consumed - marks[0][1]) / span_s, "events": consumed, "seconds": span_s}
+
+
+def _feature_writer(s: Settings, repo) -> FeatureWriterHandler:
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    return FeatureWriterHandler(r, s.redis_prefix, repo=repo, item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
+
+
+def bench_feature_writer(settings: Settings, n: int = 100_000, batch: int = 5000) -> dict:
+    s = _fresh(settings, uuid.uuid4().hex[:6])
+    produce_events(_events(n), s, progress=False)
+    res = _throughput(s, _feature_writer(s, repo_for_settings(s)), "feature-writer", n, batch)
+    return {"feature_writer_events_per_s": res["events_per_s"]}
+
+
+def bench_bse_encoder(settings: Settings, n: int = 100_000, batch: int = 5000) -> dict:
+    from features.bse import RedisBseStore, TableVersion
+    from models.sdim_hash import SdimConfig, SdimHasher
+    from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+
+    s = _fresh(settings, uuid.uuid4().hex[:6])
+    produce_events(_events(n), s, progress=False)
+    emb = load_item_embeddings("random:5000:0")
+    store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix,
+                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)])
+    res = _throughput(s, BseEncoderHandler(store), "bse-encoder", n, batch)
+    return {"bse_encoder_events_per_s": res["events_per_s"]}
+
+
+def bench_freshness(settings: Settings, rate_per_s: int = 5000, duration_s: float = 10.0) -> dict:
+    """Feature freshness (Kafka create time -> readable in Feast online) at a fixed produce rate."""
+    s = _fresh(settings, uuid.uuid4().hex[:6])
+    handler = _feature_writer(s, repo_for_settings(s))
+    proc = StreamProcessor(handler, ProcessorConfig(name="feature-writer", batch_max_records=5000, poll_timeout_ms=20), s)
+    t = threading.Thread(target=proc.run, daemon=True)
+    t.start()
+    time.sleep(5.0)  # join the group before the clock starts
+    events = _events(int(rate_per_s * duration_s), seed=9)
+    producer = make_producer(s, linger_ms=1)
+    t0 = time.perf_counter()
+    tick_s = 0.01
+    per_tick = max(1, int(rate_per_s * tick_s))
+    for k in range(0, len(events), per_tick):
+        for e in events[k:k + per_tick]:
+            producer.send(s.events_topic, key=e.user_id, value=e.to_bytes())
+        lag = t0 + (k + per_tick) / rate_per_s - time.perf_counter()
+        if lag > 0:
+            time.sleep(lag)
+    producer.flush()
+    achieved = len(events) / (time.perf_counter() - t0)
+    producer.close()
+    deadline = time.monotonic() + 60
+    while len(handler.freshness_ms) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.stop()
+    t.join(timeout=60)
+    f = np.array(handler.freshness_ms)
+    if len(f) < len(events):
+        raise RuntimeError(f"freshness: only {len(f)} of {len(events)} events became visible")
+    return {"freshness_p50_ms": float(np.percentile(f, 50)), "freshness_p99_ms": float(np.percentile(f, 99)),
+            "freshness_rate_events_per_s": achieved}
+
+
+def bench_bse_bytes(settings: Settings, seq_len: int = 10_000) -> dict:
+    """Redis MEMORY USAGE of one user's tables after 10,000 behaviours drawn from a few clusters
+    of items (clustered tastes make the widest bucket sums: the costly case for packing)."""
+    from features.bse import Behaviour, RedisBseStore, TableVersion
+    from features.bse.bench import clustered_embeddings
+    from models.sdim_hash import SdimConfig, SdimHasher
+
+    emb, label = clustered_embeddings(5000, seed=0)
+    v = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    store = RedisBseStore.from_url(settings.redis_url, prefix=prefix, versions=[v], max_seq_len=seq_len)
+    rng = np.random.default_rng(0)
+    pool = np.flatnonzero(np.isin(label, rng.choice(label.max() + 1, size=3, replace=False)))
+    items = rng.choice(pool, size=seq_len)
+    for k in range(0, seq_len, 2000):
+        store.apply_batch([Behaviour("L10000", f"i{i}") for i in items[k:k + 2000]])
+    n_bytes = store.table_bytes("L10000", v)
+    keys = list(store.r.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        store.r.delete(*keys)
+    return {"bse_bytes_per_user_L10000": n_bytes}
+
+
+def run(settings: Settings, out_dir: Path = Path("reports"), n_events: int = 100_000) -> dict:
+    res: dict = {}
+    res.update(bench_feature_writer(settings, n_events))
+    res.update(bench_bse_encoder(settings, n_events))
+    res.update(bench_freshness(settings))
+    reads = bench_item_reads(redis_url=settings.redis_url)
+    res["feast_read_500_items_p99_ms"] = reads["feast_read_500_items_p99_ms"]
+    res["fast_read_500_items_p99_ms"] = reads["fast_read_500_items_p99_ms"]
+    res["fast_vs_feast_read_speedup"] = reads["feast_read_500_items_p99_ms"] / reads["fast_read_500_items_p99_ms"]
+    res.update(bench_bse_bytes(settings))
+    res["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}"
+    res["n_events"] = n_events
+    write_report(res, out_dir)
+    return res
+
+
+GOALS = {
+    "feature_writer_events_per_s": (">=", 20_000),
+    "bse_encoder_events_per_s": (">=", 20_000),
+    "freshness_p99_ms": ("<", 500),
+    "fast_vs_feast_read_speedup": (">=", 10),
+    "bse_bytes_per_user_L10000": ("<=", 16_384),
+}
+
+
+def write_report(res: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "stream.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    lines = ["# Stream benchmark", "", f"Machine: {res.get('machine', '?')}; {res.get('n_events', '?')} events per throughput run.", "",
+             "| metric | value | goal | met |", "|---|---|---|---|"]
+    for k, v in res.items():
+        if not isinstance(v, (int, float)) or k == "n_events":
+            continue
+        goal = GOALS.get(k)
+        met = ""
+        if goal:
+            op, target = goal
+            met = "yes" if {"<": v < target, "<=": v <= target, ">=": v >= target}[op] else "**no**"
+        lines.append(f"| {k} | {v:,.2f} | {op + ' ' + format(target, ',') if goal else ''} | {met} |")
+    (out_dir / "stream.md").write_text("\n".join(lines) + "\n")
