@@ -114,7 +114,7 @@ def _unpack32(half: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarray:
     s = v.view(np.int32)
     if w < 32:
         s >>= 32 - w  # arithmetic shift: sign extension
-    return s.T.astype(dtype)
+    return s.T  # (c, d) view; the caller's assignment casts
 
 
 @functools.lru_cache(maxsize=256)
@@ -174,7 +174,7 @@ def _unpack_rows(packed: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarr
     buf = np.zeros((packed.shape[0], -(-packed.shape[1] // unit) * unit), dtype=np.uint8)
     buf[:, : packed.shape[1]] = packed
     if w <= 32:
-        return _unpack32(buf.view("<u4"), d, w, dtype)
+        return _unpack32(buf.view("<u4"), d, w).astype(dtype)
     return _unpack_words(buf.view("<u8"), d, w).astype(dtype, copy=False)
 
 
@@ -201,7 +201,7 @@ def _store_rows(buf: np.ndarray, off: np.ndarray, rows: np.ndarray, w: int) -> N
     for c0 in range(0, len(off), _CHUNK):
         chunk, o = rows[c0 : c0 + _CHUNK], off[c0 : c0 + _CHUNK]
         packed = _pack32(chunk, w) if w <= 32 else _pack_words(chunk, w)  # (c, n_units)
-        if whole and (o % unit.itemsize == 0).all():
+        if whole and not (o % unit.itemsize).any():
             view = buf[: buf.size // unit.itemsize * unit.itemsize].view(unit)
             view[(o // unit.itemsize)[:, None] + np.arange(n_units)] = packed
         else:
@@ -216,8 +216,8 @@ def _load_rows(data: np.ndarray, off: np.ndarray, dim: int, w: int, out: np.ndar
     view = data[: data.size // unit.itemsize * unit.itemsize].view(unit)
     for c0 in range(0, len(off), _CHUNK):
         o, dst = off[c0 : c0 + _CHUNK], dest[c0 : c0 + _CHUNK]
-        if whole and (o % unit.itemsize == 0).all():
-            packed = view[(o // unit.itemsize)[:, None] + np.arange(n_units)]
+        if whole and not (o % unit.itemsize).any():
+            packed = np.take(view, (o // unit.itemsize)[:, None] + np.arange(n_units))
         else:
             raw = np.zeros((len(o), n_units * unit.itemsize), dtype=np.uint8)
             raw[:, :nb] = data[o[:, None] + np.arange(nb)]
@@ -230,7 +230,7 @@ def _load_rows(data: np.ndarray, off: np.ndarray, dim: int, w: int, out: np.ndar
 
 def _width_groups(flat_w: np.ndarray):
     """(width, row indices) for each non-zero width present."""
-    order = np.argsort(flat_w, kind="stable")
+    order = np.argsort(flat_w.astype(np.uint8), kind="stable")  # radix sort (widths <= 64)
     bounds = np.flatnonzero(np.diff(flat_w[order])) + 1
     for sel in np.split(order, bounds):
         if len(sel) and flat_w[sel[0]] != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from itertools import repeat
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -64,15 +65,10 @@ class ArrayItemEmbeddings:
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n,) ids -> (n,) int64 row indices."""
-        get = self._index.get
-        return np.fromiter(
-            (
-                r if (r := get(i)) is not None else self._n_known + stable_bucket(i, self.n_oov)
-                for i in item_ids
-            ),
-            dtype=np.int64,
-            count=len(item_ids),
-        )
+        rows = np.fromiter(map(self._index.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
+        for k in np.flatnonzero(rows < 0).tolist():  # unknown ids: hashed OOV rows
+            rows[k] = self._n_known + stable_bucket(item_ids[k], self.n_oov)
+        return rows
 
     def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
         return self.table[self.rows(item_ids)]

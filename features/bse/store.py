@@ -16,8 +16,10 @@ it: the loser re-reads, skips what the winner applied, and retries.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -158,6 +160,24 @@ class _UserWrite:
     expected_n_total: int
     new_items: list[str]
     blobs: dict[str, bytes]
+
+
+_TORCH_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _single_torch_thread():
+    """Run small torch CPU kernels on the calling thread: intra-op worker threads only add
+    synchronisation (and stall badly when the cores are shared), the scatter is tiny."""
+    with _TORCH_THREADS:
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
 
 
 def interest_from_table(table: np.ndarray, sigs: np.ndarray) -> np.ndarray:
@@ -402,25 +422,30 @@ class BseStore(ABC):
         n = len(items)
         lim = 2 ** (v.item_bits - 1) - 1
         per_user = int(np.bincount(user_idx).max())
-        fdt = torch.float32 if per_user * lim < 2**24 else torch.float64
-        src = torch.from_numpy(q).to(fdt)
+        fdt = np.float32 if per_user * lim < 2**24 else np.float64
+        src = q.astype(fdt)
         if (sign != 1).any():
-            src *= torch.from_numpy(sign).to(fdt)[:, None]
+            src *= sign.astype(fdt)[:, None]
         keys = (user_idx[:, None] * n_sig + np.arange(n_sig)) * n_buckets + sigs  # (n, S) flat row ids
         flat = tables.reshape(-1, dim)
-        if len(flat) <= 4 * n:  # dense: (mostly) fresh tables, e.g. rebuild
-            acc = torch.zeros((len(flat), dim), dtype=fdt)
-            index = torch.from_numpy(keys)
+        dense = len(flat) <= 4 * n  # (mostly) fresh tables, e.g. rebuild
+        if dense:
+            index, n_acc = keys, len(flat)
+        else:
+            used = np.zeros(len(flat), dtype=bool)  # compact the touched rows without sorting
+            used[keys] = True
+            uniq = np.flatnonzero(used)
+            compact = np.cumsum(used, dtype=np.int64) - 1
+            index, n_acc = compact[keys], len(uniq)
+        acc = np.zeros((n_acc, dim), dtype=fdt)
+        acc_t, src_t, index_t = torch.from_numpy(acc), torch.from_numpy(src), torch.from_numpy(np.ascontiguousarray(index.T))
+        with _single_torch_thread():
             for j in range(n_sig):
-                acc.index_add_(0, index[:, j], src)
-            flat += acc.numpy().astype(flat.dtype)
-            return
-        uniq, inv = np.unique(keys, return_inverse=True)
-        inv = torch.from_numpy(inv.reshape(n, n_sig))
-        acc = torch.zeros((len(uniq), dim), dtype=fdt)
-        for j in range(n_sig):
-            acc.index_add_(0, inv[:, j], src)
-        flat[uniq] += acc.numpy().astype(flat.dtype)
+                acc_t.index_add_(0, index_t[j], src_t)
+        if dense:
+            flat += acc.astype(flat.dtype)
+        else:
+            flat[uniq] += acc.astype(flat.dtype)
 
     def _decode_many(self, blobs: list[bytes], users: list[str], v: TableVersion, dtype=np.int64) -> np.ndarray:
         try:
