@@ -83,7 +83,7 @@ def _pack32(rows: np.ndarray, w: int) -> np.ndarray:
     """(c, d) ints within the w-bit (w <= 32) two's-complement range -> (c, nh) uint32 half-words."""
     c, d = rows.shape
     hw, sh, st, nh = _plan32(w, d)
-    u = rows.T.astype(np.uint32)  # (d, c): low 32 bits, two's complement
+    u = rows.T.astype(np.uint32, order="C")  # (d, c): low 32 bits, two's complement
     if w < 32:
         u &= np.uint32((1 << w) - 1)
     out = np.zeros((nh, c), dtype=np.uint32)

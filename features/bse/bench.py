@@ -65,6 +65,7 @@ def bench_bse_apply(
     seed: int = 0,
     warmup_batches: int = 1,
     keep_keys: bool = False,
+    table_cache_users: int | None = None,
 ) -> dict:
     """Events/s of RedisBseStore.apply_batch in the bse-encoder's steady state, plus table size.
 
@@ -77,6 +78,8 @@ def bench_bse_apply(
         batch: events per apply_batch (the processor's batch_max_records).
         max_seq_len: sequence cap of the store.
         prefill: behaviours per user before measuring (default max_seq_len: every event evicts).
+        table_cache_users: the store's decoded-table cache (None: the store default; 0 turns it
+            off, which is the cold case of a stream whose users rarely recur).
     Returns:
         dict with events_per_s (measured events / summed apply time), batch_ms_p50/p90/max,
         distinct users per batch, and bse_bytes_per_user_L10000 (Redis MEMORY USAGE of one
@@ -90,7 +93,8 @@ def bench_bse_apply(
     by_cluster = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
     hasher = SdimHasher(SdimConfig(dim=dim))
     version = TableVersion(hasher, emb)
-    store = RedisBseStore(client, prefix, [version], max_seq_len=max_seq_len)
+    cache_kw = {} if table_cache_users is None else {"table_cache_users": table_cache_users}
+    store = RedisBseStore(client, prefix, [version], max_seq_len=max_seq_len, **cache_kw)
     users = [f"user-{k:07d}" for k in range(n_users)]
     tastes = [rng.choice(len(by_cluster), 5, replace=False) for _ in users]
     try:
@@ -150,7 +154,10 @@ def bench_bse_apply(
             "prefill_per_user": prefill,
             "prefill_s": prefill_s,
             "max_seq_len": max_seq_len,
+            "table_cache_users": store.table_cache_users,
+            "table_cache_hit_rate": store.table_cache_hits / max(1, store.table_cache_hits + store.table_cache_misses),
             "bse_bytes_per_user_L10000": size,
+            "prefix": prefix,
         }
     finally:
         if not keep_keys:
@@ -161,10 +168,10 @@ def bench_bse_apply(
         client.close()
 
 
-if __name__ == "__main__":  # python -m features.bse.bench redis://127.0.0.1:16391/0 [n_users] [events] [batch]
+if __name__ == "__main__":  # python -m features.bse.bench URL [n_users] [events] [batch] [table_cache_users] [prefill]
     import json
     import sys
 
     args = sys.argv[1:]
-    kw = dict(zip(("n_users", "events", "batch", "prefill"), map(int, args[1:])))
+    kw = dict(zip(("n_users", "events", "batch", "table_cache_users", "prefill"), map(int, args[1:])))
     print(json.dumps(bench_bse_apply(args[0] if args else "redis://127.0.0.1:16391/0", **kw), indent=1))

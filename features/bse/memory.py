@@ -13,6 +13,7 @@ from features.bse.store import (
     _UserSnapshot,
     _UserWrite,
     DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_TABLE_CACHE_USERS,
 )
 from features.errors import TableVersionMismatch
 
@@ -28,6 +29,7 @@ class InMemoryBseStore(BseStore):
         versions: Sequence[TableVersion] = (),
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
         max_attempts: int = 5,
+        table_cache_users: int = DEFAULT_TABLE_CACHE_USERS,
     ):
         self._lock = threading.RLock()
         self._seq: dict[str, deque[str]] = {}
@@ -35,7 +37,8 @@ class InMemoryBseStore(BseStore):
         self._blobs: dict[tuple[str, str], bytes] = {}  # (version, user) -> blob
         self._offsets: dict[str, dict[PartitionKey, int]] = {}
         self._params: dict[str, dict[str, str]] = {}
-        super().__init__(versions, max_seq_len=max_seq_len, max_attempts=max_attempts)
+        super().__init__(versions, max_seq_len=max_seq_len, max_attempts=max_attempts,
+                         table_cache_users=table_cache_users)
 
     def committed_offsets(self, group: str) -> dict[PartitionKey, int]:
         with self._lock:

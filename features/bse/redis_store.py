@@ -25,6 +25,7 @@ import redis
 
 from features.bse.store import (
     DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_TABLE_CACHE_USERS,
     BseStore,
     PartitionKey,
     TableVersion,
@@ -111,12 +112,14 @@ class RedisBseStore(BseStore):
         versions: Sequence[TableVersion] = (),
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
         max_attempts: int = 5,
+        table_cache_users: int = DEFAULT_TABLE_CACHE_USERS,
     ):
         self.r = client
         self.prefix = prefix
         self._write_script = client.register_script(_WRITE_SCRIPT)
         self._write_tables_script = client.register_script(_WRITE_TABLES_SCRIPT)
-        super().__init__(versions, max_seq_len=max_seq_len, max_attempts=max_attempts)
+        super().__init__(versions, max_seq_len=max_seq_len, max_attempts=max_attempts,
+                         table_cache_users=table_cache_users)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "rs", **kwargs) -> "RedisBseStore":

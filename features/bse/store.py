@@ -22,6 +22,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,7 @@ from models.sdim_hash import SdimHasher
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LEN = 10_000
+DEFAULT_TABLE_CACHE_USERS = 2048  # per maintained version; ~46 KB each (int32 table + blob)
 DEFAULT_ITEM_BITS = 7  # 8 bits costs ~1 KB more per user at L=10k and crosses 16 KB; see _codec
 
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -160,6 +162,7 @@ class _UserWrite:
     expected_n_total: int
     new_items: list[str]
     blobs: dict[str, bytes]
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # decoded blobs, for the table cache
 
 
 _TORCH_THREADS = threading.Lock()
@@ -238,11 +241,20 @@ class BseStore(ABC):
         versions: Sequence[TableVersion] = (),
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
         max_attempts: int = 5,
+        table_cache_users: int = DEFAULT_TABLE_CACHE_USERS,
     ):
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len ({max_seq_len}) must be >= 1")
         self.max_seq_len = max_seq_len
         self.max_attempts = max_attempts
+        # (version, user) -> (blob, decoded table): a user seen again skips the decode when the
+        # stored blob is byte-identical to the one this process wrote (decode is a pure function
+        # of the bytes, so the cache is exact; any other writer's change shows as other bytes).
+        self.table_cache_users = table_cache_users
+        self._table_cache: OrderedDict[tuple[str, str], tuple[bytes, np.ndarray]] = OrderedDict()
+        self._table_cache_lock = threading.Lock()
+        self.table_cache_hits = 0
+        self.table_cache_misses = 0
         self._versions: dict[str, TableVersion] = {}
         self._maintained: list[str] = []
         for v in versions:
@@ -314,6 +326,7 @@ class BseStore(ABC):
             self._fill_full_sequences(snaps)
             writes, n_evicted = self._plan_writes(by_user, snaps)
             if self._write(group, committed, new_offsets, writes):
+                self._cache_tables(writes)
                 return ApplyResult(
                     n_applied=len(kept),
                     n_skipped=len(behaviours) - len(kept),
@@ -373,16 +386,7 @@ class BseStore(ABC):
             # exact integer sums in int32 when no bucket sum (nor partial sum) can reach 2**31
             lim = 2 ** (v.item_bits - 1) - 1
             dtype = np.int32 if longest * lim < 2**31 - 1 else np.int64
-            have = [i for i, u in enumerate(users) if snaps[u].blobs.get(vname) is not None]
-            if len(have) == len(users):
-                tables = self._decode_many([snaps[u].blobs[vname] for u in users], users, v, dtype)
-            else:
-                tables = np.zeros((len(users), *v.shape), dtype=dtype)  # (U, S, B, d)
-                if have:
-                    dec = self._decode_many([snaps[users[i]].blobs[vname] for i in have], [users[i] for i in have], v, dtype)
-                    if dec.dtype != tables.dtype:
-                        tables = tables.astype(dec.dtype)
-                    tables[have] = dec
+            tables = self._load_tables(v, users, [snaps[u].blobs.get(vname) for u in users], dtype)  # (U, S, B, d)
             delta_items: list[str] = []
             n_per_user: list[int] = []
             delta_sign: list[int] = []
@@ -402,8 +406,11 @@ class BseStore(ABC):
                     delta_sign += [-1] * len(minus[i])
             user_idx = np.repeat(np.arange(len(users)), n_per_user)
             self._scatter(v, tables, delta_items, user_idx, np.asarray(delta_sign, np.int64))
-            for w, blob in zip(writes, _codec.encode_many(tables)):
+            cache = self.table_cache_users > 0
+            for i, (w, blob) in enumerate(zip(writes, _codec.encode_many(tables))):
                 w.blobs[vname] = blob
+                if cache:
+                    w.tables[vname] = tables[i].copy()
         return writes, n_evicted
 
     @staticmethod
@@ -446,6 +453,45 @@ class BseStore(ABC):
             flat += acc.astype(flat.dtype)
         else:
             flat[uniq] += acc.astype(flat.dtype)
+
+    def _load_tables(self, v: TableVersion, users: list[str], blobs: list[bytes | None], dtype) -> np.ndarray:
+        """(U, S, B, d) tables of `dtype` (or int64 if a blob needs it): zeros without a blob,
+        the cached decode when the blob is the one cached, else decoded."""
+        tables = np.empty((len(users), *v.shape), dtype=dtype)
+        todo: list[int] = []
+        with self._table_cache_lock:
+            for i, (u, blob) in enumerate(zip(users, blobs)):
+                if blob is None:
+                    tables[i] = 0
+                    continue
+                hit = self._table_cache.get((v.name, u))
+                if hit is not None and hit[0] == blob:
+                    tables[i] = hit[1]
+                    self._table_cache.move_to_end((v.name, u))
+                else:
+                    todo.append(i)
+            self.table_cache_hits += len(users) - len(todo)
+            self.table_cache_misses += len(todo)
+        if todo:
+            dec = self._decode_many([blobs[i] for i in todo], [users[i] for i in todo], v, dtype)
+            if dec.dtype != tables.dtype:
+                tables = tables.astype(dec.dtype)
+            tables[todo] = dec
+        return tables
+
+    def _cache_tables(self, writes: list[_UserWrite]) -> None:
+        if self.table_cache_users <= 0:
+            return
+        with self._table_cache_lock:
+            cache = self._table_cache
+            for w in writes:
+                for vname, table in w.tables.items():
+                    key = (vname, w.user_id)
+                    cache[key] = (w.blobs[vname], table)
+                    cache.move_to_end(key)
+            limit = self.table_cache_users * max(1, len(self._maintained))
+            while len(cache) > limit:
+                cache.popitem(last=False)
 
     def _decode_many(self, blobs: list[bytes], users: list[str], v: TableVersion, dtype=np.int64) -> np.ndarray:
         try:

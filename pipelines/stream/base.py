@@ -35,6 +35,10 @@ from recstream.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+# Dependency errors worth waiting out (Redis restarting, loading its append-only file).
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
 class ProcessorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -182,7 +186,12 @@ class StreamProcessor:
             while not self._stop.is_set():
                 n = self.step()
                 if tick is not None:
-                    tick()
+                    try:
+                        tick()
+                    except _TRANSIENT as e:  # publication retries on the next tick; the outbox keeps the work
+                        m.RETRIES.labels(self.config.name).inc()
+                        log.warning("processor %s: tick failed (%s); retrying", self.config.name, e)
+                        self._stop.wait(self.config.retry_backoff_ms / 1000)
                 now = time.monotonic()
                 # Idle counts only while we own partitions: right after a crash the group waits
                 # for the dead member's session to expire before it assigns us anything.
@@ -211,6 +220,7 @@ class StreamProcessor:
             return 0
         good: list[SourcedEvent] = []
         next_offsets: dict[int, int] = {}
+        first_offsets: dict[int, int] = {}
         bad = 0
         for tp, records in polled.items():
             for rec in records:
@@ -222,11 +232,13 @@ class StreamProcessor:
                                        value=dlq_record(rec.value, e.reason, tp.topic, tp.partition, rec.offset, self.config.name))
                     bad += 1
             next_offsets[tp.partition] = records[-1].offset + 1
+            first_offsets[tp.partition] = records[0].offset
         if bad:
             self.producer.flush()  # durable in the DLQ before the offsets move past them
             m.DLQ.labels(self.config.name).inc(bad)
             self.dlq_total += bad
-        self._apply_with_retry(good, next_offsets)
+        if not self._apply_with_retry(good, next_offsets, first_offsets):
+            return 0  # rewound: the records come again from the stored offsets
         if not hasattr(self.handler, "freshness_ms"):  # handlers that publish later measure it themselves
             now_ms = time.time() * 1000
             for se in good:
@@ -234,15 +246,19 @@ class StreamProcessor:
         self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()})
         return sum(len(r) for r in polled.values())
 
-    def _apply_with_retry(self, good: list[SourcedEvent], next_offsets: dict[int, int]) -> None:
-        # A Redis outage stalls the processor instead of dropping the batch: the batch is retried
-        # until Redis answers (or we are stopped, leaving offsets uncommitted for the next run).
+    def _apply_with_retry(self, good: list[SourcedEvent], next_offsets: dict[int, int], first_offsets: dict[int, int]) -> bool:
+        """Apply a batch, waiting out a Redis outage. Returns False when the batch was dropped
+        because the state came back older than the batch (see below)."""
         while True:
             t0 = time.perf_counter()
             try:
+                if self._rewind_if_state_lost(first_offsets):
+                    return False
                 applied = self.handler.apply(self.topic, good, next_offsets)
                 break
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError) as e:
+            except _TRANSIENT as e:
+                # A Redis outage stalls the processor instead of dropping the batch; offsets stay
+                # uncommitted until the state write succeeds.
                 m.RETRIES.labels(self.config.name).inc()
                 log.warning("processor %s: state write failed (%s); retrying in %d ms", self.config.name, e,
                             self.config.retry_backoff_ms)
@@ -251,6 +267,24 @@ class StreamProcessor:
         m.BATCH_LATENCY.labels(self.config.name).observe(time.perf_counter() - t0)
         m.EVENTS.labels(self.config.name).inc(applied)
         self.applied_total += applied
+        return True
+
+    def _rewind_if_state_lost(self, first_offsets: dict[int, int]) -> bool:
+        """After a restart Redis may come back from its append-only file a little older than it
+        was (fsync every second), with or without this process noticing an error. Offsets and
+        state roll back together, so if the stored offsets now sit before this batch, the records
+        in between must be read again: seek back to the stored offsets and drop the batch. (One
+        small read per batch; a partition with no stored offset starts where the consumer is.)"""
+        stored = self.handler.stored_offsets(self.topic)
+        behind = {p: stored[p] for p, o in first_offsets.items() if p in stored and stored[p] < o}
+        if not behind:
+            return False
+        for tp in self.consumer.assignment():
+            if tp.partition in stored:
+                self.consumer.seek(tp, stored[tp.partition])
+        log.warning("processor %s: state restored older than the consumer position; rewound to %s",
+                    self.config.name, stored)
+        return True
 
     def _record_lag(self) -> None:
         try:

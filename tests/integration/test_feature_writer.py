@@ -98,3 +98,32 @@ def test_feature_writer_killed_mid_stream_matches_from_scratch(settings):
     hist = repo.historical_features(entity, user_features=["clicks_7d", "impressions_7d"], item_features=[])
     np.testing.assert_array_equal(hist["clicks_7d"].to_numpy(), exp_users["clicks_7d"].to_numpy())
     assert r.hlen(f"{settings.redis_prefix}:fw:dirty:online:u") == 0
+
+
+def test_feature_writer_survives_redis_restart_under_load(settings, stack_endpoints):
+    if stack_endpoints.stack is None:
+        pytest.fail("this test restarts redis-server: run it with the local stack launcher, not external servers")
+    events = list(itertools.islice(generate_events(SyntheticConfig(n_users=100, n_items=2000, seq_len=300, seed=5)), 30_000))
+    produce_events(events, settings, progress=False)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    offsets_key = f"{settings.redis_prefix}:offsets:feature-writer:{settings.events_topic}"
+
+    def applied() -> int:
+        try:
+            return sum(int(v) for v in r.hgetall(offsets_key).values())
+        except redis.ConnectionError:
+            return 0
+
+    proc = spawn_processor(settings, "feature-writer", "--max-idle-s", "15")
+    try:
+        wait_for(applied, 5_000, proc)
+        stack_endpoints.stack.restart_redis(kill=True)  # SIGKILL: only the append-only file survives
+        wait_for(applied, len(events), proc)
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    exp_users, exp_items = _reference(events)
+    repo = repo_for_settings(settings)
+    _assert_frames_match(repo.online_user_features(list(exp_users["user_id"])), exp_users, "user_id", USER_FEATURES)
+    _assert_frames_match(repo.online_item_features(list(exp_items["item_id"])), exp_items, "item_id", ITEM_FEATURES)
