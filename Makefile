@@ -15,8 +15,10 @@ test: bootstrap
 test-unit: bootstrap
 	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# Benchmarks write reports/{stream,models}.{json,md}; run them on an otherwise idle machine.
 bench: bootstrap
-	.venv/bin/python -m pytest -m bench -s $(PYTEST_ARGS)
+	.venv/bin/recstream bench stream
+	.venv/bin/recstream bench models
 
 stack-up: bootstrap
 	.venv/bin/recstream stack up
