@@ -13,7 +13,9 @@ measure the long-term block alone:
 - long_term="none": DIN on the last `short_len` behaviours only.
 
 Batch keys: user (B,), item (B,), hist (B, L) right-aligned behaviours before the impression
-(0 = pad), label (B,) float in {0, 1}.
+(0 = pad), label (B,) float in {0, 1}. At serving, `long_interest` (B, d) may be passed instead of
+being computed from `hist`: the SDIM interest from the BSE's bucket tables
+(`models.sdim.sdim_interest_from_tables`), which equals the training path (tested).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class CtrRanker(nn.Module):
         c = self.config
         target = self.item_embed(batch["item"])  # (B, d)
         user = self.user_emb(batch["user"]) if c.use_user_id else torch.zeros_like(target)  # (B, d)
-        long = self.long_interest(target, batch["hist"])  # (B, d)
+        long = batch["long_interest"] if "long_interest" in batch else self.long_interest(target, batch["hist"])  # (B, d)
         short_seq = batch["hist"][:, -c.short_len :]  # (B, 50)
         short = self.din(target, self.item_embed(short_seq), short_seq > 0)  # (B, d)
         x0 = torch.cat([user, target, long, short, target * long, target * short], dim=-1)  # (B, 6d)

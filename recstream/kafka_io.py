@@ -14,6 +14,7 @@ from typing import Iterable
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.serializer import Serializer
 
 from recstream.errors import StackError
 from recstream.settings import Settings, get_settings
@@ -44,6 +45,13 @@ def ensure_topics(settings: Settings | None = None, partitions: int | None = Non
     return names
 
 
+class StrKeySerializer(Serializer):
+    """UTF-8 record keys (user ids); bytes pass through."""
+
+    def serialize(self, topic, headers, data):
+        return data.encode("utf-8") if isinstance(data, str) else data
+
+
 def make_producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
     """An idempotent, acks=all producer with string keys and bytes values."""
     s = settings or get_settings()
@@ -54,7 +62,7 @@ def make_producer(settings: Settings | None = None, **overrides) -> KafkaProduce
         linger_ms=5,
         batch_size=256 * 1024,
         compression_type=None,
-        key_serializer=lambda k: k.encode("utf-8") if isinstance(k, str) else k,
+        key_serializer=StrKeySerializer(),
         client_id="recstream-producer",
     )
     cfg.update(overrides)

@@ -41,8 +41,10 @@ class ImpressionLogger:
             return self._producer_factory()
         from kafka import KafkaProducer
 
+        from recstream.kafka_io import StrKeySerializer
+
         return KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
-                             key_serializer=str.encode, client_id="recstream-impressions")
+                             key_serializer=StrKeySerializer(), client_id="recstream-impressions")
 
     def _drain(self) -> None:
         while not self._stop.is_set() or not self._q.empty():

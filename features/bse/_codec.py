@@ -69,7 +69,7 @@ def quantize(emb: np.ndarray, step: float, item_bits: int) -> np.ndarray:
 # contiguous vector op with a constant half-word index and shift; chunks keep the temporaries in
 # cache. Widths 33..64 (sums beyond 2**32: only with huge sequences) use 64-bit words.
 
-_CHUNK = 2048
+_CHUNK = 4096
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,9 +81,14 @@ def _plan32(w: int, d: int):
 
 def _pack32(rows: np.ndarray, w: int) -> np.ndarray:
     """(c, d) ints within the w-bit (w <= 32) two's-complement range -> (c, nh) uint32 half-words."""
-    c, d = rows.shape
+    return _pack32T(rows.T.astype(np.uint32, order="C"), w).T
+
+
+def _pack32T(u: np.ndarray, w: int) -> np.ndarray:
+    """(d, c) uint32 (the low 32 bits of the values, two's complement; modified in place) ->
+    (nh, c) uint32 half-words."""
+    d, c = u.shape
     hw, sh, st, nh = _plan32(w, d)
-    u = rows.T.astype(np.uint32, order="C")  # (d, c): low 32 bits, two's complement
     if w < 32:
         u &= np.uint32((1 << w) - 1)
     out = np.zeros((nh, c), dtype=np.uint32)
@@ -94,13 +99,17 @@ def _pack32(rows: np.ndarray, w: int) -> np.ndarray:
                 out[hw[p] + 1] |= u[p] >> np.uint32(32 - sh[p])
         else:
             out[hw[p]] |= u[p]
-    return out.T
+    return out
 
 
 def _unpack32(half: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarray:
-    """(c, nh) uint32 half-words -> (c, d) `dtype`, sign-extended from w (<= 32) bits."""
+    """(c, nh) uint32 half-words -> (c, d) int32 view, sign-extended from w (<= 32) bits."""
+    return _unpack32T(np.ascontiguousarray(half.T), d, w).T
+
+
+def _unpack32T(h: np.ndarray, d: int, w: int) -> np.ndarray:
+    """(nh, c) uint32 half-words -> (d, c) int32, sign-extended from w (<= 32) bits."""
     hw, sh, st, nh = _plan32(w, d)
-    h = np.ascontiguousarray(half.T)  # (nh, c)
     v = np.empty((d, h.shape[1]), dtype=np.uint32)
     for p in range(d):
         if sh[p]:
@@ -114,7 +123,7 @@ def _unpack32(half: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarray:
     s = v.view(np.int32)
     if w < 32:
         s >>= 32 - w  # arithmetic shift: sign extension
-    return s.T  # (c, d) view; the caller's assignment casts
+    return s
 
 
 @functools.lru_cache(maxsize=256)
@@ -179,8 +188,9 @@ def _unpack_rows(packed: np.ndarray, d: int, w: int, dtype=np.int64) -> np.ndarr
 
 
 def _widths(rows: np.ndarray) -> np.ndarray:
-    """(..., d) int64 -> (...,) uint8 two's-complement bit widths (0 for all-zero rows)."""
-    mag = np.maximum(rows.max(axis=-1), -rows.min(axis=-1))  # max |v| without an |rows| temporary
+    """(..., d) int -> (...,) uint8 two's-complement bit widths (0 for all-zero rows): the bit
+    length of max |v| plus a sign bit."""
+    mag = np.maximum(rows.max(axis=-1).astype(np.int64), -rows.min(axis=-1).astype(np.int64))
     # bit_length(mag) + 1 sign bit; frexp gives the exponent exactly for ints < 2**53
     _, exp = np.frexp(mag.astype(np.float64))
     return np.where(mag == 0, 0, exp + 1).astype(np.uint8)
@@ -193,20 +203,27 @@ def _row_io(dim: int, w: int):
     return (w * dim + 63) // 64, np.dtype("<u8"), (w * dim + 7) // 8
 
 
-def _store_rows(buf: np.ndarray, off: np.ndarray, rows: np.ndarray, w: int) -> None:
-    """Pack `rows` (k, d) at byte offsets `off` (k,) of `buf` (uint8)."""
-    dim = rows.shape[1]
+def _store_rows(buf: np.ndarray, off: np.ndarray, flat_rows: np.ndarray, sel: np.ndarray, w: int) -> None:
+    """Pack the rows flat_rows[sel] (each (d,)) at byte offsets `off` (len(sel),) of `buf` (uint8)."""
+    dim = flat_rows.shape[1]
     n_units, unit, nb = _row_io(dim, w)
     whole = n_units * unit.itemsize == nb
-    for c0 in range(0, len(off), _CHUNK):
-        chunk, o = rows[c0 : c0 + _CHUNK], off[c0 : c0 + _CHUNK]
-        packed = _pack32(chunk, w) if w <= 32 else _pack_words(chunk, w)  # (c, n_units)
-        if whole and not (o % unit.itemsize).any():
-            view = buf[: buf.size // unit.itemsize * unit.itemsize].view(unit)
-            view[(o // unit.itemsize)[:, None] + np.arange(n_units)] = packed
+    cols = flat_rows.T  # (d, N) view: gathering columns yields (d, c) C-contiguous
+    for c0 in range(0, len(sel), _CHUNK):
+        part, o = sel[c0 : c0 + _CHUNK], off[c0 : c0 + _CHUNK]
+        if w <= 32:
+            u = cols[:, part]
+            u = u.view(np.uint32) if u.dtype == np.int32 else u.astype(np.uint32)
+            packed = _pack32T(u, w)  # (n_units, c)
+            if whole and not (o % 4).any():
+                view = buf[: buf.size // 4 * 4].view(unit)
+                view[(o // 4)[None, :] + np.arange(n_units)[:, None]] = packed
+                continue
+            packed = packed.T
         else:
-            b = np.ascontiguousarray(packed, dtype=unit).view(np.uint8)[:, :nb]
-            buf[o[:, None] + np.arange(nb)] = b
+            packed = _pack_words(flat_rows[part], w)  # (c, n_units)
+        b = np.ascontiguousarray(packed, dtype=unit).view(np.uint8)[:, :nb]
+        buf[o[:, None] + np.arange(nb)] = b
 
 
 def _load_rows(data: np.ndarray, off: np.ndarray, dim: int, w: int, out: np.ndarray, dest: np.ndarray) -> None:
@@ -217,13 +234,17 @@ def _load_rows(data: np.ndarray, off: np.ndarray, dim: int, w: int, out: np.ndar
     for c0 in range(0, len(off), _CHUNK):
         o, dst = off[c0 : c0 + _CHUNK], dest[c0 : c0 + _CHUNK]
         if whole and not (o % unit.itemsize).any():
+            if w <= 32:
+                packedT = np.take(view, (o // 4)[None, :] + np.arange(n_units)[:, None])  # (n_units, c)
+                out[dst] = _unpack32T(packedT, dim, w).T
+                continue
             packed = np.take(view, (o // unit.itemsize)[:, None] + np.arange(n_units))
         else:
             raw = np.zeros((len(o), n_units * unit.itemsize), dtype=np.uint8)
             raw[:, :nb] = data[o[:, None] + np.arange(nb)]
             packed = raw.view(unit)
         if w <= 32:
-            out[dst] = _unpack32(packed, dim, w, out.dtype)
+            out[dst] = _unpack32(packed, dim, w)
         else:
             out[dst] = _unpack_words(packed, dim, w)
 
@@ -280,9 +301,7 @@ def encode_many(tables: np.ndarray) -> list[bytes]:
     flat_w, flat_off = stored_w.ravel(), row_off.ravel()
     flat_rows = rows.reshape(-1, dim)
     for w, sel in _width_groups(flat_w):
-        for c0 in range(0, len(sel), _CHUNK):
-            part = sel[c0 : c0 + _CHUNK]
-            _store_rows(buf, flat_off[part], flat_rows[part], w)
+        _store_rows(buf, flat_off[sel], flat_rows, sel, w)
     mv = memoryview(buf)
     return [bytes(mv[p : p + n]) for p, n in zip(pos.tolist(), sizes.tolist())]
 

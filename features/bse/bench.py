@@ -154,8 +154,9 @@ def bench_bse_apply(
             "prefill_per_user": prefill,
             "prefill_s": prefill_s,
             "max_seq_len": max_seq_len,
-            "table_cache_users": store.table_cache_users,
-            "table_cache_hit_rate": store.table_cache_hits / max(1, store.table_cache_hits + store.table_cache_misses),
+            "table_cache_users": getattr(store, "table_cache_users", 0),
+            "table_cache_hit_rate": getattr(store, "table_cache_hits", 0)
+            / max(1, getattr(store, "table_cache_hits", 0) + getattr(store, "table_cache_misses", 0)),
             "bse_bytes_per_user_L10000": size,
             "prefix": prefix,
         }

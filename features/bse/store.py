@@ -435,7 +435,7 @@ class BseStore(ABC):
             src *= sign.astype(fdt)[:, None]
         keys = (user_idx[:, None] * n_sig + np.arange(n_sig)) * n_buckets + sigs  # (n, S) flat row ids
         flat = tables.reshape(-1, dim)
-        dense = len(flat) <= 4 * n  # (mostly) fresh tables, e.g. rebuild
+        dense = len(flat) <= n * n_sig  # most rows touched (rebuild, or several events per user)
         if dense:
             index, n_acc = keys, len(flat)
         else:
@@ -459,18 +459,21 @@ class BseStore(ABC):
         the cached decode when the blob is the one cached, else decoded."""
         tables = np.empty((len(users), *v.shape), dtype=dtype)
         todo: list[int] = []
+        n_hits = 0
         with self._table_cache_lock:
+            cache = self._table_cache
             for i, (u, blob) in enumerate(zip(users, blobs)):
                 if blob is None:
                     tables[i] = 0
                     continue
-                hit = self._table_cache.get((v.name, u))
+                hit = cache.get((v.name, u))
                 if hit is not None and hit[0] == blob:
                     tables[i] = hit[1]
-                    self._table_cache.move_to_end((v.name, u))
+                    cache.move_to_end((v.name, u))
+                    n_hits += 1
                 else:
                     todo.append(i)
-            self.table_cache_hits += len(users) - len(todo)
+            self.table_cache_hits += n_hits
             self.table_cache_misses += len(todo)
         if todo:
             dec = self._decode_many([blobs[i] for i in todo], [users[i] for i in todo], v, dtype)

@@ -35,7 +35,11 @@ def _train_loop_per_worker(config: dict) -> None:
     def report(epoch: int, record: dict) -> None:
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
 
-    result = run_job(job, rank=rank, world_size=world, wrap=rt.prepare_model, epoch_callback=report, evaluate_test=False)
+    def wrap(model):
+        # some configurations leave parameters unused (e.g. the user embedding with use_user_id=False)
+        return rt.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    result = run_job(job, rank=rank, world_size=world, wrap=wrap, epoch_callback=report, evaluate_test=False)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:

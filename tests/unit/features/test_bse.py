@@ -176,3 +176,93 @@ def test_corrupt_blob_names_user_and_version(bse_store):
     bse_store._blobs[(version, "u0")] = b"\x01garbage"
     with pytest.raises(CorruptTable, match="u0"):
         bse_store.lookup("u0", version, np.ones((1, 16), np.float32))
+
+
+def _reference_blob(table: np.ndarray) -> bytes:
+    """The documented blob format written out bit by bit in plain Python (independent of _codec):
+    header <BHIH, a width byte per row (255 = the widest bucket of signatures 1.., derived),
+    then each stored row as w-bit two's complement values, little-endian bit order."""
+    import struct
+
+    n_sig, n_b, d = table.shape
+    widths = [[0 if not np.abs(r).max() else int(np.abs(r).max()).bit_length() + 1 for r in sig] for sig in table]
+    for j in range(1, n_sig):
+        widths[j][int(np.argmax(widths[j]))] = 255
+    out = bytearray(struct.pack("<BHIH", 1, n_sig, n_b, d)) + bytes(w for ws in widths for w in ws)
+    for j in range(n_sig):
+        for b in range(n_b):
+            w = widths[j][b]
+            if w in (0, 255):
+                continue
+            bits = 0
+            for p, v in enumerate(table[j, b].tolist()):
+                bits |= (int(v) & ((1 << w) - 1)) << (p * w)
+            out += bits.to_bytes((w * d + 7) // 8, "little")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 64), (16, 8, 16), (3, 4, 5), (1, 8, 64)])
+def test_codec_matches_reference_format_for_every_width(shape):
+    """Vectorised pack/unpack (32-bit and 64-bit paths, aligned and unaligned rows) is byte-for-
+    byte the documented format, for int32 and int64 tables, and decodes back exactly."""
+    rng = np.random.default_rng(11)
+    n_sig, n_b, d = shape
+    tables = []
+    for k in range(40):
+        hi = 2 ** int(rng.integers(0, 45 if k % 4 else 31))  # widths 1..46 bits, many per table
+        t = rng.integers(-hi, hi + 1, (n_sig, n_b, d)) * (rng.random((n_sig, n_b, 1)) < 0.8)
+        t[1:, 0] = 0
+        t[1:, 0] = t[0].sum(0) - t[1:].sum(1)  # every signature sums to the same total
+        tables.append(t)
+    stacked = np.stack(tables)
+    blobs = _codec.encode_many(stacked)
+    assert blobs == [_reference_blob(t) for t in tables]
+    np.testing.assert_array_equal(_codec.decode_many(blobs, shape), stacked)
+    small = [i for i, t in enumerate(tables) if np.abs(t).max() < 2**30]
+    as32 = stacked[small].astype(np.int32)
+    assert _codec.encode_many(as32) == [blobs[i] for i in small]
+    dec32 = _codec.decode_many([blobs[i] for i in small], shape, np.int32)
+    assert dec32.dtype == np.int32
+    np.testing.assert_array_equal(dec32, as32)
+
+
+def test_item_signatures_are_memoised_and_match_the_hasher(hasher, item_embeddings):
+    v = TableVersion(hasher, item_embeddings, item_bits=16)
+    ids = [f"i{k}" for k in (5, 7, 5, 299, 310, 400)]  # repeats and OOV ids
+    want = hasher.signatures_np(item_embeddings.lookup(ids))
+    np.testing.assert_array_equal(v.item_signatures(ids), want)
+    n = v.codes.n_computed
+    assert n == len(set(item_embeddings.rows(ids).tolist()))  # each distinct row hashed once
+    np.testing.assert_array_equal(v.item_signatures(ids[::-1]), want[::-1])
+    assert v.codes.n_computed == n  # nothing hashed again
+    sigs, q = v.codes.codes(ids)
+    np.testing.assert_array_equal(q, _codec.quantize(item_embeddings.lookup(ids), v.step, v.item_bits))
+
+
+def test_table_cache_hits_only_for_identical_bytes(hasher, item_embeddings):
+    """The decoded-table cache is keyed by the blob bytes: a blob changed behind the store's
+    back (another writer) is decoded again, and results stay equal to a cache-less store."""
+    rng = np.random.default_rng(7)
+    events = _events(rng, 400, n_users=5)
+    v = TableVersion(hasher, item_embeddings, item_bits=16)
+    cached = InMemoryBseStore([v], max_seq_len=40)
+    plain = InMemoryBseStore([v], max_seq_len=40, table_cache_users=0)
+    for k in range(0, 200, 50):
+        cached.apply_batch(events[k : k + 50])
+        plain.apply_batch(events[k : k + 50])
+    assert cached.table_cache_hits > 0 and plain.table_cache_hits == 0
+    # another writer replaces u0's table (same counter) with the table of a different sequence
+    other = InMemoryBseStore([v], max_seq_len=40)
+    other.apply_batch([Behaviour("u0", f"i{k}") for k in range(40)])
+    foreign = other._blobs[(v.name, "u0")]
+    cached._blobs[(v.name, "u0")] = foreign
+    plain._blobs[(v.name, "u0")] = foreign
+    misses = cached.table_cache_misses
+    for k in range(200, 400, 50):
+        cached.apply_batch(events[k : k + 50])
+        plain.apply_batch(events[k : k + 50])
+    assert cached.table_cache_misses > misses
+    users = [f"u{k}" for k in range(5)]
+    np.testing.assert_array_equal(cached.tables(users, v), plain.tables(users, v))
+    for u in users:
+        assert cached._blobs[(v.name, u)] == plain._blobs[(v.name, u)]
