@@ -73,7 +73,8 @@ def evaluate_retrieval(model, samples: Samples, catalogue: np.ndarray, ks=(20,),
     for start in range(0, len(samples), batch_size):
         idx = np.arange(start, min(start + batch_size, len(samples)))
         batch = samples.batch(idx)
-        scores = model.score_catalogue(batch, cat_t).float().cpu().numpy()  # (B, N)
+        # own copy: a model may return a broadcast view (popularity), and exclusions write into it
+        scores = np.array(model.score_catalogue(batch, cat_t).float().cpu(), dtype=np.float32, copy=True)  # (B, N)
         if exclude_seen:
             for r, k in enumerate(idx):
                 seen = col_of[samples.store.history(samples.user[k], samples.end[k])]

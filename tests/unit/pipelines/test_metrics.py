@@ -38,3 +38,19 @@ def test_recall_ndcg():
     rec, nd = recall_ndcg_at_k(scores, np.array([0, 0, 1]), k=2)
     assert rec == pytest.approx(2 / 3)
     assert nd == pytest.approx((1.0 + 0 + 1 / np.log2(3)) / 3)
+
+
+def test_retrieval_eval_excludes_seen_items_per_user_only():
+    """Popularity returns one broadcast score row; excluding user A's seen items must not touch user B."""
+    import torch
+
+    from models.popularity import Popularity
+    from pipelines.data.datasets import SequenceStore, Samples
+    from pipelines.training.metrics import evaluate_retrieval
+
+    store = SequenceStore(np.array([1, 2]), np.array([1, 3]), np.array([10, 10]), n_users=3)  # user 1 saw item 1
+    samples = Samples(store, np.array([1, 2]), np.array([2, 1]), np.array([20, 20]), store.end_before(np.array([1, 2]), np.array([20, 20])), 4)
+    model = Popularity.from_counts(np.array([0, 5, 4, 3, 0], dtype=float))  # item 1 most popular
+    out = evaluate_retrieval(model, samples, np.array([1, 2, 3]), ks=(1,))
+    assert out["recall_at_1"] == 1.0  # user 1: item 1 excluded -> item 2 first; user 2: item 1 first
+    torch.set_num_threads(1)
