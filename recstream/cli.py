@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# Small matmuls on the serving and streaming paths (SimHash of candidates, feature math) stall
+# on OpenBLAS worker threads when the cores are shared; one thread is faster there. Must be set
+# before numpy loads. Training uses torch's own thread pool and is unaffected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import json
 import logging
-import os
 import sys
 import threading
 import time

@@ -26,12 +26,13 @@ At L = 10,000 and d = 64 a row needs ~13-17 bits per value, ~14 KB per table, wh
 Redis' string header fits jemalloc's 14,336-byte size class (the next is 16,384 + key: >16 KB).
 
 Speed (the bse-encoder decodes and re-encodes every touched user's table per batch): the
-little-endian bit stream of a row is a sequence of little-endian uint64 words, so rows are
-packed and unpacked as uint64 words with per-position shifts, vectorised over every row of
-one width across all blobs of a batch (a handful of numpy passes over (rows, d) arrays; no
-per-bit arrays, no per-user Python loops). With d a multiple of 64 every row is a whole number
-of words; blobs are laid out in one buffer with their row data 8-byte aligned, so rows are
-gathered and scattered as words.
+little-endian bit stream of a row is a sequence of little-endian uint32 half-words, so rows of
+one width w <= 32 (all rows in practice) are packed and unpacked as half-words with one
+constant index and shift per value position, vectorised over every row of that width across
+all blobs of a batch (transposed chunks, a few numpy ops per position; no per-bit arrays, no
+per-user Python loops); wider rows use uint64 words. Blobs are laid out in one buffer with
+their row data 4-byte aligned, so rows are gathered and scattered as whole half-words. The
+format is unchanged (tests compare against a plain bit-by-bit reference writer).
 """
 
 from __future__ import annotations

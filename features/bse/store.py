@@ -12,6 +12,14 @@ which one is saved without the other (committing Kafka offsets separately would 
 The write is a compare-and-set on each touched user's behaviour counter and on the stored
 offsets, so two processors that briefly share a partition during a rebalance cannot both apply
 it: the loser re-reads, skips what the winner applied, and retries.
+
+Apply cost (the bse-encoder's hot path), per batch: one snapshot read, the tables of the touched
+users decoded together (skipped for a user whose stored blob is byte-identical to the one this
+store object last wrote: a bounded LRU of decoded tables, exact because decoding is a pure
+function of the bytes), every add/evict scattered at once (torch index_add_, exact integer
+sums), the tables re-encoded together, one compare-and-set write. Signatures and quantised
+embeddings are computed once per item and version (TableVersion.codes), which also serves the
+candidate path: TableVersion.item_signatures(ids) -> lookup(..., cand_sigs=...).
 """
 
 from __future__ import annotations

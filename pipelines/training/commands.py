@@ -116,6 +116,8 @@ def bench(
     artifacts_dir: Optional[Path] = typer.Option(None, help="also save every trained model here"),
     quick: bool = typer.Option(False, help="tiny sizes: checks the plumbing, the numbers mean nothing"),
     progress: bool = typer.Option(True),
+    section: Optional[list[str]] = typer.Option(None, help="re-run only these parts (speed, ml100k, synthetic); "
+                                                "other keys are kept from the existing models.json"),
 ) -> None:
     """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
     from pipelines import bench_models as b
@@ -127,6 +129,8 @@ def bench(
         kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6),
                       ml100k_train=dataclasses.replace(b.ML100K_TRAIN, epochs=1),
                       synthetic_train=dataclasses.replace(b.SYNTHETIC_TRAIN, epochs=1), speed_lengths=(1000, 3000))
+    if section:
+        kwargs["sections"] = tuple(section)
     results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)
     typer.echo(json.dumps(results, indent=2))
 
