@@ -42,11 +42,6 @@ def _embeddings(spec: str):
         emb = load_item_embeddings(spec)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--embeddings") from None
-    if isinstance(emb, tuple):  # artifact loader: (table with a padding row 0, item Vocab, hasher version)
-        from features.bse import ArrayItemEmbeddings
-
-        table, vocab = emb[0], emb[1]
-        emb = ArrayItemEmbeddings(list(vocab.tokens), table[1:], int(vocab.n_oov_buckets))
     return emb
 
 

@@ -72,3 +72,23 @@ class ArrayItemEmbeddings:
 
     def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
         return self.table[self.rows(item_ids)]
+
+
+class VocabItemEmbeddings(ArrayItemEmbeddings):
+    """The deployed ranker's item table with the ranker's own id -> row mapping (its Vocab), so
+    an id the ranker never saw lands in the same hashed OOV row here as in the ranker.
+
+    Args:
+        table: (vocab.size, d) the ranker's item embedding weights (row 0 = padding).
+        vocab: models.layers.Vocab of the item ids (known ids in rows 1..V, OOV rows after).
+    """
+
+    def __init__(self, table: np.ndarray, vocab):
+        if table.ndim != 2 or table.shape[0] != vocab.size:
+            raise ValueError(f"item table shape {table.shape} must be (vocab.size, d) = ({vocab.size}, d)")
+        # ArrayItemEmbeddings indexes known ids from row 0; drop the padding row and keep order.
+        super().__init__(list(vocab.tokens), table[1:], vocab.n_oov_buckets)
+        self._vocab = vocab
+
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self._vocab.encode(item_ids) - 1  # the ranker's rows, shifted past the padding row

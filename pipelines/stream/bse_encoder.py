@@ -59,8 +59,10 @@ def load_item_embeddings(spec: str):
             raise ValueError(f"bad embeddings spec {spec!r}: expected random:<n_items>[:<seed>[:<dim>]]") from e
         return ArrayItemEmbeddings.random(n_items, dim=dim, seed=seed)
     if kind == "artifact":
+        from features.bse.embeddings import VocabItemEmbeddings
         from pipelines.training.artifacts import load_item_embeddings as _from_artifact
 
         name, _, version = rest.partition("/")
-        return _from_artifact(name, version or None)
+        table, vocab, _hasher_version = _from_artifact(name, version or None)
+        return VocabItemEmbeddings(table, vocab)
     raise ValueError(f"bad embeddings spec {spec!r}: use random:<n_items>[:<seed>] or artifact:<name>[/<version>]")
