@@ -28,7 +28,7 @@ def setup_logging(level: int = logging.INFO, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # kafka-python logs every connection at INFO; keep our own INFO lines readable.
-    for noisy in ("kafka", "urllib3", "httpx", "filelock", "ray"):
+    for noisy in ("kafka", "urllib3", "httpx", "filelock", "ray", "feast"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # Its event-loop watchdog warns about slow batches under load; not actionable for users.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)

@@ -291,9 +291,10 @@ class FeatureWriterHandler(RedisTransactionalHandler):
             self._last_publish_s = time.perf_counter() - t0
             self._last_online = time.monotonic()
             done_ms = time.time() * 1000
+            hist = m.FRESHNESS.labels(self.name)
             for ts in self._unpublished_ts:
                 self.freshness_ms.append(done_ms - ts)
-                m.FRESHNESS.labels(self.name).observe(max(0.0, done_ms - ts) / 1000)
+                hist.observe(max(0.0, done_ms - ts) / 1000)
             self._unpublished_ts.clear()
         if now - self._last_offline >= self.offline_flush_s:
             self.publish("offline")
