@@ -206,16 +206,20 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         offline_flush_s: how often dirty entities are appended to the offline store.
         online_publish_ms: how often dirty entities are pushed online; entities changed several
             times in between are pushed once (Feast's push costs per row, not per event).
+        publish_backoff: the next publication waits at least this many times as long as the
+            last one took (0 = every online_publish_ms whatever it costs).
     """
 
     name = "feature-writer"
 
     def __init__(self, client: redis.Redis, prefix: str = "rs", repo=None, item_blobs: RedisItemFeatures | None = None,
-                 offline_flush_s: float = 10.0, online_publish_ms: float = 100.0, freshness_samples: int = 200_000):
+                 offline_flush_s: float = 10.0, online_publish_ms: float = 100.0, publish_backoff: float = 1.0,
+                 freshness_samples: int = 200_000):
         super().__init__(client, prefix)
         self.online_publish_ms = online_publish_ms
         self._last_online = 0.0
         self._last_publish_s = 0.0
+        self.publish_backoff = publish_backoff
         # Kafka timestamps (ms) of applied events not yet published online: freshness is
         # measured when their features become readable, not when the counters moved.
         self._unpublished_ts: list[int] = []
@@ -282,9 +286,9 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         now = time.monotonic()
         # Under a backlog, publishing after every batch would spend most of the time pushing the
         # same hot entities again; waiting at least as long as the last publication took caps
-        # publication at about half the time and lets changes coalesce. At a steady rate the
-        # publications are short and the interval stays at online_publish_ms.
-        if now - self._last_online >= max(self.online_publish_ms / 1000, self._last_publish_s):
+        # publication at about half the time (publish_backoff=1) and lets changes coalesce. At a
+        # steady rate the publications are short and the interval stays at online_publish_ms.
+        if now - self._last_online >= max(self.online_publish_ms / 1000, self.publish_backoff * self._last_publish_s):
             t0 = time.perf_counter()
             while self.publish("online"):
                 pass
