@@ -256,7 +256,8 @@ def write_reports(r: dict[str, float], out_dir: Path, settings: dict) -> None:
     for goal, measured, ok in goals(r):
         lines.append(f"| {goal} | {measured} | {'yes' if ok else 'NO'} |")
     lines += ["", "## Notes", "",
-              "- Synthetic epochs run (early stopping on validation AUC, patience 1): "
+              "- Synthetic epochs run (early stopping on validation AUC, patience "
+              f"{settings.get('synthetic_train', {}).get('patience_epochs', '?')}; the best epoch's weights are kept): "
               + ", ".join(f"{k} {int(r.get(f'train_epochs_synthetic_{k}', 0))}" for k in ("sdim", "full_attention", "din_last50"))
               + f" of at most {settings.get('synthetic_train', {}).get('epochs', '?')}; a model whose count equals the cap "
               "was still improving when it stopped.",
