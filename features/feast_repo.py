@@ -112,15 +112,15 @@ class FeatureRepo:
 
     # ---- writes -------------------------------------------------------------------------------
 
-    def push_user_features(self, df: pd.DataFrame, offline: bool = True) -> None:
-        """Push user rows (columns: user_id, event_timestamp, and USER_FEATURES) online (+ offline)."""
-        self._push(USER_PUSH_SOURCE, df, "user_id", USER_FEATURES, offline)
+    def push_user_features(self, df: pd.DataFrame, offline: bool = True, online: bool = True) -> None:
+        """Push user rows (columns: user_id, event_timestamp, and USER_FEATURES) to the stores asked for."""
+        self._push(USER_PUSH_SOURCE, df, "user_id", USER_FEATURES, offline, online)
 
-    def push_item_features(self, df: pd.DataFrame, offline: bool = True) -> None:
-        """Push item rows (columns: item_id, event_timestamp, and ITEM_FEATURES) online (+ offline)."""
-        self._push(ITEM_PUSH_SOURCE, df, "item_id", ITEM_FEATURES, offline)
+    def push_item_features(self, df: pd.DataFrame, offline: bool = True, online: bool = True) -> None:
+        """Push item rows (columns: item_id, event_timestamp, and ITEM_FEATURES) to the stores asked for."""
+        self._push(ITEM_PUSH_SOURCE, df, "item_id", ITEM_FEATURES, offline, online)
 
-    def _push(self, source: str, df: pd.DataFrame, key: str, features: dict, offline: bool) -> None:
+    def _push(self, source: str, df: pd.DataFrame, key: str, features: dict, offline: bool, online: bool = True) -> None:
         from feast.data_source import PushMode
 
         missing = [c for c in (key, TIMESTAMP_FIELD, *features) if c not in df.columns]
@@ -133,7 +133,9 @@ class FeatureRepo:
                 out[n] = out[n].astype("int64")
             elif str(t) == "Float32":
                 out[n] = out[n].astype("float32")
-        mode = PushMode.ONLINE_AND_OFFLINE if offline else PushMode.ONLINE
+        if not (online or offline):
+            raise FeatureRepoError(str(self.repo_dir), f"push to {source!r}: neither online nor offline asked for")
+        mode = PushMode.ONLINE_AND_OFFLINE if online and offline else PushMode.ONLINE if online else PushMode.OFFLINE
         self.store.push(source, out, to=mode)
 
     # ---- reads --------------------------------------------------------------------------------

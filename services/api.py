@@ -27,16 +27,3 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="true when a stage fell back (dependency outage or missed deadline)")
     timings_ms: dict[str, float]
 
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: str = Field(min_length=1, max_length=128)
-    item_ids: list[str] = Field(min_length=1, description="items to score")
-
-
-class ScoreResponse(BaseModel):
-    user_id: str
-    scores: list[ScoredItem]
-    model_version: str
-    degraded: bool

@@ -370,15 +370,11 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         return len(users) + len(items)
 
     def _push_offline(self, udf: pd.DataFrame, idf: pd.DataFrame) -> None:
-        from feast.data_source import PushMode
-
-        # Offline only: the online store already has these values from the per-batch push.
-        from features.repo.definitions import ITEM_PUSH_SOURCE, USER_PUSH_SOURCE
-
+        # Offline only: the online store already has these values from the per-interval push.
         if len(udf):
-            self.repo.store.push(USER_PUSH_SOURCE, _typed(udf, USER_FEATURES), to=PushMode.OFFLINE)
+            self.repo.push_user_features(udf, online=False)
         if len(idf):
-            self.repo.store.push(ITEM_PUSH_SOURCE, _typed(idf, ITEM_FEATURES), to=PushMode.OFFLINE)
+            self.repo.push_item_features(idf, online=False)
 
     def flush_all(self) -> None:
         """Publish everything still dirty (start-up after a crash, clean shutdown)."""
@@ -389,12 +385,3 @@ class FeatureWriterHandler(RedisTransactionalHandler):
     recover = flush_all
     drain = flush_all
 
-
-def _typed(df: pd.DataFrame, features: dict) -> pd.DataFrame:
-    out = df.copy()
-    for n, t in features.items():
-        if str(t) == "Int64":
-            out[n] = out[n].astype("int64")
-        elif str(t) == "Float32":
-            out[n] = out[n].astype("float32")
-    return out
