@@ -46,6 +46,7 @@ from features.errors import (
     MissingEmbeddings,
     UnknownTableVersion,
 )
+from models.sdim import sdim_interest_naive
 from models.sdim_hash import SdimHasher
 
 log = logging.getLogger(__name__)
@@ -211,28 +212,8 @@ def interest_from_table(table: np.ndarray, sigs: np.ndarray) -> np.ndarray:
     return out / np.float32(n_sig)
 
 
-def naive_interest(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
-    """Reference SDIM over the raw sequence, a plain loop in float64 (tests and drift checks).
-
-    Args:
-        seq_emb: (L, d) behaviour embeddings.
-        cand_emb: (N, d) candidate embeddings.
-    Returns:
-        (N, d) float64.
-    """
-    seq_sig = hasher.signatures_np(seq_emb.astype(np.float32))  # (L, S)
-    cand_sig = hasher.signatures_np(cand_emb.astype(np.float32))  # (N, S)
-    n_sig = hasher.config.n_signatures
-    out = np.zeros((cand_emb.shape[0], seq_emb.shape[1]), dtype=np.float64)
-    for n in range(cand_emb.shape[0]):
-        for j in range(n_sig):
-            hit = seq_emb[seq_sig[:, j] == cand_sig[n, j]].astype(np.float64)
-            s = hit.sum(0) if len(hit) else np.zeros(seq_emb.shape[1])
-            nrm = np.linalg.norm(s)
-            if nrm > 0:
-                out[n] += s / nrm
-        out[n] /= n_sig
-    return out
+# The SDIM definition as a plain loop (tests, drift checks); one copy, in models/sdim.py.
+naive_interest = sdim_interest_naive
 
 
 class BseStore(ABC):

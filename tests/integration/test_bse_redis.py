@@ -11,28 +11,9 @@ import redis
 
 from features.bse import ArrayItemEmbeddings, Behaviour, InMemoryBseStore, RedisBseStore, TableVersion
 from models.sdim_hash import SdimConfig, SdimHasher
+from tests.sdim_reference import naive_sdim
 
 pytestmark = pytest.mark.integration
-
-
-def naive_sdim(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
-    """Independent reference loop: colliding behaviours summed, L2-normalised, mean over signatures."""
-    tau, n_sig = hasher.config.tau, hasher.config.n_signatures
-
-    def sig(x):
-        bits = (x.astype(np.float32) @ hasher.projection) > 0
-        return [sum(int(bits[j * tau + t]) << t for t in range(tau)) for j in range(n_sig)]
-
-    seq_sigs = [sig(e) for e in seq_emb]
-    out = np.zeros((len(cand_emb), seq_emb.shape[1]))
-    for n, c in enumerate(cand_emb):
-        cs = sig(c)
-        for j in range(n_sig):
-            s = sum((e.astype(np.float64) for e, es in zip(seq_emb, seq_sigs) if es[j] == cs[j]), np.zeros(seq_emb.shape[1]))
-            if np.linalg.norm(s) > 0:
-                out[n] += s / np.linalg.norm(s)
-        out[n] /= n_sig
-    return out
 
 
 @pytest.fixture
