@@ -253,9 +253,10 @@ def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", 
     worker.start()
     r = redis.Redis.from_url(s.redis_url)
     deadline = time.monotonic() + 300
+    log_end = _topic_size(s)  # nothing else produces during the demo: read the log end once
     while time.monotonic() < deadline:
         # Caught up when the group's stored offsets reach the log end.
-        if _topic_size(s) <= sum(handler.stored_offsets(s.events_topic).values()):
+        if log_end <= sum(handler.stored_offsets(s.events_topic).values()):
             break
         time.sleep(0.5)
     typer.echo(f"processor applied {proc.applied_total} new events; {r.zcard(s.redis_prefix + ':pop')} items have popularity")
