@@ -12,6 +12,9 @@ import json
 import logging
 import os
 import platform
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +28,8 @@ from features.item_features import RedisItemFeatures, bench_item_reads
 from pipelines.data.synthetic import SyntheticConfig, generate_events
 from pipelines.produce import produce_events
 from pipelines.stream.base import ProcessorConfig, StreamProcessor
-from pipelines.stream.feature_writer import FeatureWriterHandler
+from pipelines.stream.feature_publisher import FeaturePublisher
+from pipelines.stream.feature_writer import FeatureKeys, FeatureWriterHandler
 from recstream.kafka_io import ensure_topics, make_producer
 from recstream.settings import Settings
 
@@ -71,16 +75,54 @@ def _throughput(settings: Settings, handler, name: str, n: int, batch: int) -> d
     return {"events_per_s": (consumed - marks[0][1]) / span_s, "events": consumed, "seconds": span_s}
 
 
-def _feature_writer(s: Settings, repo) -> FeatureWriterHandler:
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
-    return FeatureWriterHandler(r, s.redis_prefix, repo=repo, item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
+def _spawn(s: Settings, *args: str) -> subprocess.Popen:
+    """A `recstream` command in its own process (its own GIL, as deployed), with these settings."""
+    return subprocess.Popen([sys.executable, "-m", "recstream.cli", *args], env={**os.environ, **s.to_env()},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(child: subprocess.Popen, what: str, timeout_s: float = 300) -> None:
+    try:
+        rc = child.wait(timeout=timeout_s)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if rc != 0:
+        raise RuntimeError(f"{what} exited with {rc}: {child.stdout.read().decode()[-2000:]}")
+
+
+def _outbox_empty(s: Settings) -> bool:
+    r = redis.Redis.from_url(s.redis_url)
+    keys = FeatureKeys(s.redis_prefix)
+    return not any(r.hlen(keys.dirty(t, e)) for t in ("online", "offline") for e in ("u", "i"))
+
+
+def _publisher(s: Settings) -> FeaturePublisher:
+    return FeaturePublisher(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+                            repo=repo_for_settings(s), item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
 
 
 def bench_feature_writer(settings: Settings, n: int = 100_000, batch: int = 5000) -> dict:
-    s = _fresh(settings, uuid.uuid4().hex[:6])
-    produce_events(_events(n), s, progress=False)
-    res = _throughput(s, _feature_writer(s, repo_for_settings(s)), "feature-writer", n, batch)
-    return {"feature_writer_events_per_s": res["events_per_s"]}
+    """The writer with a feature-publisher process publishing to Feast at the same time (the
+    deployed layout), and, in the same run, one process doing both (`--publish inline`)."""
+    out = {}
+    for layout in ("separate", "inline"):
+        s = _fresh(settings, uuid.uuid4().hex[:6])
+        produce_events(_events(n), s, progress=False)
+        r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+        if layout == "separate":
+            publisher = _spawn(s, "process", "feature-publisher", "--max-idle-s", "10")
+            handler = FeatureWriterHandler(r, s.redis_prefix)
+        else:
+            publisher, handler = None, FeatureWriterHandler(r, s.redis_prefix, publisher=_publisher(s))
+        res = _throughput(s, handler, "feature-writer", n, batch)
+        if publisher is not None:
+            _finish(publisher, "feature-publisher")
+        if not _outbox_empty(s):
+            raise RuntimeError(f"feature-writer ({layout}): entities left unpublished")
+        key = "feature_writer_events_per_s" if layout == "separate" else "feature_writer_inline_publish_events_per_s"
+        out[key] = res["events_per_s"]
+    return out
 
 
 def bench_bse_encoder(settings: Settings, n: int = 100_000, batch: int = 5000, events_per_user: int = 500) -> dict:
@@ -118,15 +160,17 @@ def _paced_producer(settings_json: str, rate_per_s: int, duration_s: float, seed
 
 def bench_freshness(settings: Settings, rate_per_s: int = 5000, duration_s: float = 10.0) -> dict:
     """Feature freshness (Kafka create time -> readable in Feast online and the item blobs) at a
-    fixed produce rate, with the producer in another process as in production."""
+    fixed produce rate: producer, feature-writer and feature-publisher each in its own process as
+    deployed (the publisher runs here, to read its measurements)."""
     import multiprocessing as mp
 
     s = _fresh(settings, uuid.uuid4().hex[:6])
-    handler = _feature_writer(s, repo_for_settings(s))
-    proc = StreamProcessor(handler, ProcessorConfig(name="feature-writer", batch_max_records=5000, poll_timeout_ms=20), s)
-    t = threading.Thread(target=proc.run, daemon=True)
+    writer = _spawn(s, "process", "feature-writer", "--publish", "separate", "--batch-max-records", "5000")
+    publisher = _publisher(s)
+    stop = threading.Event()
+    t = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
     t.start()
-    time.sleep(5.0)  # join the group before the clock starts
+    time.sleep(8.0)  # the writer joins the group before the clock starts
     n = int(rate_per_s * duration_s)
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
@@ -134,16 +178,22 @@ def bench_freshness(settings: Settings, rate_per_s: int = 5000, duration_s: floa
     child.start()
     child.join(timeout=duration_s * 10 + 60)
     achieved = recv.recv() if recv.poll(1) else float("nan")
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    offsets_key = f"{s.redis_prefix}:offsets:feature-writer:{s.events_topic}"
     deadline = time.monotonic() + 60
-    while len(handler.freshness_ms) < n and time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # everything applied and every freshness mark consumed
+        if sum(int(v) for v in r.hgetall(offsets_key).values()) >= n and not r.llen(FeatureKeys(s.redis_prefix).fresh_marks):
+            break
         time.sleep(0.1)
-    proc.stop()
+    writer.send_signal(signal.SIGTERM)
+    _finish(writer, "feature-writer", 60)
+    stop.set()
     t.join(timeout=60)
-    f = np.array(handler.freshness_ms)
-    if len(f) < n:
-        raise RuntimeError(f"freshness: only {len(f)} of {n} events became visible")
+    f = np.array(publisher.freshness_ms)
+    if len(f) < n // 8:  # the writer samples every 4th offset of each partition
+        raise RuntimeError(f"freshness: only {len(f)} samples for {n} events")
     return {"freshness_p50_ms": float(np.percentile(f, 50)), "freshness_p99_ms": float(np.percentile(f, 99)),
-            "freshness_rate_events_per_s": achieved}
+            "freshness_rate_events_per_s": achieved, "freshness_samples": len(f)}
 
 
 def bench_bse_bytes(settings: Settings, seq_len: int = 10_000) -> dict:

@@ -11,6 +11,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -118,7 +119,7 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
     typer.echo(f"produced {n} events to {get_settings().events_topic}")
 
 
-PROCESSORS = ("popularity", "bse-encoder", "feature-writer")
+PROCESSORS = ("popularity", "bse-encoder", "feature-writer", "feature-publisher")
 
 
 def _feast_repo(s: Settings):
@@ -127,7 +128,19 @@ def _feast_repo(s: Settings):
     return repo_for_settings(s)
 
 
-def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True):
+def _publisher(s: Settings, feast: bool):
+    import redis
+
+    from features.item_features import RedisItemFeatures
+    from pipelines.stream.feature_publisher import FeaturePublisher
+
+    return FeaturePublisher(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+                            repo=_feast_repo(s) if feast else None,
+                            item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
+
+
+def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True,
+                  publish: str = "inline"):
     import redis
 
     if name == "popularity":
@@ -144,12 +157,12 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
         store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len)
         return BseEncoderHandler(store)
     if name == "feature-writer":
-        from features.item_features import RedisItemFeatures
         from pipelines.stream.feature_writer import FeatureWriterHandler
 
-        repo = _feast_repo(s) if feast else None
-        return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix, repo=repo,
-                                    item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
+        if publish not in ("inline", "separate"):
+            raise typer.BadParameter(f"--publish must be inline or separate, got {publish!r}", param_hint="--publish")
+        return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+                                    publisher=_publisher(s, feast) if publish == "inline" else None)
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 
 
@@ -161,8 +174,13 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
             embeddings: str = typer.Option("random:2000:0", help="bse-encoder: random:<n_items>[:<seed>] or artifact:<model>[/<version>]"),
             model_version: str = typer.Option("base", help="bse-encoder: ranker version whose embeddings feed the tables"),
             max_seq_len: int = typer.Option(10_000, help="bse-encoder: behaviours kept per user"),
-            feast: bool = typer.Option(True, help="feature-writer: publish to Feast (off: counters and item blobs only)")) -> None:
-    """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis)."""
+            feast: bool = typer.Option(True, help="feature-writer/-publisher: publish to Feast (off: item blobs only)"),
+            publish: str = typer.Option("inline", help="feature-writer: inline (one process) | separate (run "
+                                                       "`process feature-publisher` too; for 20k+ events/s)")) -> None:
+    """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis).
+
+    feature-publisher is not a Kafka consumer: it publishes the feature-writer's outbox to Feast.
+    """
     from prometheus_client import start_http_server
 
     from pipelines.stream import ProcessorConfig, StreamProcessor
@@ -170,7 +188,14 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
     s = get_settings()
     if metrics_port:
         start_http_server(metrics_port)
-    handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast)
+    if name == "feature-publisher":
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        _publisher(s, feast).run(stop, max_idle_s=max_idle_s)
+        typer.echo(f"{name}: stopped")
+        return
+    handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast, publish)
     proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records), s)
     proc.install_signal_handlers()
     proc.run(max_idle_s=max_idle_s)

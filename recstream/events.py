@@ -86,6 +86,12 @@ def parse_event(raw: bytes | str) -> Event:
     if raw_bytes is None:
         raise InvalidEvent("empty record (tombstone)", raw=b"")
     try:
+        # pydantic-core parses and validates in one pass, twice as fast as json.loads first.
+        # Only a record that fails takes the slower path below, which names the problem.
+        return Event.model_validate_json(raw_bytes)
+    except ValidationError:
+        pass
+    try:
         obj = json.loads(raw_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidEvent(f"not UTF-8 JSON: {e}", raw=raw_bytes) from e

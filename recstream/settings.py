@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     def stack_dir(self) -> Path:
         return self.home / "stack"
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as RECSTREAM_* variables, for a child process to read back."""
+        return {f"RECSTREAM_{k.upper()}": str(v) for k, v in self.model_dump().items()}
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

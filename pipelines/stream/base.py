@@ -20,13 +20,12 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import redis
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.stream import metrics as m
+from pipelines.stream.source import KafkaSource, Record, Source
 from recstream.errors import InvalidEvent
 from recstream.events import Event, parse_event
 from recstream.kafka_io import dlq_record, make_producer
@@ -47,6 +46,8 @@ class ProcessorConfig(BaseModel):
     poll_timeout_ms: int = Field(200, ge=1, le=60_000, description="poll wait when the topic is idle")
     retry_backoff_ms: int = Field(500, ge=1, le=60_000, description="pause before retrying a failed state write")
     lag_every_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
+    fetch_wait_max_ms: int = Field(20, ge=1, le=10_000,
+                                   description="longest the broker holds a fetch for more data (bounds freshness at low rates)")
 
     @property
     def group_id(self) -> str:
@@ -121,20 +122,6 @@ class RedisTransactionalHandler:
                     continue  # another writer moved the offsets; re-read and re-filter
 
 
-class _SeekToStored(ConsumerRebalanceListener):
-    def __init__(self, proc: "StreamProcessor"):
-        self.proc = proc
-
-    def on_partitions_revoked(self, revoked):
-        pass
-
-    def on_partitions_assigned(self, assigned):
-        stored = self.proc.handler.stored_offsets(self.proc.topic)
-        for tp in assigned:
-            if tp.partition in stored:
-                self.proc.consumer.seek(tp, stored[tp.partition])
-
-
 class StreamProcessor:
     """Consume `events_topic` in a consumer group and feed a handler, with DLQ and metrics."""
 
@@ -144,7 +131,7 @@ class StreamProcessor:
         self.settings = settings or get_settings()
         self.topic = self.settings.events_topic
         self._stop = threading.Event()
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: Source | None = None
         self.producer = None
         self.applied_total = 0
         self.dlq_total = 0
@@ -158,19 +145,11 @@ class StreamProcessor:
             signal.signal(sig, lambda *_: self.stop())
 
     def _connect(self) -> None:
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.config.group_id,
-            client_id=f"recstream-{self.config.name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.config.batch_max_records,
-            fetch_max_bytes=32 * 1024 * 1024,
-            # A killed processor's partitions move to a live one after this long.
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-        )
-        self.consumer.subscribe([self.topic], listener=_SeekToStored(self))
+        # On (re)assignment, start each partition at the offset stored with the state.
+        self.consumer = KafkaSource(self.settings.kafka_bootstrap, self.topic, self.config.group_id,
+                                    client_id=f"recstream-{self.config.name}",
+                                    start_offsets=lambda: self.handler.stored_offsets(self.topic),
+                                    fetch_wait_max_ms=self.config.fetch_wait_max_ms)
         self.producer = make_producer(self.settings, client_id=f"recstream-{self.config.name}-dlq")
 
     def run(self, max_idle_s: float | None = None, max_events: int | None = None) -> None:
@@ -215,35 +194,35 @@ class StreamProcessor:
 
     def step(self) -> int:
         """One poll -> DLQ -> apply -> commit cycle. Returns records consumed."""
-        polled = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_max_records)
+        polled: dict[int, list[Record]] = self.consumer.poll(self.config.batch_max_records,
+                                                             self.config.poll_timeout_ms / 1000)
         if not polled:
             return 0
         good: list[SourcedEvent] = []
         next_offsets: dict[int, int] = {}
         first_offsets: dict[int, int] = {}
         bad = 0
-        for tp, records in polled.items():
+        for partition, records in polled.items():
             for rec in records:
                 try:
                     ev = parse_event(rec.value)
-                    good.append(SourcedEvent(ev, tp.partition, rec.offset, rec.timestamp))
+                    good.append(SourcedEvent(ev, partition, rec.offset, rec.timestamp_ms))
                 except InvalidEvent as e:
                     self.producer.send(self.settings.dlq_topic, key=rec.key,
-                                       value=dlq_record(rec.value, e.reason, tp.topic, tp.partition, rec.offset, self.config.name))
+                                       value=dlq_record(rec.value, e.reason, self.topic, partition, rec.offset, self.config.name))
                     bad += 1
-            next_offsets[tp.partition] = records[-1].offset + 1
-            first_offsets[tp.partition] = records[0].offset
+            next_offsets[partition] = records[-1].offset + 1
+            first_offsets[partition] = records[0].offset
         if bad:
             self.producer.flush()  # durable in the DLQ before the offsets move past them
             m.DLQ.labels(self.config.name).inc(bad)
             self.dlq_total += bad
         if not self._apply_with_retry(good, next_offsets, first_offsets):
             return 0  # rewound: the records come again from the stored offsets
-        if not hasattr(self.handler, "freshness_ms"):  # handlers that publish later measure it themselves
-            now_ms = time.time() * 1000
-            for se in good:
-                m.FRESHNESS.labels(self.config.name).observe(max(0.0, now_ms - se.kafka_ts_ms) / 1000)
-        self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()})
+        if good and not getattr(self.handler, "measures_own_freshness", False):  # e.g. visible only once published
+            m.observe_freshness(self.config.name, time.time() * 1000 - np.fromiter((se.kafka_ts_ms for se in good),
+                                                                                    np.float64, len(good)))
+        self.consumer.commit(next_offsets)
         return sum(len(r) for r in polled.values())
 
     def _apply_with_retry(self, good: list[SourcedEvent], next_offsets: dict[int, int], first_offsets: dict[int, int]) -> bool:
@@ -279,22 +258,17 @@ class StreamProcessor:
         behind = {p: stored[p] for p, o in first_offsets.items() if p in stored and stored[p] < o}
         if not behind:
             return False
-        for tp in self.consumer.assignment():
-            if tp.partition in stored:
-                self.consumer.seek(tp, stored[tp.partition])
+        for partition in self.consumer.assignment():
+            if partition in stored:
+                self.consumer.seek(partition, stored[partition])
         log.warning("processor %s: state restored older than the consumer position; rewound to %s",
                     self.config.name, stored)
         return True
 
     def _record_lag(self) -> None:
         try:
-            parts = self.consumer.assignment()
-            if not parts:
-                return
-            ends = self.consumer.end_offsets(list(parts))
-            for tp in parts:
-                pos = self.consumer.position(tp)
-                m.LAG.labels(self.config.name, str(tp.partition)).set(max(0, ends[tp] - pos))
+            for partition, lag in self.consumer.lag().items():
+                m.LAG.labels(self.config.name, str(partition)).set(lag)
         except Exception as e:  # lag is observability only; never stop processing for it
             log.debug("lag measurement failed: %s", e)
 
@@ -304,5 +278,5 @@ class StreamProcessor:
             self.producer.close()
             self.producer = None
         if self.consumer is not None:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
             self.consumer = None

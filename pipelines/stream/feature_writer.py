@@ -7,17 +7,20 @@ Exactly-once effect in two steps:
    (RedisTransactionalHandler): a redelivered record is skipped, so every event is counted once.
    The same transaction bumps the touched entities in two "dirty" hashes (entity -> change
    counter), an outbox.
-2. Publication. Features are *absolute* values computed from the counters, so writing them twice
-   is harmless. After each batch the dirty-online set is pushed to the Feast online store and the
-   fast item-feature blobs, then removed from the set; the dirty-offline set is pushed to the
-   offline store every `offline_flush_s` (Feast's file offline store rewrites its parquet file
-   on every write, so per-batch offline pushes would grow quadratically). An entity leaves the
-   outbox only if its change counter is still the one read before publishing, so a concurrent
-   processor's newer change is never lost. A crash between the two steps leaves the entities
-   dirty, and the next run publishes them: nothing lost, no count applied twice.
-   Known limit with several processor instances: items are touched from every partition, and
-   two instances publishing the same item at once may land in either order, leaving the older
-   value until the item's next change republishes it (users are owned by one partition).
+2. Publication (pipelines/stream/feature_publisher.py). Features are *absolute* values computed
+   from the counters, so writing them twice is harmless. A publisher pushes the dirty entities to
+   the Feast online store and the fast item-feature blobs as often as it can (a push costs per
+   row, not per event, so changes made during one publication coalesce into the next), and to
+   the offline store every `offline_flush_s` (Feast's file offline store rewrites its parquet
+   file on every write). An entity leaves the outbox only if its change counter is still the one
+   read before publishing, so a concurrent newer change is never lost. A crash between the two
+   steps leaves the entities dirty and the next publication pushes them: nothing lost, no count
+   applied twice.
+   The publisher runs inside the writer (`publisher=`, one process) or as its own process
+   (`recstream process feature-publisher`): Feast's Python push costs about as much per second
+   as counting the events, so a separate process lets each keep up with 20k events/s.
+   Known limit with several publishers: two may publish the same item at once and land in either
+   order, leaving the older value until the item's next change republishes it.
 
 Windows are event-time windows at hour resolution, relative to the entity's latest event:
 `*_1h` is the latest hour bucket, `*_24h` the last 24 buckets, `*_7d` the last 168. Older buckets
@@ -29,17 +32,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import redis
 
-from features.item_features import RedisItemFeatures
-from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD, USER_FEATURES
-from pipelines.stream import metrics as m
+from features.repo.definitions import TIMESTAMP_FIELD
 from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
 from recstream.events import EventType
 
@@ -55,12 +53,10 @@ RECENT_GENRES = 5
 _KIND = {EventType.impression: "imp", EventType.click: "clk", EventType.view: "clk", EventType.purchase: "clk",
          EventType.rating: "clk", EventType.like: "lik"}
 
-PUBLISH_LATENCY = m.Histogram("recstream_feature_publish_seconds", "feature publication latency (Feast online push)",
-                              ["target"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-
 # One call applies a whole batch (client-side per-command overhead, not Redis, bounds a Python
 # writer): ARGV[1] is JSON {"incr": [[key, field, n]...], "span": [[key, max_ts, min_ts]...],
-# "genres": [[key, [genre...]]...], "dirty": [[key, field]...], "trim": n}.
+# "genres": [[key, [genre...]]...], "dirty": [[key, field]...], "trim": n}; ARGV[2], when not
+# empty, is a freshness mark appended to KEYS[1] (kept to the last ARGV[3] marks).
 _APPLY_SCRIPT = """
 local b = cjson.decode(ARGV[1])
 for _, x in ipairs(b.incr) do redis.call('HINCRBY', x[1], x[2], x[3]) end
@@ -75,64 +71,12 @@ for _, x in ipairs(b.genres) do
   redis.call('LTRIM', x[1], 0, b.trim)
 end
 for _, x in ipairs(b.dirty) do redis.call('HINCRBY', x[1], x[2], 1) end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+end
 return 1
 """
-
-# Aggregate many counter hashes server-side in one call: per hash, the window sums of every kind
-# (1h, 24h, 7d), the decayed engagement and the latest/first event times, pruning buckets older
-# than 7d. Shipping nine numbers instead of every bucket keeps a Python writer fast. The Python
-# functions user_features/item_features define the same semantics and are the reference the
-# tests compare this with. KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h.
-_AGG_SCRIPT = """
-local nh, trim, half = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-for i = 1, #KEYS do
-  if i <= nh then
-    local f = redis.call('HGETALL', KEYS[i])
-    local ts, first = '0', nil
-    local buckets = {}
-    for j = 1, #f, 2 do
-      local name = f[j]
-      if name == 'ts' then ts = f[j + 1]
-      elseif name == 'first' then first = f[j + 1]
-      else
-        local kind, h = string.match(name, '^(%a+):(%-?%d+)$')
-        if kind then buckets[#buckets + 1] = {kind, tonumber(h), tonumber(f[j + 1]), name} end
-      end
-    end
-    local now_h = math.floor(tonumber(ts) / 3600000)
-    local w = {imp = {0, 0, 0}, clk = {0, 0, 0}, lik = {0, 0, 0}}
-    local pop, stale = 0, {}
-    for _, b in ipairs(buckets) do
-      local kind, h, c = b[1], b[2], b[3]
-      if h <= now_h - 168 then stale[#stale + 1] = b[4]
-      elseif w[kind] then
-        local acc = w[kind]
-        acc[3] = acc[3] + c
-        if h > now_h - 24 then acc[2] = acc[2] + c end
-        if h > now_h - 1 then acc[1] = acc[1] + c end
-        if kind ~= 'imp' then pop = pop + c * math.pow(0.5, (now_h - h) / half) end
-      end
-    end
-    if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
-    out[i] = {ts, first or ts, w.imp[1], w.imp[2], w.imp[3], w.clk[1], w.clk[2], w.clk[3],
-              w.lik[1], w.lik[2], w.lik[3], string.format('%.17g', pop)}
-  else
-    out[i] = redis.call('LRANGE', KEYS[i], 0, trim)
-  end
-end
-return out
-"""
-
-# Remove outbox fields whose change counter is still the one we published (ARGV: field, value, ...).
-_CLEAN_SCRIPT = """
-local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]); n = n + 1 end
-end
-return n
-"""
-
 
 def _kinds(e) -> list[str]:
     kinds = [_KIND[e.type]]
@@ -195,58 +139,71 @@ def _stale_fields(fields: dict[str, str]) -> list[str]:
     return [f for f in fields if ":" in f and int(f.partition(":")[2]) <= now_h - WEEK_H]
 
 
+
+class FeatureKeys:
+    """Redis key layout shared by the writer and the publisher."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def user(self, u: str) -> str:
+        return f"{self.prefix}:fw:u:{u}"
+
+    def item(self, i: str) -> str:
+        return f"{self.prefix}:fw:i:{i}"
+
+    def genres(self, u: str) -> str:
+        return f"{self.prefix}:fw:ug:{u}"
+
+    def dirty(self, target: str, entity: str) -> str:
+        return f"{self.prefix}:fw:dirty:{target}:{entity}"
+
+    @property
+    def fresh_marks(self) -> str:
+        return f"{self.prefix}:fw:fresh"
+
+
+def encode_marks(ts_ms: list[int]) -> str:
+    """Kafka timestamps of applied events, compact: "base,delta,delta,..." (ms)."""
+    base = min(ts_ms)
+    return ",".join([str(base), *(str(t - base) for t in ts_ms)])
+
+
+def decode_marks(mark: str) -> list[int]:
+    base, *deltas = (int(x) for x in mark.split(","))
+    return [base + d for d in deltas]
+
+
 class FeatureWriterHandler(RedisTransactionalHandler):
-    """Counters + outbox in Redis; publication to Feast (online per batch, offline periodically).
+    """Counters + outbox in Redis, in the offsets transaction; publication by a FeaturePublisher.
 
     Args:
         client: Redis for counters and outbox (decode_responses=True).
-        repo: a features.feast_repo.FeatureRepo, or None to skip Feast (counters and fast item
-            blobs only; used by benchmarks that measure Feast separately).
-        item_blobs: the fast item-feature reader's writer (RedisItemFeatures), or None.
-        offline_flush_s: how often dirty entities are appended to the offline store.
-        online_publish_ms: how often dirty entities are pushed online; entities changed several
-            times in between are pushed once (Feast's push costs per row, not per event).
-        publish_backoff: the next publication waits at least this many times as long as the
-            last one took (0 = every online_publish_ms whatever it costs).
+        publisher: a FeaturePublisher run inline after every batch and on idle polls, or None
+            when a separate `feature-publisher` process publishes the outbox.
+        freshness_sample_every: events whose Kafka offset is a multiple of this leave their
+            timestamp for the publisher, which measures event -> readable online (every event is
+            equally likely to be sampled, so quantiles stay unbiased at a bounded cost).
+        max_marks: freshness marks kept when no publisher consumes them.
     """
 
     name = "feature-writer"
+    measures_own_freshness = True  # visible means published, which the publisher measures
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs", repo=None, item_blobs: RedisItemFeatures | None = None,
-                 offline_flush_s: float = 10.0, online_publish_ms: float = 100.0, publish_backoff: float = 1.0,
-                 freshness_samples: int = 200_000):
+    def __init__(self, client: redis.Redis, prefix: str = "rs", publisher=None, freshness_sample_every: int = 4,
+                 max_marks: int = 2000):
         super().__init__(client, prefix)
-        self.online_publish_ms = online_publish_ms
-        self._last_online = 0.0
-        self._last_publish_s = 0.0
-        self.publish_backoff = publish_backoff
-        # Kafka timestamps (ms) of applied events not yet published online: freshness is
-        # measured when their features become readable, not when the counters moved.
-        self._unpublished_ts: list[int] = []
-        self.freshness_ms: deque[float] = deque(maxlen=freshness_samples)
-        self.repo = repo
-        self.item_blobs = item_blobs
-        self.offline_flush_s = offline_flush_s
+        if freshness_sample_every < 1:
+            raise ValueError(f"freshness_sample_every must be >= 1, got {freshness_sample_every}")
+        self.keys = FeatureKeys(prefix)
+        self.publisher = publisher
+        self.freshness_sample_every = freshness_sample_every
+        self.max_marks = max_marks
         self._apply_script = client.register_script(_APPLY_SCRIPT)
-        self._agg_script = client.register_script(_AGG_SCRIPT)
-        self._clean_script = client.register_script(_CLEAN_SCRIPT)
-        self._last_offline = time.monotonic()
-
-    # keys
-    def k_user(self, u: str) -> str:
-        return f"{self.prefix}:fw:u:{u}"
-
-    def k_item(self, i: str) -> str:
-        return f"{self.prefix}:fw:i:{i}"
-
-    def k_genres(self, u: str) -> str:
-        return f"{self.prefix}:fw:ug:{u}"
-
-    def k_dirty(self, target: str, entity: str) -> str:
-        return f"{self.prefix}:fw:dirty:{target}:{entity}"
 
     # step 1: counters, inside the offsets transaction
     def write(self, pipe, events: list[SourcedEvent]) -> None:
+        k = self.keys
         incr: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         span: dict[str, list[int]] = {}
         genres: dict[str, list[str]] = defaultdict(list)
@@ -254,134 +211,48 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         for se in events:
             e = se.event
             h = e.ts // HOUR_MS
+            ku, ki = k.user(e.user_id), k.item(e.item_id)
             for kind in _kinds(e):
-                incr[self.k_user(e.user_id)][f"{kind}:{h}"] += 1
-                incr[self.k_item(e.item_id)][f"{kind}:{h}"] += 1
-            for key in (self.k_user(e.user_id), self.k_item(e.item_id)):
-                lo_hi = span.setdefault(key, [e.ts, e.ts])
-                lo_hi[0], lo_hi[1] = min(lo_hi[0], e.ts), max(lo_hi[1], e.ts)
-            genre = (e.context or {}).get("genre") or (e.context or {}).get("category")
-            if genre and e.type is not EventType.impression:
-                genres[e.user_id].append(genre)
+                incr[ku][f"{kind}:{h}"] += 1
+                incr[ki][f"{kind}:{h}"] += 1
+            for key in (ku, ki):
+                lo_hi = span.get(key)
+                if lo_hi is None:
+                    span[key] = [e.ts, e.ts]
+                elif e.ts < lo_hi[0]:
+                    lo_hi[0] = e.ts
+                elif e.ts > lo_hi[1]:
+                    lo_hi[1] = e.ts
+            if e.context and e.type is not EventType.impression:
+                genre = e.context.get("genre") or e.context.get("category")
+                if genre:
+                    genres[e.user_id].append(genre)
             users.add(e.user_id)
             items.add(e.item_id)
         batch = {
             "incr": [[key, f, n] for key, fields in incr.items() for f, n in fields.items()],
             "span": [[key, hi, lo] for key, (lo, hi) in span.items()],
-            "genres": [[self.k_genres(u), gs] for u, gs in genres.items()],
-            "dirty": [[self.k_dirty(t, ent), x] for t in ("online", "offline") for ent, ids in (("u", users), ("i", items))
+            "genres": [[k.genres(u), gs] for u, gs in genres.items()],
+            "dirty": [[k.dirty(t, ent), x] for t in ("online", "offline") for ent, ids in (("u", users), ("i", items))
                       for x in ids],
             "trim": 4 * RECENT_GENRES,
         }
-        self._apply_script(keys=[], args=[json.dumps(batch)], client=pipe)
+        every = self.freshness_sample_every
+        sampled = [se.kafka_ts_ms for se in events if se.offset % every == 0]
+        self._apply_script(keys=[k.fresh_marks], args=[json.dumps(batch), encode_marks(sampled) if sampled else "",
+                                                       self.max_marks], client=pipe)
 
     def apply(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int]) -> int:
         n = super().apply(topic, events, next_offsets)
-        self._unpublished_ts.extend(se.kafka_ts_ms for se in events)
         self.tick()
         return n
 
     def tick(self) -> None:
-        """Publish when due; the processor calls this on every poll, idle or not."""
-        now = time.monotonic()
-        # Under a backlog, publishing after every batch would spend most of the time pushing the
-        # same hot entities again; waiting at least as long as the last publication took caps
-        # publication at about half the time (publish_backoff=1) and lets changes coalesce. At a
-        # steady rate the publications are short and the interval stays at online_publish_ms.
-        if now - self._last_online >= max(self.online_publish_ms / 1000, self.publish_backoff * self._last_publish_s):
-            t0 = time.perf_counter()
-            while self.publish("online"):
-                pass
-            self._last_publish_s = time.perf_counter() - t0
-            self._last_online = time.monotonic()
-            done_ms = time.time() * 1000
-            hist = m.FRESHNESS.labels(self.name)
-            for ts in self._unpublished_ts:
-                self.freshness_ms.append(done_ms - ts)
-                hist.observe(max(0.0, done_ms - ts) / 1000)
-            self._unpublished_ts.clear()
-        if now - self._last_offline >= self.offline_flush_s:
-            self.publish("offline")
+        if self.publisher is not None:
+            self.publisher.tick()
 
-    # step 2: publication from the outbox
-    def compute(self, users: list[str], items: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Current feature rows for users and items (one Redis call), pruning stale buckets."""
-        nu, ni = len(users), len(items)
-        keys = [self.k_user(u) for u in users] + [self.k_item(i) for i in items] + [self.k_genres(u) for u in users]
-        raw = self._agg_script(keys=keys, args=[nu + ni, 4 * RECENT_GENRES, POPULARITY_HALF_LIFE_H]) if keys else []
-        agg = np.array([r[:11] for r in raw[: nu + ni]], dtype=np.int64).reshape(-1, 11)  # (U+I, 11)
-        pop = np.array([float(r[11]) for r in raw[nu: nu + ni]], dtype=np.float64)  # (I,)
-        ts, first = agg[:, 0], agg[:, 1]
-        imp, clk, lik = agg[:, 2:5], agg[:, 5:8], agg[:, 8:11]  # (U+I, 3): 1h, 24h, 7d
+    def recover(self) -> None:
+        if self.publisher is not None:
+            self.publisher.flush_all()  # an outbox a crashed run left behind
 
-        def ratio(a, b):
-            return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
-
-        u = slice(0, nu)
-        udf = pd.DataFrame({"user_id": users, TIMESTAMP_FIELD: ts[u]})
-        for name, arr in (("impressions", imp), ("clicks", clk), ("likes", lik)):
-            for k, win in enumerate(("1h", "24h", "7d")):
-                udf[f"{name}_{win}"] = arr[u, k]
-        udf["ctr_24h"] = ratio(clk[u, 1], imp[u, 1])
-        udf["ctr_7d"] = ratio(clk[u, 2], imp[u, 2])
-        udf["recent_genres"] = ["|".join(list(dict.fromkeys(g))[:RECENT_GENRES]) for g in raw[nu + ni:]]
-        it = slice(nu, nu + ni)
-        idf = pd.DataFrame({"item_id": items, TIMESTAMP_FIELD: ts[it]})
-        for name, arr in (("impressions", imp), ("clicks", clk), ("likes", lik)):
-            for k, win in ((1, "24h"), (2, "7d")):
-                idf[f"{name}_{win}"] = arr[it, k]
-        idf["ctr_7d"] = ratio(clk[it, 2], imp[it, 2])
-        idf["popularity"] = pop
-        idf["age_s"] = np.maximum(0, ts[it] - first[it]) / 1000
-        udf = udf[["user_id", TIMESTAMP_FIELD, *USER_FEATURES]]
-        idf = idf[["item_id", TIMESTAMP_FIELD, *ITEM_FEATURES]]
-        for df in (udf, idf):
-            df[TIMESTAMP_FIELD] = pd.to_datetime(df[TIMESTAMP_FIELD], unit="ms", utc=True)
-        return udf, idf
-
-    def publish(self, target: str, max_entities: int = 20_000) -> int:
-        """Push dirty entities of `target` ("online" or "offline") and clear them from the outbox."""
-        ku, ki = self.k_dirty(target, "u"), self.k_dirty(target, "i")
-        # The outbox is normally one batch's entities; after a long outage it is read in chunks.
-        dirty_u = self.r.hrandfield(ku, max_entities, withvalues=True) or []
-        dirty_i = self.r.hrandfield(ki, max_entities, withvalues=True) or []
-        users, items = dirty_u[0::2], dirty_i[0::2]
-        if not users and not items:
-            return 0
-        t0 = time.perf_counter()
-        udf, idf = self.compute(users, items)
-        if target == "online":
-            if self.item_blobs is not None and len(idf):
-                self.item_blobs.write(idf)
-            if self.repo is not None:
-                if len(udf):
-                    self.repo.push_user_features(udf, offline=False)
-                if len(idf):
-                    self.repo.push_item_features(idf, offline=False)
-        else:
-            if self.repo is not None:
-                self._push_offline(udf, idf)
-            self._last_offline = time.monotonic()
-        if dirty_u:
-            self._clean_script(keys=[ku], args=dirty_u)
-        if dirty_i:
-            self._clean_script(keys=[ki], args=dirty_i)
-        PUBLISH_LATENCY.labels(target).observe(time.perf_counter() - t0)
-        return len(users) + len(items)
-
-    def _push_offline(self, udf: pd.DataFrame, idf: pd.DataFrame) -> None:
-        # Offline only: the online store already has these values from the per-interval push.
-        if len(udf):
-            self.repo.push_user_features(udf, online=False)
-        if len(idf):
-            self.repo.push_item_features(idf, online=False)
-
-    def flush_all(self) -> None:
-        """Publish everything still dirty (start-up after a crash, clean shutdown)."""
-        for target in ("online", "offline"):
-            while self.publish(target):
-                pass
-
-    recover = flush_all
-    drain = flush_all
-
+    drain = recover

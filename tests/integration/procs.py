@@ -10,12 +10,7 @@ from typing import Callable
 
 
 def env_for(settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"RECSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECSTREAM_REDIS_URL": settings.redis_url,
-                "RECSTREAM_EVENTS_TOPIC": settings.events_topic, "RECSTREAM_DLQ_TOPIC": settings.dlq_topic,
-                "RECSTREAM_IMPRESSIONS_TOPIC": settings.impressions_topic, "RECSTREAM_REDIS_PREFIX": settings.redis_prefix,
-                "RECSTREAM_HOME": str(settings.home)})
-    return env
+    return {**os.environ, **settings.to_env()}
 
 
 def spawn_processor(settings, name: str, *args: str) -> subprocess.Popen:

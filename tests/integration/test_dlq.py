@@ -14,6 +14,7 @@ from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.produce import produce_raw
 from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
 from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+from pipelines.stream.feature_publisher import FeaturePublisher
 from pipelines.stream.feature_writer import FeatureWriterHandler
 from recstream.events import Event
 from tests.integration.kafka_utils import read_json
@@ -54,8 +55,8 @@ def _handlers(settings):
     return {
         "popularity": PopularityHandler(r, settings.redis_prefix),
         "bse-encoder": BseEncoderHandler(store),
-        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, repo=None,
-                                               item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix)),
+        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
+            r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
     }
 
 

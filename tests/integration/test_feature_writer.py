@@ -68,19 +68,30 @@ def test_feature_writer_killed_mid_stream_matches_from_scratch(settings):
     offsets_key = f"{settings.redis_prefix}:offsets:feature-writer:{settings.events_topic}"
     applied = lambda: sum(int(v) for v in r.hgetall(offsets_key).values())  # noqa: E731
 
-    first = spawn_processor(settings, "feature-writer")
+    # The deployed layout: the writer counts, a feature-publisher process publishes its outbox.
+    # Both are SIGKILLed at different points and restarted.
+    first = spawn_processor(settings, "feature-writer", "--publish", "separate")
+    publisher = spawn_processor(settings, "feature-publisher")
     try:
-        reached = wait_for(applied, N_EVENTS // 3, first)
+        wait_for(applied, N_EVENTS // 4, first)
+        publisher.send_signal(signal.SIGKILL)
+        reached = wait_for(applied, N_EVENTS // 2, first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        publisher.wait(timeout=30)
     finally:
-        if first.poll() is None:
-            first.kill()
+        for p in (first, publisher):
+            if p.poll() is None:
+                p.kill()
     assert reached < N_EVENTS
+    assert r.hlen(f"{settings.redis_prefix}:fw:dirty:online:i") > 0  # the killed publisher left work behind
 
-    second = spawn_processor(settings, "feature-writer", "--max-idle-s", "5")
+    second = spawn_processor(settings, "feature-writer", "--publish", "separate", "--max-idle-s", "5")
+    wait_for(applied, reached + 1, second)  # past the group's wait for the killed member
+    publisher = spawn_processor(settings, "feature-publisher", "--max-idle-s", "10")
     wait_for(applied, N_EVENTS, second)
     finish(second)
+    finish(publisher)
 
     exp_users, exp_items = _reference(events)
     repo = repo_for_settings(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 import prometheus_client
 
 import pipelines.stream.bse_encoder  # noqa: F401  (registers its metrics)
-import pipelines.stream.feature_writer  # noqa: F401
+import pipelines.stream.feature_publisher  # noqa: F401
 import pipelines.stream.metrics  # noqa: F401
 import services.metrics  # noqa: F401
 from deploy.grafana.build_dashboard import build

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections import namedtuple
-
-from kafka import TopicPartition
-
 from pipelines.stream.base import ProcessorConfig, SourcedEvent, StreamProcessor
+from pipelines.stream.source import Record
 from recstream.events import Event
 from recstream.settings import Settings
 
-Rec = namedtuple("Rec", "key value offset timestamp")
 TOPIC = "recstream.events"
 
 
@@ -19,22 +15,28 @@ def _ev(i: int) -> bytes:
     return Event(event_id=f"e{i}", user_id="u", item_id=f"i{i}", type="click", ts=1_700_000_000_000 + i).to_bytes()
 
 
-class FakeConsumer:
+def Rec(key, value, offset, ts):
+    return Record(key.encode(), value, offset, ts)
+
+
+class FakeSource:
+    """The pipelines.stream.source.Source interface over a list of polls."""
+
     def __init__(self, batches):
         self.batches = list(batches)
         self.commits, self.seeks = [], []
 
-    def poll(self, timeout_ms=0, max_records=None):
+    def poll(self, max_records, timeout_s):
         return self.batches.pop(0) if self.batches else {}
 
-    def commit(self, offsets):
-        self.commits.append({tp.partition: om.offset for tp, om in offsets.items()})
+    def commit(self, next_offsets):
+        self.commits.append(dict(next_offsets))
 
     def assignment(self):
-        return {TopicPartition(TOPIC, 0)}
+        return [0]
 
-    def seek(self, tp, offset):
-        self.seeks.append((tp.partition, offset))
+    def seek(self, partition, offset):
+        self.seeks.append((partition, offset))
 
 
 class FakeProducer:
@@ -69,12 +71,12 @@ class MemoryHandler:
 
 def _proc(handler, batches):
     p = StreamProcessor(handler, ProcessorConfig(name="mem"), Settings())
-    p.consumer, p.producer = FakeConsumer(batches), FakeProducer()
+    p.consumer, p.producer = FakeSource(batches), FakeProducer()
     return p
 
 
 def test_bad_records_go_to_dlq_and_good_ones_apply_then_commit():
-    tp = TopicPartition(TOPIC, 0)
+    tp = 0
     h = MemoryHandler()
     p = _proc(h, [{tp: [Rec("u", _ev(0), 0, 0), Rec("u", b"garbage", 1, 0), Rec("u", _ev(2), 2, 0)]}])
     assert p.step() == 3
@@ -86,7 +88,7 @@ def test_bad_records_go_to_dlq_and_good_ones_apply_then_commit():
 
 
 def test_redelivered_records_are_skipped():
-    tp = TopicPartition(TOPIC, 0)
+    tp = 0
     h = MemoryHandler()
     p = _proc(h, [{tp: [Rec("u", _ev(0), 0, 0), Rec("u", _ev(1), 1, 0)]},
                   {tp: [Rec("u", _ev(1), 1, 0), Rec("u", _ev(2), 2, 0)]}])  # a crash before commit redelivers 1
@@ -96,7 +98,7 @@ def test_redelivered_records_are_skipped():
 
 
 def test_state_restored_older_than_the_batch_rewinds_instead_of_skipping_ahead():
-    tp = TopicPartition(TOPIC, 0)
+    tp = 0
     h = MemoryHandler()
     h.offsets = {0: 5}  # Redis came back from its AOF knowing offsets < 5 only
     p = _proc(h, [{tp: [Rec("u", _ev(8), 8, 0), Rec("u", _ev(9), 9, 0)]}])

@@ -1,0 +1,257 @@
+"""feature-publisher: the outbox of the feature-writer, published to Feast and the item blobs.
+
+Step 2 of the feature-writer's exactly-once scheme (see pipelines/stream/feature_writer.py): read
+the dirty entities, compute their absolute feature values from the counters (server-side, one
+Redis call), push them to the Feast online store and the fast item blobs, then remove them from
+the outbox unless they changed meanwhile. The offline store is written every `offline_flush_s`.
+
+Publication runs back to back while there is work, waiting at least `online_publish_ms` between
+publications: a push costs per row, so the changes that arrive during one publication coalesce
+into the next instead of being pushed per batch, and the latency stays about two publications.
+
+Freshness (Kafka record timestamp -> readable online) is measured here: the writer leaves a
+sample of applied events' timestamps in a list; everything in that list before a publication
+read the outbox is readable once the publication completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pandas as pd
+import redis
+
+from features.item_features import RedisItemFeatures
+from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD, USER_FEATURES
+from pipelines.stream import metrics as m
+from pipelines.stream.feature_writer import POPULARITY_HALF_LIFE_H, RECENT_GENRES, FeatureKeys, decode_marks
+
+log = logging.getLogger(__name__)
+
+PUBLISH_LATENCY = m.Histogram("recstream_feature_publish_seconds", "feature publication latency (Feast online push)",
+                              ["target"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+# Aggregate many counter hashes server-side in one call: per hash, the window sums of every kind
+# (1h, 24h, 7d), the decayed engagement and the latest/first event times, pruning buckets older
+# than 7d. Shipping nine numbers instead of every bucket keeps a Python writer fast. The Python
+# functions user_features/item_features define the same semantics and are the reference the
+# tests compare this with. KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h.
+_AGG_SCRIPT = """
+local nh, trim, half = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  if i <= nh then
+    local f = redis.call('HGETALL', KEYS[i])
+    local ts, first = '0', nil
+    local buckets = {}
+    for j = 1, #f, 2 do
+      local name = f[j]
+      if name == 'ts' then ts = f[j + 1]
+      elseif name == 'first' then first = f[j + 1]
+      else
+        local kind, h = string.match(name, '^(%a+):(%-?%d+)$')
+        if kind then buckets[#buckets + 1] = {kind, tonumber(h), tonumber(f[j + 1]), name} end
+      end
+    end
+    local now_h = math.floor(tonumber(ts) / 3600000)
+    local w = {imp = {0, 0, 0}, clk = {0, 0, 0}, lik = {0, 0, 0}}
+    local pop, stale = 0, {}
+    for _, b in ipairs(buckets) do
+      local kind, h, c = b[1], b[2], b[3]
+      if h <= now_h - 168 then stale[#stale + 1] = b[4]
+      elseif w[kind] then
+        local acc = w[kind]
+        acc[3] = acc[3] + c
+        if h > now_h - 24 then acc[2] = acc[2] + c end
+        if h > now_h - 1 then acc[1] = acc[1] + c end
+        if kind ~= 'imp' then pop = pop + c * math.pow(0.5, (now_h - h) / half) end
+      end
+    end
+    if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
+    out[i] = {ts, first or ts, w.imp[1], w.imp[2], w.imp[3], w.clk[1], w.clk[2], w.clk[3],
+              w.lik[1], w.lik[2], w.lik[3], string.format('%.17g', pop)}
+  else
+    out[i] = redis.call('LRANGE', KEYS[i], 0, trim)
+  end
+end
+return out
+"""
+
+# Remove outbox fields whose change counter is still the one we published (ARGV: field, value, ...).
+_CLEAN_SCRIPT = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]); n = n + 1 end
+end
+return n
+"""
+
+
+
+class FeaturePublisher:
+    """Publishes the feature-writer's outbox.
+
+    Args:
+        client: the writer's Redis (decode_responses=True).
+        repo: a features.feast_repo.FeatureRepo, or None to skip Feast (item blobs only; used by
+            tests and benchmarks that measure Feast separately).
+        item_blobs: the fast item-feature reader's writer (RedisItemFeatures), or None.
+        online_publish_ms: least time between the starts of two online publications.
+        offline_flush_s: how often dirty entities are appended to the offline store.
+        freshness_samples: how many recent freshness values `freshness_ms` keeps (for benchmarks).
+    """
+
+    name = "feature-writer"  # metrics label: freshness is the feature-writer pipeline's
+
+    def __init__(self, client: redis.Redis, prefix: str = "rs", repo=None, item_blobs: RedisItemFeatures | None = None,
+                 online_publish_ms: float = 50.0, offline_flush_s: float = 10.0, freshness_samples: int = 200_000):
+        if online_publish_ms < 0 or offline_flush_s <= 0:
+            raise ValueError(f"online_publish_ms must be >= 0 and offline_flush_s > 0, got {online_publish_ms}, {offline_flush_s}")
+        self.r = client
+        self.keys = FeatureKeys(prefix)
+        self.repo = repo
+        self.item_blobs = item_blobs
+        self.online_publish_ms = online_publish_ms
+        self.offline_flush_s = offline_flush_s
+        self.freshness_ms: deque[float] = deque(maxlen=freshness_samples)
+        self._agg_script = client.register_script(_AGG_SCRIPT)
+        self._clean_script = client.register_script(_CLEAN_SCRIPT)
+        self._last_online = 0.0
+        self._last_offline = time.monotonic()
+
+    def tick(self) -> int:
+        """Publish what is due. Returns entities published online."""
+        n = 0
+        now = time.monotonic()
+        if now - self._last_online >= self.online_publish_ms / 1000:
+            self._last_online = now
+            n, _ = self.publish_online()
+        if now - self._last_offline >= self.offline_flush_s:
+            self.publish("offline")
+        return n
+
+    def publish_online(self) -> tuple[int, bool]:
+        """Publish the dirty entities online, then record the freshness of what became visible.
+
+        Returns:
+            (entities published, whether the outbox was published whole).
+        """
+        marks = self.r.llen(self.keys.fresh_marks)  # applied before the outbox is read below
+        n, complete = self.publish("online")
+        if marks and complete:  # else the rest of the outbox goes first, on the next call
+            done_ms = time.time() * 1000
+            popped = self.r.lpop(self.keys.fresh_marks, marks) or []
+            ts = np.fromiter((t for mark in popped for t in decode_marks(mark)), np.float64)
+            ages = np.maximum(0.0, done_ms - ts)
+            self.freshness_ms.extend(ages.tolist())
+            m.observe_freshness(self.name, ages)
+        return n, complete
+
+    # publication from the outbox
+    def compute(self, users: list[str], items: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Current feature rows for users and items (one Redis call), pruning stale buckets."""
+        k = self.keys
+        nu, ni = len(users), len(items)
+        keys = [k.user(u) for u in users] + [k.item(i) for i in items] + [k.genres(u) for u in users]
+        raw = self._agg_script(keys=keys, args=[nu + ni, 4 * RECENT_GENRES, POPULARITY_HALF_LIFE_H]) if keys else []
+        agg = np.array([r[:11] for r in raw[: nu + ni]], dtype=np.int64).reshape(-1, 11)  # (U+I, 11)
+        pop = np.array([float(r[11]) for r in raw[nu: nu + ni]], dtype=np.float64)  # (I,)
+        ts, first = agg[:, 0], agg[:, 1]
+        imp, clk, lik = agg[:, 2:5], agg[:, 5:8], agg[:, 8:11]  # (U+I, 3): 1h, 24h, 7d
+
+        def ratio(a, b):
+            return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+        u = slice(0, nu)
+        udf = pd.DataFrame({"user_id": users, TIMESTAMP_FIELD: ts[u]})
+        for name, arr in (("impressions", imp), ("clicks", clk), ("likes", lik)):
+            for k, win in enumerate(("1h", "24h", "7d")):
+                udf[f"{name}_{win}"] = arr[u, k]
+        udf["ctr_24h"] = ratio(clk[u, 1], imp[u, 1])
+        udf["ctr_7d"] = ratio(clk[u, 2], imp[u, 2])
+        udf["recent_genres"] = ["|".join(list(dict.fromkeys(g))[:RECENT_GENRES]) for g in raw[nu + ni:]]
+        it = slice(nu, nu + ni)
+        idf = pd.DataFrame({"item_id": items, TIMESTAMP_FIELD: ts[it]})
+        for name, arr in (("impressions", imp), ("clicks", clk), ("likes", lik)):
+            for k, win in ((1, "24h"), (2, "7d")):
+                idf[f"{name}_{win}"] = arr[it, k]
+        idf["ctr_7d"] = ratio(clk[it, 2], imp[it, 2])
+        idf["popularity"] = pop
+        idf["age_s"] = np.maximum(0, ts[it] - first[it]) / 1000
+        udf = udf[["user_id", TIMESTAMP_FIELD, *USER_FEATURES]]
+        idf = idf[["item_id", TIMESTAMP_FIELD, *ITEM_FEATURES]]
+        for df in (udf, idf):
+            df[TIMESTAMP_FIELD] = pd.to_datetime(df[TIMESTAMP_FIELD], unit="ms", utc=True)
+        return udf, idf
+
+    def publish(self, target: str, max_entities: int = 20_000) -> tuple[int, bool]:
+        """Push dirty entities of `target` ("online" or "offline") and clear them from the outbox.
+
+        Returns:
+            (entities published, whether that was the whole outbox as read).
+        """
+        ku, ki = self.keys.dirty(target, "u"), self.keys.dirty(target, "i")
+        # The outbox is normally one batch's entities; after a long outage it is read in chunks.
+        dirty_u = self.r.hrandfield(ku, max_entities, withvalues=True) or []
+        dirty_i = self.r.hrandfield(ki, max_entities, withvalues=True) or []
+        users, items = dirty_u[0::2], dirty_i[0::2]
+        if not users and not items:
+            return 0, True
+        t0 = time.perf_counter()
+        udf, idf = self.compute(users, items)
+        if target == "online":
+            if self.item_blobs is not None and len(idf):
+                self.item_blobs.write(idf)
+            if self.repo is not None:
+                if len(udf):
+                    self.repo.push_user_features(udf, offline=False)
+                if len(idf):
+                    self.repo.push_item_features(idf, offline=False)
+        else:
+            if self.repo is not None:
+                self._push_offline(udf, idf)
+            self._last_offline = time.monotonic()
+        if dirty_u:
+            self._clean_script(keys=[ku], args=dirty_u)
+        if dirty_i:
+            self._clean_script(keys=[ki], args=dirty_i)
+        PUBLISH_LATENCY.labels(target).observe(time.perf_counter() - t0)
+        return len(users) + len(items), len(users) < max_entities and len(items) < max_entities
+
+    def _push_offline(self, udf: pd.DataFrame, idf: pd.DataFrame) -> None:
+        # Offline only: the online store already has these values from the per-interval push.
+        if len(udf):
+            self.repo.push_user_features(udf, online=False)
+        if len(idf):
+            self.repo.push_item_features(idf, online=False)
+
+    def flush_all(self) -> None:
+        """Publish everything still dirty (start-up after a crash, clean shutdown)."""
+        while not self.publish_online()[1]:
+            pass
+        while not self.publish("offline")[1]:
+            pass
+
+    def run(self, stop: threading.Event, max_idle_s: float | None = None, retry_backoff_ms: int = 500) -> None:
+        """Publish until `stop` is set (or the outbox stayed empty for max_idle_s), then drain."""
+        self.flush_all()  # whatever a crashed run left
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            try:
+                n = self.tick()
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError) as e:
+                # The outbox keeps the work; publish it when Redis is back.
+                log.warning("feature-publisher: %s; retrying in %d ms", e, retry_backoff_ms)
+                stop.wait(retry_backoff_ms / 1000)
+                continue
+            now = time.monotonic()
+            if n:
+                idle_since = now
+            elif max_idle_s is not None and now - idle_since > max_idle_s:
+                break
+            stop.wait(max(0.0, self._last_online + self.online_publish_ms / 1000 - now) or 0.005)
+        self.flush_all()
