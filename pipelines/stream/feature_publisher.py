@@ -28,6 +28,7 @@ import redis
 from features.item_features import RedisItemFeatures
 from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD, USER_FEATURES
 from pipelines.stream import metrics as m
+from pipelines.stream.base import freeze_heap_for_streaming
 from pipelines.stream.feature_writer import POPULARITY_HALF_LIFE_H, RECENT_GENRES, FeatureKeys, decode_marks
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class FeaturePublisher:
 
     def run(self, stop: threading.Event, max_idle_s: float | None = None, retry_backoff_ms: int = 500) -> None:
         """Publish until `stop` is set (or the outbox stayed empty for max_idle_s), then drain."""
+        freeze_heap_for_streaming()
         self.flush_all()  # whatever a crashed run left
         idle_since = time.monotonic()
         while not stop.is_set():

@@ -242,12 +242,9 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         self._apply_script(keys=[k.fresh_marks], args=[json.dumps(batch), encode_marks(sampled) if sampled else "",
                                                        self.max_marks], client=pipe)
 
-    def apply(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int]) -> int:
-        n = super().apply(topic, events, next_offsets)
-        self.tick()
-        return n
-
     def tick(self) -> None:
+        """The processor calls this after every poll, from its main thread, while the next batch
+        may be applying on the writer thread: the outbox makes the two safe to overlap."""
         if self.publisher is not None:
             self.publisher.tick()
 

@@ -79,7 +79,8 @@ def test_bad_records_go_to_dlq_and_good_ones_apply_then_commit():
     tp = 0
     h = MemoryHandler()
     p = _proc(h, [{tp: [Rec("u", _ev(0), 0, 0), Rec("u", b"garbage", 1, 0), Rec("u", _ev(2), 2, 0)]}])
-    assert p.step() == 3
+    assert p.step() == 0  # parsed and handed to the writer thread
+    assert p.flush() == 3
     assert h.items == ["i0", "i2"] and h.offsets == {0: 3}
     [(topic, dlq)] = p.producer.sent
     assert topic == "recstream.events.dlq" and dlq["source"] == {"topic": TOPIC, "partition": 0, "offset": 1}
@@ -93,7 +94,8 @@ def test_redelivered_records_are_skipped():
     p = _proc(h, [{tp: [Rec("u", _ev(0), 0, 0), Rec("u", _ev(1), 1, 0)]},
                   {tp: [Rec("u", _ev(1), 1, 0), Rec("u", _ev(2), 2, 0)]}])  # a crash before commit redelivers 1
     p.step()
-    p.step()
+    assert p.step() == 2  # the first batch, committed while the second was parsed
+    p.flush()
     assert h.items == ["i0", "i1", "i2"]
 
 
@@ -102,5 +104,17 @@ def test_state_restored_older_than_the_batch_rewinds_instead_of_skipping_ahead()
     h = MemoryHandler()
     h.offsets = {0: 5}  # Redis came back from its AOF knowing offsets < 5 only
     p = _proc(h, [{tp: [Rec("u", _ev(8), 8, 0), Rec("u", _ev(9), 9, 0)]}])
-    assert p.step() == 0
+    p.step()
+    assert p.flush() is None
+    assert h.items == [] and p.consumer.seeks == [(0, 5)] and p.consumer.commits == []
+
+
+def test_a_batch_read_while_the_state_was_found_rewound_is_dropped_too():
+    tp = 0
+    h = MemoryHandler()
+    h.offsets = {0: 5}
+    p = _proc(h, [{tp: [Rec("u", _ev(8), 8, 0)]}, {tp: [Rec("u", _ev(9), 9, 0)]}, {}])
+    p.step()  # batch 8 goes to the writer thread, which finds the state older than it
+    assert p.step() == 0  # batch 9 was fetched before the seek back: not applied, not committed
+    assert p.step() == 0 and p.flush() == 0
     assert h.items == [] and p.consumer.seeks == [(0, 5)] and p.consumer.commits == []
