@@ -33,7 +33,7 @@ class Source(Protocol):
         """Up to max_records records, grouped by partition in log order; {} when idle."""
 
     def commit(self, next_offsets: dict[int, int]) -> None:
-        """Record partition -> next offset to read for the group (synchronous)."""
+        """Record partition -> next offset to read for the group (may complete later)."""
 
     def assignment(self) -> list[int]:
         """Partitions this member owns now."""
@@ -118,9 +118,12 @@ class KafkaSource:
         return out
 
     def commit(self, next_offsets: dict[int, int]) -> None:
+        # Asynchronous: processors keep their true position with their state, so the group's
+        # committed offset is a hint (lag tools, a processor with no stored offset yet) that
+        # should not cost a broker round trip per batch.
         if next_offsets:
             self._c.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in next_offsets.items()],
-                           asynchronous=False)
+                           asynchronous=True)
 
     def assignment(self) -> list[int]:
         return list(self._assigned)
