@@ -53,3 +53,11 @@ def test_stale_buckets_are_pruned_relative_to_latest_event():
     now = H0 * HOUR_MS
     fields = _hash([("clk", now), ("clk", now - 8 * 24 * HOUR_MS)])
     assert _stale_fields(fields) == [f"clk:{H0 - 8 * 24}"]
+
+
+def test_freshness_marks_round_trip():
+    from pipelines.stream.feature_writer import decode_marks, encode_marks
+
+    ts = [1_700_000_000_123, 1_700_000_000_100, 1_700_000_004_000]
+    assert decode_marks(encode_marks(ts)) == ts
+    assert len(encode_marks(ts)) < 40  # deltas, not three 13-digit numbers
