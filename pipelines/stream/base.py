@@ -233,31 +233,40 @@ class StreamProcessor:
         polled: dict[int, list[Record]] = self.consumer.poll(self.config.batch_max_records,
                                                              self.config.poll_timeout_ms / 1000)
         batch = self._parse(polled) if polled else None
-        done = self.flush()
+        done = self.flush(also_dropped=batch)
         if done is None:
             return 0  # the state was rewound: this batch was read before the seek back, drop it
         if batch is not None:
             self._pending = (self._writer.submit(self._apply_with_retry, batch), batch)
         return done
 
-    def flush(self) -> int | None:
+    def flush(self, also_dropped: "_Batch | None" = None) -> int | None:
         """Wait for the batch being written and commit it.
+
+        Args:
+            also_dropped: a batch read after it, dropped too if the state turns out rewound.
 
         Returns:
             its record count (0 when none was pending), or None when it found the state older
-            than the batch and the consumer was rewound to the stored offsets.
+            than the batch and the consumer was rewound.
         """
         if self._pending is None:
             return 0
         future, batch = self._pending
         self._pending = None
-        rewind_to = future.result()
-        if rewind_to is not None:
+        stored = future.result()
+        if stored is not None:
+            # Read again from the stored offsets; a partition the state has no offset for
+            # restarts where the dropped batches began.
+            targets = dict(batch.first_offsets)
+            for p, o in (also_dropped.first_offsets.items() if also_dropped else ()):
+                targets.setdefault(p, o)
+            targets.update(stored)
             for partition in self.consumer.assignment():
-                if partition in rewind_to:
-                    self.consumer.seek(partition, rewind_to[partition])
+                if partition in targets:
+                    self.consumer.seek(partition, targets[partition])
             log.warning("processor %s: state restored older than the consumer position; rewound to %s",
-                        self.config.name, rewind_to)
+                        self.config.name, targets)
             return None
         if batch.good and not getattr(self.handler, "measures_own_freshness", False):  # e.g. visible once published
             m.observe_freshness(self.config.name, time.time() * 1000 - np.fromiter(

@@ -104,7 +104,7 @@ class KafkaSource:
         msgs = self._c.consume(max_records, 0)
         if not msgs:
             first = self._c.poll(timeout_s)
-            msgs = [first, *self._c.consume(max_records - 1, 0)] if first is not None else []
+            msgs = [] if first is None else [first, *(self._c.consume(max_records - 1, 0) if max_records > 1 else ())]
         for msg in msgs:
             err = msg.error()
             if err is not None:

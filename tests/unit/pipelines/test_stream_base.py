@@ -33,7 +33,7 @@ class FakeSource:
         self.commits.append(dict(next_offsets))
 
     def assignment(self):
-        return [0]
+        return [0, 1]
 
     def seek(self, partition, offset):
         self.seeks.append((partition, offset))
@@ -118,3 +118,12 @@ def test_a_batch_read_while_the_state_was_found_rewound_is_dropped_too():
     assert p.step() == 0  # batch 9 was fetched before the seek back: not applied, not committed
     assert p.step() == 0 and p.flush() == 0
     assert h.items == [] and p.consumer.seeks == [(0, 5)] and p.consumer.commits == []
+
+
+def test_a_rewind_rereads_dropped_records_of_partitions_the_state_has_no_offset_for():
+    h = MemoryHandler()
+    h.offsets = {0: 5}  # partition 1 has never been stored
+    p = _proc(h, [{0: [Rec("u", _ev(8), 8, 0)], 1: [Rec("u", _ev(20), 3, 0)]}, {1: [Rec("u", _ev(21), 4, 0)]}, {}])
+    p.step()
+    assert p.step() == 0
+    assert sorted(p.consumer.seeks) == [(0, 5), (1, 3)]
