@@ -32,7 +32,7 @@ from pipelines.produce import produce_events
 from pipelines.stream.base import ProcessorConfig, StreamProcessor
 from pipelines.stream.feature_publisher import FeaturePublisher
 from pipelines.stream.feature_writer import FeatureKeys, FeatureWriterHandler
-from recstream.kafka_io import ensure_topics
+from recstream.kafka_io import ensure_topics, make_bulk_producer
 from recstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,9 @@ def _paced_producer(settings_json: str, rate_per_s: int, duration_s: float, seed
     """Child process: produce at a fixed rate (its own interpreter, so it does not share the GIL
     with the processes being measured). librdkafka keeps the producer's CPU small: in production
     producers run elsewhere, here they share the two cores. Sends the achieved rate back."""
-    from confluent_kafka import Producer
-
     s = Settings.model_validate_json(settings_json)
     payloads = [(e.user_id.encode(), e.to_bytes()) for e in _events(int(rate_per_s * duration_s), seed=seed)]
-    # murmur2: the partitioner of the Java client and of kafka-python, so a user keeps one partition.
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 1,
-                         "partitioner": "murmur2_random"})
+    producer = make_bulk_producer(s, **{"linger.ms": 1})
     # Connected, with topic metadata and a producer id, before the clock: records are stamped
     # when produced, so a cold start would count as freshness.
     producer.list_topics(s.events_topic, timeout=15)

@@ -72,6 +72,23 @@ def make_producer(settings: Settings | None = None, **overrides) -> KafkaProduce
         raise StackError(f"cannot connect a Kafka producer to {s.kafka_bootstrap}: {e}") from e
 
 
+def make_bulk_producer(settings: Settings | None = None, **overrides):
+    """A librdkafka producer for bulk loads (datasets, replays): idempotent, acks=all, and the
+    Java client's murmur2 partitioner, so a user lands on the same partition as with
+    `make_producer` (the processors rely on one partition per user). It uses about a tenth of
+    the CPU per record of kafka-python's producer."""
+    from confluent_kafka import KafkaException, Producer
+
+    s = settings or get_settings()
+    cfg = {"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
+           "partitioner": "murmur2_random", "linger.ms": 5, "batch.size": 256 * 1024,
+           "client.id": "recstream-bulk-producer", **overrides}
+    try:
+        return Producer(cfg)
+    except KafkaException as e:
+        raise StackError(f"cannot create a Kafka producer for {s.kafka_bootstrap}: {e}") from e
+
+
 def dlq_record(raw: bytes | None, error: str, topic: str, partition: int, offset: int, processor: str) -> bytes:
     """A DLQ value: the original bytes (as text when UTF-8, else base64), the error and the source."""
     import base64
