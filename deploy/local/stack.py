@@ -258,7 +258,7 @@ log.segment.bytes=67108864
         props = self._kafka_properties(d)
         if not (d / "data" / "meta.properties").exists():
             cluster_id = self._cluster_id(d)
-            r = subprocess.run(self._java_cmd("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
+            r = subprocess.run(self._java_cmd("kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}",
                                               "-c", str(props), "--ignore-formatted"), capture_output=True, text=True)
             if r.returncode != 0:
                 raise StackError(f"kafka storage format failed: {(r.stdout + r.stderr)[-2000:]}")
@@ -268,7 +268,9 @@ log.segment.bytes=67108864
     def _cluster_id(d: Path) -> str:
         f = d / "cluster.id"
         if not f.exists():
-            # Kafka's own format: 16 random bytes, url-safe base64 without padding.
+            # Kafka's own format: 16 random bytes, url-safe base64 without padding. One id in 64
+            # starts with "-", hence `--cluster-id=<id>` above: as a separate argument the
+            # formatter's parser took it for an option.
             import base64
             f.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
         return f.read_text().strip()

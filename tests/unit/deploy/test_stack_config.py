@@ -34,3 +34,25 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
 def test_status_of_a_stack_that_never_ran(tmp_path):
     st = LocalStack(StackConfig(home=tmp_path, kafka_port=39092, kafka_controller_port=39093, redis_port=36379)).status()
     assert not st.kafka_running and not st.redis_running and not st.ready
+
+
+def test_a_cluster_id_that_looks_like_an_option_reaches_the_formatter_whole(tmp_path, monkeypatch):
+    """One generated id in 64 starts with '-'; passed as a separate argument, the storage tool's
+    parser took it for an option and the stack never started."""
+    import subprocess
+
+    stack = LocalStack(StackConfig(home=tmp_path, kafka_port=29911, kafka_controller_port=29912, redis_port=29913))
+    (stack.dir / "kafka").mkdir(parents=True)
+    (stack.dir / "kafka" / "cluster.id").write_text("-wBr23gVTTCeAIaAzYqLMg")
+    seen = []
+
+    def run(cmd, **kw):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(stack, "_java_cmd", lambda main, *args, heap_mb=None: [main, *args])
+    monkeypatch.setattr(stack, "_spawn", lambda *a, **k: 0)
+    stack._start_kafka()
+    [fmt] = [c for c in seen if c[0] == "kafka.tools.StorageTool"]
+    assert "--cluster-id=-wBr23gVTTCeAIaAzYqLMg" in fmt
