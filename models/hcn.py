@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import MLP, HashedEmbedding, l2_normalize
+from models.layers import MLP, HashedEmbedding, ItemEmbeddings, l2_normalize
 from models.sampling import StreamingFrequencyEstimator, in_batch_softmax_loss
 
 
@@ -119,22 +119,17 @@ class CoInterestNetwork(nn.Module):
         return torch.cat([g.unsqueeze(-1) * l2_normalize(cl), (1 - g).unsqueeze(-1) * l2_normalize(cs)], dim=1)  # (B, K, d)
 
 
-class HCN(nn.Module):
+class HCN(ItemEmbeddings, nn.Module):
     def __init__(self, config: HcnConfig):
         super().__init__()
         c = self.config = config
         self.user_emb = HashedEmbedding(c.n_users, c.dim)
-        self.item_emb = HashedEmbedding(c.n_items, c.dim)
-        self.cat_emb = HashedEmbedding(c.n_item_cats, c.dim)
-        self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))
+        self._init_item_embeddings(c.n_items, c.n_item_cats, c.dim)
         self.extract_long = HierarchicalInterestExtractor(c.dim, c.long_levels, c.n_iters)
         self.extract_short = HierarchicalInterestExtractor(c.dim, c.short_levels, c.n_iters)
         self.co_interest = CoInterestNetwork(c.dim, c.n_heads)
         self.item_mlp = MLP(2 * c.dim, (2 * c.dim,), out_dim=c.dim)
         self.freq = StreamingFrequencyEstimator(n_buckets=c.n_items, alpha=c.freq_alpha)
-
-    def set_item_categories(self, item_cat: torch.Tensor) -> None:
-        self.item_cat.copy_(torch.as_tensor(item_cat, dtype=torch.long))
 
     def interests(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """User tower: (U (B, K, d) fused interests, diversity loss). U is cacheable per request."""
@@ -147,7 +142,7 @@ class HCN(nn.Module):
         return u, diversity_loss(c_long) + diversity_loss(c_short)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.item_emb(items), self.cat_emb(self.item_cat[items])], dim=-1)  # (N, 2d)
+        x = torch.cat(self.item_parts(items), dim=-1)  # (N, 2d)
         return l2_normalize(self.item_mlp(x))  # (N, d)
 
     def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,24 @@ class HashedEmbedding(nn.Embedding):
             self.weight[PAD].zero_()
 
 
+class ItemEmbeddings:
+    """Mixin for models that embed an item as its id plus its category: `item_emb`, `cat_emb` and
+    the `item_cat` buffer (item row -> category row, set from the dataset). A mixin rather than a
+    sub-module so that the parameter names, and with them saved checkpoints, stay `item_emb.*`."""
+
+    def _init_item_embeddings(self, n_items: int, n_item_cats: int, dim: int) -> None:
+        self.item_emb = HashedEmbedding(n_items, dim)
+        self.cat_emb = HashedEmbedding(n_item_cats, dim)
+        self.register_buffer("item_cat", torch.zeros(n_items, dtype=torch.long))
+
+    def set_item_categories(self, item_cat) -> None:
+        self.item_cat.copy_(torch.as_tensor(item_cat, dtype=torch.long))
+
+    def item_parts(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(id embedding, category embedding) of `items`, each (..., d)."""
+        return self.item_emb(items), self.cat_emb(self.item_cat[items])
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU (-> Dropout) blocks; `out_dim` adds a final linear layer without activation."""
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding
+from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding, ItemEmbeddings
 from models.sdim import SdimInterest
 from models.sdim_hash import SdimConfig
 
@@ -59,14 +59,12 @@ class RankerConfig:
             raise ValueError(f"short_len ({self.short_len}) must be <= long_len ({self.long_len})")
 
 
-class CtrRanker(nn.Module):
+class CtrRanker(ItemEmbeddings, nn.Module):
     def __init__(self, config: RankerConfig):
         super().__init__()
         c = self.config = config
         self.user_emb = HashedEmbedding(c.n_users, c.dim)
-        self.item_emb = HashedEmbedding(c.n_items, c.dim)
-        self.cat_emb = HashedEmbedding(c.n_item_cats, c.dim)
-        self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))
+        self._init_item_embeddings(c.n_items, c.n_item_cats, c.dim)
         self.long_block: nn.Module | None = {
             "sdim": lambda: SdimInterest(c.sdim),
             "attention": lambda: DotTargetAttention(c.dim, null_key=True, cosine=c.attention_cosine),
@@ -78,11 +76,9 @@ class CtrRanker(nn.Module):
         self.mlp = MLP(x_dim, c.mlp_hidden, dropout=c.dropout)
         self.head = nn.Linear(x_dim + self.mlp.out_dim, 1)
 
-    def set_item_categories(self, item_cat) -> None:
-        self.item_cat.copy_(torch.as_tensor(item_cat, dtype=torch.long))
-
     def item_embed(self, items: torch.Tensor) -> torch.Tensor:
-        return self.item_emb(items) + self.cat_emb(self.item_cat[items])  # (..., d)
+        item, cat = self.item_parts(items)
+        return item + cat  # (..., d)
 
     @torch.no_grad()
     def item_embedding_table(self) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import MLP, HashedEmbedding, l2_normalize, masked_mean
+from models.layers import MLP, HashedEmbedding, ItemEmbeddings, l2_normalize, masked_mean
 from models.sampling import StreamingFrequencyEstimator, in_batch_softmax_loss
 
 
@@ -29,20 +29,15 @@ class TwoTowerConfig:
     freq_alpha: float = 0.01  # smoothing of the streaming frequency estimator
 
 
-class TwoTower(nn.Module):
+class TwoTower(ItemEmbeddings, nn.Module):
     def __init__(self, config: TwoTowerConfig):
         super().__init__()
         c = self.config = config
         self.user_emb = HashedEmbedding(c.n_users, c.dim)
-        self.item_emb = HashedEmbedding(c.n_items, c.dim)
-        self.cat_emb = HashedEmbedding(c.n_item_cats, c.dim)
-        self.register_buffer("item_cat", torch.zeros(c.n_items, dtype=torch.long))  # item row -> category row
+        self._init_item_embeddings(c.n_items, c.n_item_cats, c.dim)
         self.user_mlp = MLP(2 * c.dim, c.hidden, out_dim=c.dim)
         self.item_mlp = MLP(2 * c.dim, c.hidden, out_dim=c.dim)
         self.freq = StreamingFrequencyEstimator(n_buckets=c.n_items, alpha=c.freq_alpha)
-
-    def set_item_categories(self, item_cat: torch.Tensor) -> None:
-        self.item_cat.copy_(torch.as_tensor(item_cat, dtype=torch.long))
 
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = batch["hist"][:, -self.config.hist_len :]  # (B, H)
@@ -51,7 +46,7 @@ class TwoTower(nn.Module):
         return l2_normalize(self.user_mlp(x))  # (B, d)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.item_emb(items), self.cat_emb(self.item_cat[items])], dim=-1)  # (N, 2d)
+        x = torch.cat(self.item_parts(items), dim=-1)  # (N, 2d)
         return l2_normalize(self.item_mlp(x))  # (N, d)
 
     def score_catalogue(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
