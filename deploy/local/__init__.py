@@ -1,5 +1,5 @@
 """Local stack: a real single-node Kafka (KRaft) and a real redis-server on loopback."""
 
-from deploy.local.stack import StackConfig, LocalStack, StackStatus
+from deploy.local.stack import LocalStack, StackConfig, StackStatus, free_ports
 
-__all__ = ["StackConfig", "LocalStack", "StackStatus"]
+__all__ = ["StackConfig", "LocalStack", "StackStatus", "free_ports"]

@@ -38,7 +38,8 @@ def _default_home() -> Path:
 @dataclass(frozen=True)
 class StackConfig:
     home: Path = field(default_factory=_default_home)
-    stack_name: str = "stack"  # data/logs folder under home; tests use their own beside the demo's
+    stack_name: str = "stack"  # data/logs folder under home, unless state_dir is given
+    state_dir: Path | None = None  # data, logs and pid files; tests keep theirs in a pytest temp dir
     host: str = "127.0.0.1"
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
@@ -56,7 +57,7 @@ class StackConfig:
 
     @property
     def stack_dir(self) -> Path:
-        return self.home / self.stack_name
+        return self.state_dir if self.state_dir is not None else self.home / self.stack_name
 
     @property
     def kafka_libs(self) -> Path:
@@ -84,6 +85,21 @@ class StackStatus:
     @property
     def ready(self) -> bool:
         return self.kafka_ready and self.redis_ready
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports the OS reports free right now (all bound at once, then released), for
+    tests and tools that must not collide with whatever else runs on the machine."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -140,16 +156,25 @@ class LocalStack:
         if mvn is None:
             raise StackError("mvn not found: Maven resolves the Kafka jars (Debian: apt-get install maven)")
         log.info("resolving Apache Kafka %s jars with Maven into %s", KAFKA_VERSION, libs)
-        tmp = libs.with_name("libs.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A private temporary folder: two first starts at once (parallel test sessions) each
+        # resolve into their own and the first rename wins.
+        tmp = libs.with_name(f"libs.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         cmd = [mvn, "-q", "-B", "-f", str(HERE / "kafka-pom.xml"), "dependency:copy-dependencies",
                f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise StackError(f"maven could not resolve Kafka {KAFKA_VERSION}: {(r.stdout + r.stderr)[-2000:]}")
-        shutil.rmtree(libs, ignore_errors=True)
-        tmp.rename(libs)
-        marker.write_text(KAFKA_VERSION)
+        (tmp / ".complete").write_text(KAFKA_VERSION)  # inside, so the rename publishes jars and marker at once
+        try:
+            tmp.rename(libs)
+        except OSError:  # libs exists: a concurrent run won, or an interrupted run left an incomplete copy
+            if not marker.exists():
+                stale = libs.with_name(f"libs.stale-{uuid.uuid4().hex[:8]}")
+                libs.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
+                tmp.rename(libs)
+            shutil.rmtree(tmp, ignore_errors=True)
         return libs
 
     def ensure_redis(self) -> str:

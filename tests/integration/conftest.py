@@ -3,7 +3,9 @@
 Order of preference:
 1. servers named by RECSTREAM_KAFKA_BOOTSTRAP and RECSTREAM_REDIS_URL (used as they are);
 2. testcontainers, when a Docker engine is reachable and RECSTREAM_TEST_CONTAINERS=1;
-3. the local stack launcher (deploy/local) on test ports, stopped at the end of the session.
+3. the local stack launcher (deploy/local) on ports the OS reports free, with its data, logs and
+   pid files in the session's pytest temp dir (the Kafka jars stay in the shared cache), stopped
+   at the end of the session. Sessions run side by side on one machine never share a server.
 Nothing is skipped for a missing server: if none can be had, the fixture fails loudly.
 """
 
@@ -50,20 +52,21 @@ def stack_endpoints(tmp_path_factory) -> StackEndpoints:
             url = f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
             yield StackEndpoints(k.get_bootstrap_server(), url)
         return
-    from deploy.local import LocalStack, StackConfig
+    from deploy.local import LocalStack, StackConfig, free_ports
 
     home = Path(os.environ.get("RECSTREAM_HOME", Path.home() / ".cache" / "recstream"))
-    cfg = StackConfig(home=home, stack_name=f"stack-test-{os.getpid()}", kafka_port=29092, kafka_controller_port=29093,
-                      redis_port=26379)
+    kafka_port, controller_port, redis_port = free_ports(3)
+    cfg = StackConfig(home=home, state_dir=tmp_path_factory.mktemp("stack"), kafka_port=kafka_port,
+                      kafka_controller_port=controller_port, redis_port=redis_port)
     stack = LocalStack(cfg)
-    stack.up()
     try:
+        stack.up()
         yield StackEndpoints(cfg.kafka_bootstrap, cfg.redis_url, stack)
     finally:
         stack.down()
         import shutil
 
-        shutil.rmtree(cfg.stack_dir, ignore_errors=True)
+        shutil.rmtree(cfg.stack_dir / "kafka" / "data", ignore_errors=True)  # logs stay for a failed run's post-mortem
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +94,14 @@ def settings(stack_endpoints) -> Settings:
 
 @pytest.fixture(scope="session")
 def ray_serve():
-    """One local Ray instance and Serve HTTP proxy for the session."""
+    """One local Ray instance and Serve HTTP proxy for the session, on a port the OS reports free
+    (RECSTREAM_TEST_SERVE_PORT pins one)."""
     import ray
     from ray import serve
 
-    port = int(os.environ.get("RECSTREAM_TEST_SERVE_PORT", "18000"))
+    from deploy.local import free_ports
+
+    port = int(os.environ.get("RECSTREAM_TEST_SERVE_PORT") or free_ports(1)[0])
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="recstream-test",
              configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
