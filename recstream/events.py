@@ -1,29 +1,49 @@
 """Event and impression-log contracts (DESIGN.md, "Contracts").
 
 Events are UTF-8 JSON on `recstream.events`, keyed by `user_id`, with a schema version `v`.
-Parsing never raises anything but `InvalidEvent`, so a processor can route every bad record
-to the DLQ without a catch-all.
+`parse_event` raises nothing but `InvalidEvent`, whatever the bytes (deep nesting, huge numbers,
+invalid UTF-8, lone surrogates, oversize records), so a processor routes every bad record to the
+DLQ; the processor loop still treats any other exception as a bad record (defence in depth).
+Numbers are strict: `true` is not an int, `"1700000000000"` is not a timestamp.
 """
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, ValidationError
 
 from recstream.errors import InvalidEvent
+from recstream.ids import ID_MAX_LEN, NO_CONTROL_OR_EMPTY_PATTERN, NO_CONTROL_PATTERN, Id, error_message
 
 SCHEMA_VERSION = 1
 
-# Ids are opaque strings; a bound keeps one bad producer from filling Redis keys.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+__all__ = ["Context", "Event", "EventType", "Id", "ID_MAX_LEN", "ImpressionLog", "InvalidEvent", "MAX_EVENT_BYTES",
+           "POSITIVE_TYPES", "SCHEMA_VERSION", "SlateItem", "parse_event"]
 
 # 1990-01-01 .. 2100-01-01 in epoch ms: catches seconds-vs-ms mistakes at the door
 # (MovieLens-100k dates from 1997).
 MIN_TS_MS = 631_152_000_000
 MAX_TS_MS = 4_102_444_800_000
+
+# The context map: a few short tags (device, page, category), shared with the HTTP requests.
+CONTEXT_MAX_KEYS = 32
+CONTEXT_KEY_MAX_LEN = 64
+CONTEXT_VALUE_MAX_LEN = 256
+ContextKey = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1,
+                                              max_length=CONTEXT_KEY_MAX_LEN, pattern=NO_CONTROL_PATTERN)]
+ContextValue = Annotated[str, StringConstraints(strict=True, max_length=CONTEXT_VALUE_MAX_LEN,
+                                                pattern=NO_CONTROL_OR_EMPTY_PATTERN)]
+Context = Annotated[dict[ContextKey, ContextValue], Field(max_length=CONTEXT_MAX_KEYS)]
+
+# The largest valid event, every character \u-escaped, is about 130 KB (a full context map);
+# anything longer is rejected before the JSON parser sees it.
+MAX_EVENT_BYTES = 256 * 1024
+
+# Longest reason kept for the DLQ record (the original bytes travel beside it).
+_MAX_REASON_CHARS = 1000
+_MAX_ERRORS_LISTED = 8
 
 
 class EventType(str, Enum):
@@ -48,25 +68,21 @@ class Event(BaseModel):
         value: rating, dwell or amount; 1.0 when the type carries no value.
     """
 
+    # Strict where lax parsing hides producer bugs (true as 1, "17e11" or 1.7e12 as a timestamp);
+    # `type` stays lax so code may pass "click" as well as EventType.click.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: int = Field(SCHEMA_VERSION, description="schema version", ge=1, le=SCHEMA_VERSION)
+    v: StrictInt = Field(SCHEMA_VERSION, description="schema version", ge=1, le=SCHEMA_VERSION)
     event_id: Id = Field(description="unique event id")
     user_id: Id = Field(description="user id (also the Kafka key)")
     item_id: Id = Field(description="item id")
     type: EventType = Field(description="interaction type")
-    ts: int = Field(description="event time, epoch ms", ge=MIN_TS_MS, le=MAX_TS_MS)
-    value: float = Field(1.0, description="rating / weight", allow_inf_nan=False)
-    request_id: str | None = Field(None, max_length=128, description="serving request that showed the item")
-    position: int | None = Field(None, ge=0, le=10_000, description="slate position, 0-based")
-    context: dict[str, str] | None = Field(None, description="small string map")
-
-    @field_validator("context")
-    @classmethod
-    def _small_context(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is not None and len(v) > 32:
-            raise ValueError(f"context has {len(v)} keys, at most 32 allowed")
-        return v
+    ts: StrictInt = Field(description="event time, epoch ms", ge=MIN_TS_MS, le=MAX_TS_MS)
+    value: StrictFloat = Field(1.0, description="rating / weight", allow_inf_nan=False)
+    request_id: Id | None = Field(None, description="serving request that showed the item")
+    position: StrictInt | None = Field(None, ge=0, le=10_000, description="slate position, 0-based")
+    context: Context | None = Field(None, description=f"small string map: at most {CONTEXT_MAX_KEYS} keys of "
+                                                      f"<= {CONTEXT_KEY_MAX_LEN} and values of <= {CONTEXT_VALUE_MAX_LEN} characters")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode("utf-8")
@@ -76,33 +92,47 @@ class Event(BaseModel):
         return self.type in POSITIVE_TYPES
 
 
-def parse_event(raw: bytes | str) -> Event:
+def validation_reason(e: ValidationError, limit: int = _MAX_REASON_CHARS) -> str:
+    """A ValidationError as 'field: message; ...', naming each field and never quoting the input
+    (which may be megabytes, or the very bytes that broke a parser)."""
+    errs = e.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or '(record)'}: {error_message(err)}" for err in errs[:_MAX_ERRORS_LISTED]]
+    if len(errs) > _MAX_ERRORS_LISTED:
+        parts.append(f"and {len(errs) - _MAX_ERRORS_LISTED} more")
+    reason = "; ".join(parts)
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def parse_event(raw: bytes | str | None) -> Event:
     """Parse one Kafka value into an Event.
 
     Raises:
-        InvalidEvent: with a reason naming the field, and the original bytes.
+        InvalidEvent: for any input that is not a valid event, with a reason naming the field
+            and the original bytes; never any other exception.
     """
-    raw_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if raw_bytes is None:
+    if raw is None:
         raise InvalidEvent("empty record (tombstone)", raw=b"")
     try:
-        # pydantic-core parses and validates in one pass, twice as fast as json.loads first.
-        # Only a record that fails takes the slower path below, which names the problem.
+        raw_bytes = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    except (UnicodeEncodeError, TypeError, ValueError) as e:
+        kept = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else b""
+        raise InvalidEvent(f"not bytes or UTF-8 text: {type(e).__name__}", raw=kept) from None
+    if len(raw_bytes) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"record is {len(raw_bytes)} bytes, at most {MAX_EVENT_BYTES} allowed", raw=raw_bytes)
+    try:
+        # pydantic-core parses and validates in one pass, with its own recursion limit and
+        # number bounds (json.loads raised RecursionError on b"[" * 100000 and ValueError on
+        # 5,000-digit integers, neither an InvalidEvent).
         return Event.model_validate_json(raw_bytes)
-    except ValidationError:
-        pass
-    try:
-        obj = json.loads(raw_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidEvent(f"not UTF-8 JSON: {e}", raw=raw_bytes) from e
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}", raw=raw_bytes)
-    obj.setdefault("v", SCHEMA_VERSION)
-    try:
-        return Event.model_validate(obj)
     except ValidationError as e:
-        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise InvalidEvent(f"invalid event: {fields}", raw=raw_bytes) from e
+        errs = e.errors(include_url=False, include_input=False)
+        if errs and errs[0]["type"] == "json_invalid":
+            raise InvalidEvent(f"not UTF-8 JSON: {errs[0]['msg'][:_MAX_REASON_CHARS]}", raw=raw_bytes) from None
+        if errs and errs[0]["type"] == "model_type":
+            raise InvalidEvent("expected a JSON object", raw=raw_bytes) from None
+        raise InvalidEvent(f"invalid event: {validation_reason(e)}", raw=raw_bytes) from None
+    except Exception as e:  # a decoder bug must still end as a DLQ record, not a dead processor
+        raise InvalidEvent(f"undecodable record ({type(e).__name__}: {str(e)[:200]})", raw=raw_bytes) from e
 
 
 class SlateItem(BaseModel):
@@ -127,7 +157,11 @@ class ImpressionLog(BaseModel):
     model_versions: dict[str, str]
     timings_ms: dict[str, float]
     degraded: bool = False
+    policy: str = Field("deterministic", description="slate policy that drew the propensities")
     slate: list[SlateItem]
+    features: dict | None = Field(None, description="what the ranker saw (history tail, user and shown items' "
+                                  "feature vectors, whether long-term interest was present), so training can "
+                                  "learn from exactly what was served")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")

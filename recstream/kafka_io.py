@@ -89,20 +89,44 @@ def make_bulk_producer(settings: Settings | None = None, **overrides):
         raise StackError(f"cannot create a Kafka producer for {s.kafka_bootstrap}: {e}") from e
 
 
-def dlq_record(raw: bytes | None, error: str, topic: str, partition: int, offset: int, processor: str) -> bytes:
-    """A DLQ value: the original bytes (as text when UTF-8, else base64), the error and the source."""
+# Kafka's default largest record (broker message.max.bytes, kafka-python max_request_size) is
+# 1 MiB; a DLQ value stays well below it whatever it carries.
+DLQ_MAX_BYTES = 900_000
+
+
+def dlq_record(raw: bytes | None, error: str, topic: str, partition: int, offset: int, processor: str,
+               max_bytes: int = DLQ_MAX_BYTES) -> bytes:
+    """A DLQ value: the original bytes (as text when UTF-8, else base64), the error and the source.
+
+    An original too large for `max_bytes` (escaped or base64, it grows) is cut to fit, as base64,
+    with `original_truncated`, its full length `original_bytes` and `original_sha256`, so a DLQ
+    write can never fail for size; the source offset still locates the whole record.
+    """
     import base64
+    import hashlib
 
     raw = raw or b""
+    error = error if len(error) <= 2000 else error[:1997] + "..."
     try:
-        original, encoding = raw.decode("utf-8"), "utf-8"
+        original, encoding, extra = raw.decode("utf-8"), "utf-8", {}
     except UnicodeDecodeError:
-        original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return json.dumps({
-        "error": error,
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "processor": processor,
-        "original": original,
-        "original_encoding": encoding,
-        "ts": int(time.time() * 1000),
-    }).encode("utf-8")
+        original, encoding, extra = base64.b64encode(raw).decode("ascii"), "base64", {}
+
+    def build() -> bytes:
+        return json.dumps({
+            "error": error,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+            "processor": processor,
+            "original": original,
+            "original_encoding": encoding,
+            **extra,
+            "ts": int(time.time() * 1000),
+        }).encode("utf-8")
+
+    out = build()
+    if len(out) > max_bytes:
+        keep = max(0, (max_bytes - 2000 - len(error) * 6) * 3 // 4)  # base64: 4 bytes per 3; error escapes <= 6x
+        original, encoding = base64.b64encode(raw[:keep]).decode("ascii"), "base64"
+        extra = {"original_truncated": True, "original_bytes": len(raw), "original_sha256": hashlib.sha256(raw).hexdigest()}
+        out = build()
+    return out

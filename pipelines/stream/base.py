@@ -8,7 +8,10 @@ event. The Kafka commit after the write is only a hint for tools that read group
 
 Bad records go to the DLQ (original bytes, reason, source topic/partition/offset) before the batch
 is applied; a crash in between may write a DLQ record twice (at-least-once on the DLQ, which
-carries its source offset for de-duplication) but never loses one.
+carries its source offset for de-duplication) but never loses one. "Bad" is anything the decoder
+raises, not only InvalidEvent: no record can stop a processor (a RecursionError from b"[" * 100000
+once stopped every one of them, at the same offset after each restart). A DLQ write that fails is
+retried until it is acknowledged; only then do the offsets move past it.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.stream import metrics as m
 from pipelines.stream.source import KafkaSource, Record, Source
-from recstream.errors import InvalidEvent
+from recstream.errors import InvalidEvent, StackError
 from recstream.events import Event, parse_event
 from recstream.kafka_io import dlq_record, make_producer
 from recstream.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+
+# Longest record key copied to a DLQ record (keys are user ids; a hostile one may be huge).
+_DLQ_MAX_KEY_BYTES = 1024
 
 # Dependency errors worth waiting out (Redis restarting, loading its append-only file).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
@@ -275,25 +281,63 @@ class StreamProcessor:
         return batch.n_records
 
     def _parse(self, polled: dict[int, list[Record]]) -> "_Batch":
-        """Parse a poll; invalid records go to the DLQ (flushed, so durable before any apply)."""
+        """Parse a poll; invalid records go to the DLQ (flushed, so durable before any apply).
+
+        Whatever decoding a record raises, that record goes to the DLQ with a reason and the loop
+        goes on: `parse_event` promises only InvalidEvent, and anything else (a decoder bug, an
+        exhausted stack) is caught here too, so one record can never stop a processor.
+        """
         batch = _Batch()
-        bad = 0
+        dead: list[tuple[bytes | None, bytes]] = []
         for partition, records in polled.items():
             for rec in records:
                 try:
-                    batch.good.append(SourcedEvent(parse_event(rec.value), partition, rec.offset, rec.timestamp_ms))
+                    event = parse_event(rec.value)
                 except InvalidEvent as e:
-                    self.producer.send(self.settings.dlq_topic, key=rec.key,
-                                       value=dlq_record(rec.value, e.reason, self.topic, partition, rec.offset, self.config.name))
-                    bad += 1
+                    reason = e.reason
+                except Exception as e:  # defence in depth: see the docstring
+                    reason = f"decoder failed: {type(e).__name__}: {str(e)[:200]}"
+                    log.warning("processor %s: %s at %s[%d]@%d", self.config.name, reason, self.topic, partition,
+                                rec.offset)
+                else:
+                    batch.good.append(SourcedEvent(event, partition, rec.offset, rec.timestamp_ms))
+                    continue
+                # The key travels along for locality, unless it alone would crowd out the value.
+                key = rec.key if rec.key is None or len(rec.key) <= _DLQ_MAX_KEY_BYTES else None
+                dead.append((key, dlq_record(rec.value, reason, self.topic, partition, rec.offset, self.config.name)))
             batch.next_offsets[partition] = records[-1].offset + 1
             batch.first_offsets[partition] = records[0].offset
             batch.n_records += len(records)
-        if bad:
-            self.producer.flush()  # durable in the DLQ before the offsets move past them
-            m.DLQ.labels(self.config.name).inc(bad)
-            self.dlq_total += bad
+        if dead:
+            self._send_dlq(dead)  # durable in the DLQ before the offsets move past them
+            m.DLQ.labels(self.config.name).inc(len(dead))
+            self.dlq_total += len(dead)
         return batch
+
+    def _send_dlq(self, dead: list[tuple[bytes | None, bytes]]) -> None:
+        """Write DLQ records and wait until every one is acknowledged, retrying those that failed
+        (a Kafka outage stalls the processor, like a Redis outage, rather than losing a record).
+        A processor stopped meanwhile raises: its offsets stay behind, the next run redoes it."""
+        while dead:
+            futures = []
+            for key, value in dead:
+                try:
+                    futures.append(self.producer.send(self.settings.dlq_topic, key=key, value=value))
+                except Exception as e:  # e.g. metadata timeout; retried below
+                    futures.append(e)
+            self.producer.flush()
+            failed = [(rec, f) for rec, f in zip(dead, futures)
+                      if isinstance(f, Exception) or (f is not None and f.failed())]
+            if not failed:
+                return
+            err = failed[0][1] if isinstance(failed[0][1], Exception) else failed[0][1].exception
+            m.RETRIES.labels(self.config.name).inc()
+            log.warning("processor %s: %d DLQ writes failed (%s); retrying in %d ms", self.config.name, len(failed),
+                        err, self.config.retry_backoff_ms)
+            if self._stop.wait(self.config.retry_backoff_ms / 1000):
+                raise StackError(f"processor {self.config.name}: stopped with {len(failed)} DLQ records unwritten "
+                                 f"({err}); their offsets were not committed") from (err if isinstance(err, BaseException) else None)
+            dead = [rec for rec, _ in failed]
 
     def _apply_with_retry(self, batch: "_Batch") -> dict[int, int] | None:
         """Apply a batch (writer thread), waiting out a Redis outage.

@@ -1,0 +1,176 @@
+"""Issue 9, defect 1: no record stops a processor. Whatever decoding raises, the record goes to the
+DLQ with a reason and its original bytes, the good events around it apply, and the offsets move on.
+In-memory stand-ins for Kafka and the state (no servers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+import pipelines.stream.base as base
+from pipelines.stream.base import ProcessorConfig, SourcedEvent, StreamProcessor
+from pipelines.stream.source import Record
+from recstream.errors import StackError
+from recstream.events import Event
+from recstream.kafka_io import DLQ_MAX_BYTES
+from recstream.settings import Settings
+
+GOOD = {"event_id": "e", "user_id": "u1", "item_id": "i", "type": "click", "ts": 1_700_000_000_000}
+
+HOSTILE = {
+    "deep nesting": b"[" * 100_000,
+    "deep objects": b'{"a":' * 50_000,
+    "huge integer": json.dumps(GOOD)[:-1].encode() + b', "value": 1' + b"0" * 5000 + b"}",
+    "invalid UTF-8": b'{"event_id": "e", "user_id": "\xff\xfe", "item_id": "i", "type": "click", "ts": 1700000000000}',
+    "NUL in user_id": json.dumps({**GOOD, "user_id": "u\x00"}).encode(),
+    "blank user_id": json.dumps({**GOOD, "user_id": "   "}).encode(),
+    "lone surrogate": json.dumps(GOOD)[:-1].encode() + b', "context": {"a": "\\ud800"}}',
+    "oversize": b'{"pad": "' + b"x" * 1_000_000 + b'"}',
+    "tombstone": None,
+}
+
+
+def _ev(i: int) -> bytes:
+    return Event(**{**GOOD, "event_id": f"g{i}", "item_id": f"i{i}", "ts": GOOD["ts"] + i}).to_bytes()
+
+
+class FakeSource:
+    def __init__(self, batches):
+        self.batches = list(batches)
+        self.commits = []
+
+    def poll(self, max_records, timeout_s):
+        return self.batches.pop(0) if self.batches else {}
+
+    def commit(self, next_offsets):
+        self.commits.append(dict(next_offsets))
+
+    def assignment(self):
+        return [0]
+
+    def seek(self, partition, offset):
+        raise AssertionError("no rewind expected")
+
+
+class FakeFuture:
+    def __init__(self, exc=None):
+        self.exception = exc
+
+    def failed(self):
+        return self.exception is not None
+
+
+class FakeProducer:
+    """Acknowledges every send, except the first `fail_first` which fail after the flush."""
+
+    def __init__(self, fail_first: int = 0):
+        self.sent, self.attempts, self.fail_first = [], 0, fail_first
+
+    def send(self, topic, key=None, value=None):
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            return FakeFuture(RuntimeError("broker unavailable"))
+        assert len(value) <= DLQ_MAX_BYTES
+        self.sent.append((topic, key, json.loads(value)))
+        return FakeFuture()
+
+    def flush(self):
+        pass
+
+
+class MemoryHandler:
+    name = "mem"
+
+    def __init__(self):
+        self.items, self.offsets = [], {}
+
+    def stored_offsets(self, topic):
+        return dict(self.offsets)
+
+    def apply(self, topic, events: list[SourcedEvent], next_offsets):
+        self.items += [e.event.item_id for e in events]
+        self.offsets.update(next_offsets)
+        return len(events)
+
+
+def _proc(batches, producer=None):
+    p = StreamProcessor(MemoryHandler(), ProcessorConfig(name="mem", retry_backoff_ms=1), Settings())
+    p.consumer, p.producer = FakeSource(batches), producer or FakeProducer()
+    return p
+
+
+def _original(d: dict) -> bytes:
+    return base64.b64decode(d["original"]) if d["original_encoding"] == "base64" else d["original"].encode()
+
+
+def test_hostile_records_go_to_the_dlq_and_every_good_one_applies():
+    records, offset = [], 0
+    for n, raw in enumerate(HOSTILE.values()):  # good, hostile, good, hostile, ..., good
+        records += [Record(b"u1", _ev(n), offset, 0), Record(b"u1", raw, offset + 1, 0)]
+        offset += 2
+    records.append(Record(b"u1", _ev(99), offset, 0))
+    p = _proc([{0: records}])
+    p.step()
+    assert p.flush() == len(records)
+
+    assert p.handler.items == [f"i{n}" for n in range(len(HOSTILE))] + ["i99"]
+    assert p.consumer.commits == [{0: len(records)}]
+    assert p.dlq_total == len(HOSTILE)
+    by_offset = {d["source"]["offset"]: d for _, _, d in p.producer.sent}
+    assert sorted(by_offset) == list(range(1, 2 * len(HOSTILE), 2))
+    for (kind, raw), off in zip(HOSTILE.items(), range(1, 2 * len(HOSTILE), 2)):
+        d = by_offset[off]
+        assert d["error"], kind
+        if kind == "oversize":  # cut to fit the DLQ's record size, with the full length and hash
+            assert d["original_truncated"] and d["original_bytes"] == len(raw)
+            assert raw.startswith(_original(d))
+        else:
+            assert _original(d) == (raw or b""), kind
+    assert "user_id: must not contain control characters" in by_offset[9]["error"]
+
+
+def test_any_exception_from_the_decoder_is_a_dlq_record_not_a_dead_processor(monkeypatch):
+    real = base.parse_event
+
+    def flaky(raw):
+        if raw == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        if raw == b"bug":
+            raise KeyError("a decoder bug")
+        return real(raw)
+
+    monkeypatch.setattr(base, "parse_event", flaky)
+    p = _proc([{0: [Record(b"u", _ev(0), 0, 0), Record(b"u", b"boom", 1, 0), Record(b"u", b"bug", 2, 0),
+                    Record(b"u", _ev(3), 3, 0)]}])
+    p.step()
+    assert p.flush() == 4
+    assert p.handler.items == ["i0", "i3"]
+    errors = [d["error"] for _, _, d in p.producer.sent]
+    assert errors == ["decoder failed: RecursionError: maximum recursion depth exceeded",
+                      "decoder failed: KeyError: 'a decoder bug'"]
+
+
+def test_failed_dlq_writes_are_retried_before_the_batch_moves_on():
+    p = _proc([{0: [Record(b"u", b"junk", 0, 0), Record(b"u", _ev(1), 1, 0)]}], FakeProducer(fail_first=2))
+    p.step()
+    assert p.flush() == 2
+    assert p.producer.attempts == 3 and len(p.producer.sent) == 1  # failed twice, written once
+    assert p.handler.items == ["i1"]
+
+
+def test_a_processor_stopped_while_the_dlq_is_down_leaves_the_offsets_behind():
+    p = _proc([{0: [Record(b"u", b"junk", 0, 0), Record(b"u", _ev(1), 1, 0)]}], FakeProducer(fail_first=10**9))
+    p.stop()
+    with pytest.raises(StackError, match="DLQ records unwritten"):
+        p.step()
+    assert p.handler.items == [] and p.consumer.commits == []
+
+
+def test_a_huge_key_is_not_copied_to_the_dlq():
+    p = _proc([{0: [Record(b"k" * 2_000_000, b"junk", 0, 0)]}])
+    p.step()
+    p.flush()
+    [(_, key, d)] = p.producer.sent
+    assert key is None and d["original"] == "junk"
