@@ -1,72 +1,167 @@
 """The Ray Serve application: a FastAPI ingress composing the serving stages.
 
-fused layout (default on small hosts): every stage runs in the ingress replica.
-split layout: each stage is its own deployment, passed to the ingress as a handle.
+    fused (default): ingress[inputs, retrieval, coarse] -> ranker (batched, GPU-capable)
+    split:           ingress[inputs] -> retrieval -> coarse -> ranker, each its own deployment
+    ranker_deployment=false: the ranker runs in the ingress too (one hop in all)
+
+Every deployment takes the variants as its `user_config`: `serve run`/`serve deploy` with new
+versions calls `reconfigure` in place; a replica loads the new versions beside the old ones
+and swaps them in one assignment, so requests during the swap are answered by the old set.
 """
 
+from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import redis
+import torch
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
 from recstream.settings import Settings
-from services.api import RecommendRequest, RecommendResponse
+from services import metrics as m
+from services.api import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 from services.config import ServeConfig
 from services.impression_log import ImpressionLogger
-from services.pipeline import Recommender
-from services.stages import PopularityCandidates
+from services.inputs import RedisInputs
+from services.pipeline import Recommender, VariantRuntime
+from services.runtime import load_stage, make_stage, parse_variants, variant_runtimes, vectors_for
+from services.servables import pick_device
+from services.stages import PopularityCandidates, StageRequest, StageResult
 
 log = logging.getLogger(__name__)
 
-api = FastAPI(title="recstream", version="0.1.0",
-              description="Streaming recommender: candidates -> coarse rank -> fine rank, with impression logging.")
+api = FastAPI(title="recstream", version="0.2.0",
+              description="Streaming recommender: two-tower candidates -> HCN coarse rank -> SDIM+DIN fine rank, "
+                          "with impression logging and per-variant exploration.")
 
 
-def _redis(settings: Settings, config: ServeConfig) -> redis.Redis:
-    t = config.deadlines.redis_timeout_ms / 1000
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
+class _StageDeployment:
+    """A model stage as its own deployment (split layout; the ranker in both layouts)."""
+
+    stage_name = ""
+
+    def __init__(self, config: dict):
+        self.config = ServeConfig(**config)
+        torch.set_num_threads(self.config.torch_threads)
+        self.device = pick_device(self.config.device) if self.stage_name == "ranker" else "cpu"
+        self.stage = make_stage(self.stage_name, self.config, self.device)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        await asyncio.to_thread(load_stage, self.stage, parse_variants(user_config, self.config))
+
+    def _safe(self, req: StageRequest) -> StageResult:
+        try:
+            return self.stage(req)
+        except Exception as e:  # answered as a failed stage, so the ingress falls back
+            log.warning("%s failed: %s: %s", self.stage_name, type(e).__name__, e)
+            return StageResult(items=[], error=type(e).__name__)
 
 
-def _candidates(settings: Settings, config: ServeConfig) -> PopularityCandidates:
-    return PopularityCandidates(_redis(settings, config), prefix=settings.redis_prefix,
-                                pool_size=config.popular_pool_size, refresh_s=config.popular_refresh_s)
+@serve.deployment(name="retrieval")
+class RetrievalDeployment(_StageDeployment):
+    stage_name = "retrieval"
+
+    async def __call__(self, req: StageRequest) -> StageResult:
+        return await asyncio.to_thread(self._safe, req)
 
 
-@serve.deployment(name="candidates")
-class CandidatesDeployment:
-    """Split layout only: candidate generation as its own deployment."""
+@serve.deployment(name="coarse")
+class CoarseDeployment(_StageDeployment):
+    stage_name = "coarse"
 
-    def __init__(self, settings: dict, config: dict):
-        s, c = Settings(**settings), ServeConfig(**config)
-        self.stage = _candidates(s, c)
+    async def __call__(self, req: StageRequest) -> StageResult:
+        return await asyncio.to_thread(self._safe, req)
 
-    def __call__(self, user_id: str, k: int, exclude: list[str]):
-        return self.stage(user_id, k, exclude)
+
+@serve.deployment(name="ranker")
+class RankerDeployment(_StageDeployment):
+    """Fine ranker with dynamic batching; on a GPU node give it num_gpus and device=cuda|auto."""
+
+    stage_name = "ranker"
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.__call__.set_max_batch_size(self.config.ranker_max_batch_size)
+        self.__call__.set_batch_wait_timeout_s(self.config.ranker_batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def __call__(self, reqs: list[StageRequest]) -> list[StageResult]:
+        m.RANKER_BATCH.observe(len(reqs))
+        return await asyncio.to_thread(lambda: [self._safe(r) for r in reqs])
+
+    def metrics(self) -> bytes:
+        return generate_latest()
 
 
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: dict, config: dict, candidates: Any = None):
+    def __init__(self, settings: dict, config: dict, retrieval: Any = None, coarse: Any = None, ranker: Any = None):
         self.settings = Settings(**settings)
-        self.config = ServeConfig(**config)
+        self.config = c = ServeConfig(**config)
+        torch.set_num_threads(c.torch_threads)
+        t = c.deadlines.redis_timeout_ms / 1000
+        r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
+        self.inputs = RedisInputs(r, self.settings.redis_prefix, feast_repo=self._feast(), item_cache_ttl_s=c.item_feature_cache_ttl_s)
+        popular = PopularityCandidates(r, prefix=self.settings.redis_prefix, pool_size=c.popular_pool_size,
+                                       refresh_s=c.popular_refresh_s)
         self.impressions = ImpressionLogger(self.settings.kafka_bootstrap, self.settings.impressions_topic,
-                                            buffer_max=self.config.impression_buffer_max)
-        self.recommender = Recommender(self.config, candidates or _candidates(self.settings, self.config), self.impressions)
+                                            buffer_max=c.impression_buffer_max)
+        # stages not given as handles run in this replica
+        self.local = [s for s, h in (("retrieval", retrieval), ("coarse", coarse), ("ranker", ranker)) if h is None]
+        self.stages = {s: make_stage(s, c, pick_device(c.device) if s == "ranker" else "cpu") for s in self.local}
+        self.recommender = Recommender(c, self.inputs, popular, retrieval or self.stages["retrieval"],
+                                       coarse or self.stages["coarse"], ranker or self.stages["ranker"], {},
+                                       self.impressions)
+        self._loaded = False
+
+    def _feast(self):
+        if self.config.user_feature_source != "feast":
+            return None
+        try:
+            from features.feast_repo import repo_for_settings
+
+            return repo_for_settings(self.settings)
+        except Exception as e:  # Feast unreachable at start: serve with default user features
+            log.warning("Feast repository unavailable (%s); user features fall back to defaults", e)
+            return None
+
+    async def reconfigure(self, user_config: dict) -> None:
+        variants = parse_variants(user_config, self.config)
+
+        def load() -> dict[str, VariantRuntime]:
+            for s in self.local:
+                load_stage(self.stages[s], variants)
+            return variant_runtimes(variants, self.config)
+
+        runtimes = await asyncio.to_thread(load)
+        self.recommender.vectors = vectors_for(runtimes)
+        self.recommender.set_variants(runtimes)
+        self._loaded = True
+        log.info("serving variants %s", self.recommender.model_versions)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        if req.k > self.config.max_k:
-            raise HTTPException(422, detail=[{"loc": ["body", "k"], "msg": f"k ({req.k}) must be <= max_k ({self.config.max_k})",
+        c = self.config
+        if req.k > c.max_k:
+            raise HTTPException(422, detail=[{"loc": ["body", "k"], "msg": f"k ({req.k}) must be <= max_k ({c.max_k})",
                                               "type": "less_than_equal"}])
-        if len(req.exclude) > self.config.max_exclude:
+        if len(req.exclude) > c.max_exclude:
             raise HTTPException(413, detail=[{"loc": ["body", "exclude"], "type": "too_long",
-                                              "msg": f"exclude has {len(req.exclude)} items, max_exclude is {self.config.max_exclude}"}])
+                                              "msg": f"exclude has {len(req.exclude)} items, max_exclude is {c.max_exclude}"}])
         return await self.recommender.recommend(req)
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        if len(req.item_ids) > self.config.max_score_items:
+            raise HTTPException(413, detail=[{"loc": ["body", "item_ids"], "type": "too_long",
+                                              "msg": f"item_ids has {len(req.item_ids)} items, max_score_items is "
+                                                     f"{self.config.max_score_items}"}])
+        return await self.recommender.score(req)
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -74,7 +169,9 @@ class Ingress:
 
     @api.get("/readyz")
     def readyz(self) -> dict:
-        return {"status": "ready", "model_versions": self.config.model_versions}
+        if not self._loaded:
+            raise HTTPException(503, detail="models not loaded yet")
+        return {"status": "ready", "variants": self.recommender.model_versions}
 
     @api.get("/metrics", include_in_schema=False)
     def metrics(self) -> Response:
@@ -88,9 +185,24 @@ class Ingress:
 
 
 def build_app(settings: Settings, config: ServeConfig):
-    opts = dict(num_replicas=config.num_replicas, ray_actor_options={"num_cpus": config.num_cpus})
+    """The application graph for `serve.run`; the variants travel as every deployment's user_config."""
     s, c = settings.model_dump(mode="json"), config.model_dump(mode="json")
+    user_config = {"variants": c["variants"]}
+    cpu = {"num_cpus": config.num_cpus}
+    stage_opts = dict(ray_actor_options=cpu, user_config=user_config)
+    ranker = None
+    if config.ranker_deployment:
+        ranker = RankerDeployment.options(num_replicas=config.ranker_num_replicas, user_config=user_config,
+                                          ray_actor_options={**cpu, "num_gpus": config.num_gpus}).bind(c)
+    retrieval = coarse = None
     if config.layout == "split":
-        cand = CandidatesDeployment.options(ray_actor_options={"num_cpus": config.num_cpus}).bind(s, c)
-        return Ingress.options(**opts).bind(s, c, cand)
-    return Ingress.options(**opts).bind(s, c)
+        retrieval = RetrievalDeployment.options(**stage_opts).bind(c)
+        coarse = CoarseDeployment.options(**stage_opts).bind(c)
+    return Ingress.options(num_replicas=config.num_replicas, ray_actor_options=cpu,
+                           user_config=user_config).bind(s, c, retrieval, coarse, ranker)
+
+
+def app_builder(args: dict[str, Any]):
+    """`serve run services.app:app_builder config=deploy/serve/... ` entry point: args are the
+    ServeConfig fields (variants included); Settings come from RECSTREAM_* variables."""
+    return build_app(Settings(), ServeConfig(**args))

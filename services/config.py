@@ -1,4 +1,10 @@
-"""Serving config: strict, typed, validated at load time with the values in the message."""
+"""Serving config: strict, typed, validated at load time with the values in the message.
+
+A variant names a model version for every stage; `latest` resolves to the newest artefact when
+a replica loads the variant (the answer's `model_versions` always carries the resolved version).
+The variants and their versions are the replica's `user_config`, so a new version is taken in
+with `reconfigure` (in place, no restart): see services/app.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,46 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class StageDeadlines(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    inputs_timeout_ms: float = Field(30.0, gt=0, le=10_000, description="request-time inputs (history, user features, "
+                                     "BSE tables), fetched concurrently, each under this deadline")
     candidates_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="candidate generation deadline")
+    coarse_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="coarse ranking (HCN) deadline")
+    ranker_timeout_ms: float = Field(100.0, gt=0, le=10_000, description="fine ranking deadline (includes batching wait)")
     redis_timeout_ms: float = Field(20.0, gt=0, le=10_000, description="socket timeout of online-store reads")
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, description="artefact name under artifacts/models/")
+    version: str = Field("latest", min_length=1, max_length=128, description="artefact version, or 'latest'")
+
+
+class ExplorationConfig(BaseModel):
+    """epsilon_slot: each slot independently shows, with probability epsilon, an item drawn
+    uniformly from the `pool_size` items ranked just below the slate instead of its greedy item.
+    Every shown item's marginal probability at its slot is then exact: 1 - epsilon for a greedy
+    item, epsilon / pool_size for a pool item (see services/exploration.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["deterministic", "epsilon_slot"] = Field("deterministic", description="slate policy")
+    epsilon: float = Field(0.1, gt=0, lt=1, description="per-slot exploration probability (epsilon_slot)")
+    pool_size: int = Field(20, ge=1, le=1000, description="items below the slate that exploration draws from")
+
+
+class VariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(ge=0, le=1, description="traffic share")
+    retrieval: ModelRef = Field(default_factory=lambda: ModelRef(name="two_tower"), description="two-tower artefact")
+    coarse: ModelRef = Field(default_factory=lambda: ModelRef(name="hcn"), description="HCN artefact")
+    ranker: ModelRef = Field(default_factory=lambda: ModelRef(name="ranker"), description="SDIM+DIN ranker artefact")
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+
+
+def _default_variants() -> dict[str, VariantConfig]:
+    return {"A": VariantConfig(share=1.0)}
 
 
 class ServeConfig(BaseModel):
@@ -19,18 +63,40 @@ class ServeConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="HTTP bind address of the Ray Serve proxy")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve proxy")
-    layout: Literal["fused", "split"] = Field("fused", description="fused: all stages in the ingress replica; split: one deployment per stage")
+    layout: Literal["fused", "split"] = Field("fused", description="fused: inputs, retrieval and coarse ranking in the "
+                                               "ingress replica; split: retrieval and coarse as their own deployments")
+    ranker_deployment: bool = Field(True, description="fine ranker as its own batched deployment (GPU nodes); false: "
+                                    "in the ingress replica (lowest latency on one small host)")
     num_replicas: int = Field(1, ge=1, le=256, description="ingress replicas")
     num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs reserved per replica (fractional so stages fit on small hosts)")
-    num_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per ranking replica (0 on CPU hosts)")
+    ranker_num_replicas: int = Field(1, ge=1, le=256, description="ranker replicas")
+    num_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per ranker replica (0 on CPU hosts)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device of the ranker: auto = cuda when "
+                                                   "the replica sees a GPU, else cpu")
+    ranker_max_batch_size: int = Field(8, ge=1, le=1024, description="requests the ranker deployment scores together")
+    ranker_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="how long a ranker batch waits to fill")
+    torch_threads: int = Field(1, ge=1, le=64, description="torch intra-op threads per replica (1: replicas share cores)")
+
     max_k: int = Field(200, ge=1, le=10_000, description="largest k a request may ask for")
     max_exclude: int = Field(1000, ge=0, le=100_000, description="largest exclude list a request may carry")
+    max_score_items: int = Field(1000, ge=1, le=100_000, description="largest item_ids list of /v1/score")
+    candidate_top_k: int = Field(1000, ge=1, le=100_000, description="N: items out of candidate generation")
+    coarse_top_k: int = Field(200, ge=1, le=100_000, description="M: items out of coarse ranking")
+    popular_merge_k: int = Field(50, ge=0, le=100_000, description="popular items merged into the candidates (covers "
+                                 "new items the two-tower has never seen)")
+    history_len: int = Field(200, ge=1, le=10_000, description="recent behaviours read per request")
+    retrieval_index: Literal["exact", "hnsw"] = Field("exact", description="exact: top-N inner product over all item "
+                                                      "vectors; hnsw: faiss HNSW index (large catalogues)")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
+    hnsw_ef_search: int = Field(1200, ge=16, le=100_000, description="HNSW search breadth (>= candidate_top_k)")
+    artifacts_dir: str | None = Field(None, description="artefact root; None: $RECSTREAM_ARTIFACTS_DIR or <repo>/artifacts")
+
     popular_pool_size: int = Field(1000, ge=1, le=100_000, description="popular items cached per replica for candidates")
     popular_refresh_s: float = Field(2.0, gt=0, le=3600, description="how often the replica refreshes its popular-items cache")
+    item_feature_cache_ttl_s: float = Field(1.0, ge=0, le=3600, description="in-replica cache of item feature blobs")
+    user_feature_source: Literal["feast", "none"] = Field("feast", description="feast: Feast online store; none: defaults")
     experiment_salt: str = Field("exp-0", min_length=1, description="salt of the stable user -> variant hash")
-    variants: dict[str, float] = Field(default_factory=lambda: {"A": 1.0}, description="variant -> traffic share")
-    model_versions: dict[str, str] = Field(default_factory=lambda: {"candidates": "popularity-v1"},
-                                           description="stage -> model version served")
+    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants, description="variant -> config")
     impression_buffer_max: int = Field(10_000, ge=1, le=10_000_000, description="impression records buffered before dropping")
     deadlines: StageDeadlines = Field(default_factory=StageDeadlines)
 
@@ -38,9 +104,19 @@ class ServeConfig(BaseModel):
     def _check(self) -> "ServeConfig":
         if not self.variants:
             raise ValueError("variants must name at least one variant")
-        total = sum(self.variants.values())
-        if any(w < 0 for w in self.variants.values()) or abs(total - 1.0) > 1e-6:
-            raise ValueError(f"variants shares must be >= 0 and sum to 1, got {self.variants} (sum {total})")
+        shares = {k: v.share for k, v in self.variants.items()}
+        if abs(sum(shares.values()) - 1.0) > 1e-6:
+            raise ValueError(f"variants shares must sum to 1, got {shares} (sum {sum(shares.values())})")
         if self.popular_pool_size < self.max_k:
             raise ValueError(f"popular_pool_size ({self.popular_pool_size}) must be >= max_k ({self.max_k})")
+        if self.coarse_top_k > self.candidate_top_k:
+            raise ValueError(f"coarse_top_k ({self.coarse_top_k}) must be <= candidate_top_k ({self.candidate_top_k})")
+        if self.max_k > self.coarse_top_k:
+            raise ValueError(f"max_k ({self.max_k}) must be <= coarse_top_k ({self.coarse_top_k})")
+        if self.retrieval_index == "hnsw" and self.hnsw_ef_search < self.candidate_top_k:
+            raise ValueError(f"hnsw_ef_search ({self.hnsw_ef_search}) must be >= candidate_top_k ({self.candidate_top_k})")
         return self
+
+    @property
+    def variant_shares(self) -> dict[str, float]:
+        return {k: v.share for k, v in self.variants.items()}

@@ -1,7 +1,20 @@
-"""The request path: variant -> candidates -> (rankers, as they land) -> response + impression log.
+"""The request path: variant -> inputs -> retrieval -> coarse -> fine -> slate -> response + log.
 
-Stages are awaited through a small adapter so the same code drives in-process stage objects
-(fused layout) and Ray Serve deployment handles (split layout).
+    variant    stable hash of (salt, user) -> the variant's model version for every stage
+    inputs     history, user features, BSE tables: concurrently, each under its own deadline
+    retrieval  two-tower top-N (+ popular items), seen and excluded items removed
+    coarse     HCN, N -> M
+    ranker     SDIM + DIN + DCNv2 over M
+    slate      the variant's exploration policy picks k, with each item's true propensity
+
+A failing or late step never fails the request; it falls back, and the answer says why
+(`degraded_reasons`, and `recstream_degraded_total{stage, reason}`):
+    retrieval fails -> popular items;   coarse fails -> retrieval order;
+    ranker fails or is late -> coarse order;   BSE lacks the version -> no long-term interest;
+    Feast down -> default user features;   item features down -> default item features.
+
+Stages are awaited through `call_stage`, so the same code drives in-process stage objects
+(fused layout) and Ray Serve deployment handles (split layout, batched ranker).
 """
 
 from __future__ import annotations
@@ -11,13 +24,18 @@ import hashlib
 import logging
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
 
 from recstream.events import ImpressionLog, SlateItem
 from services import metrics as m
-from services.api import RecommendRequest, RecommendResponse, ScoredItem
-from services.config import ServeConfig
-from services.stages import StageResult
+from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
+from services.config import ServeConfig, VariantConfig
+from services.exploration import make_slate
+from services.inputs import InputSources
+from services.stages import StageRequest, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -33,57 +51,250 @@ def assign_variant(user_id: str, salt: str, variants: dict[str, float]) -> str:
     return sorted(variants)[-1]
 
 
-async def call_stage(stage: Any, *args) -> StageResult:
+async def call_stage(stage: Any, *args) -> Any:
     if hasattr(stage, "remote"):  # a DeploymentHandle (split layout)
         return await stage.remote(*args)
-    return await asyncio.to_thread(stage, *args)  # in-process (fused layout); Redis I/O off the event loop
+    return await asyncio.to_thread(stage, *args)  # in-process (fused layout): off the event loop
+
+
+@dataclass(frozen=True)
+class VariantRuntime:
+    """A variant with its versions resolved and what its models need as inputs.
+
+    versions: stage -> concrete model version; sdim: the ranker's SDIM config dict (None: no
+    long-term block); *_features: which stages take user / item feature vectors.
+    """
+
+    name: str
+    config: VariantConfig
+    versions: dict[str, str]
+    sdim: Any = None
+    user_features: bool = False
+    item_features: bool = False
+    model_names: dict[str, str] = field(default_factory=dict)
+
+
+class _Trace:
+    """Timings and fallback reasons of one request."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.reasons: list[str] = []
+
+    def degrade(self, stage: str, reason: str) -> None:
+        self.reasons.append(f"{stage}:{reason}")
+        m.DEGRADED.labels(stage, reason).inc()
+
+    def record(self, stage: str, t_start: float) -> None:
+        self.timings[stage] = round((time.perf_counter() - t_start) * 1000, 3)
+        m.STAGE_LATENCY.labels(stage).observe(self.timings[stage] / 1000)
 
 
 class Recommender:
-    def __init__(self, config: ServeConfig, candidates: Any, impression_logger=None):
+    """The request path over injected stages and sources.
+
+    Args:
+        inputs: request-time sources (services/inputs.py).
+        popular: fallback and merge source: `popular(n)` -> [(item, score)] and `__call__(user, k, exclude)`.
+        retrieval / coarse / ranker: stage objects or deployment handles (services/stages.py).
+        variants: name -> VariantRuntime (set again on reconfigure).
+        vectors: features.vectors-like module (user_feature_matrix, item_feature_matrix,
+            default_user_features, default_item_features); None when no model uses features.
+    """
+
+    def __init__(self, config: ServeConfig, inputs: InputSources, popular: Any, retrieval: Any, coarse: Any,
+                 ranker: Any, variants: dict[str, VariantRuntime], impression_logger=None, vectors: Any = None,
+                 seed: int | None = None):
         self.config = config
-        self.candidates = candidates
+        self.inputs = inputs
+        self.popular = popular
+        self.retrieval, self.coarse, self.ranker = retrieval, coarse, ranker
         self.impressions = impression_logger
-        for stage, version in config.model_versions.items():
-            m.MODEL_VERSION.labels(stage, version).set(1)
+        self.vectors = vectors
+        self.rng = np.random.default_rng(seed)
+        self.set_variants(variants)
+
+    def set_variants(self, variants: dict[str, VariantRuntime]) -> None:
+        self.variants = dict(variants)  # one assignment: a request sees the old set or the new one
+        m.MODEL_VERSION.clear()
+        for name, v in variants.items():
+            for stage, version in v.versions.items():
+                m.MODEL_VERSION.labels(name, stage, version).set(1)
+
+    @property
+    def model_versions(self) -> dict[str, dict[str, str]]:
+        return {name: dict(v.versions) for name, v in self.variants.items()}
+
+    # ---- building blocks ----------------------------------------------------------------------
+
+    async def _source(self, tr: _Trace, name: str, fn: Callable, *args, default: Any = None) -> tuple[Any, bool]:
+        """One input source under the inputs deadline. Returns (value, ok)."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.config.deadlines.inputs_timeout_ms / 1000), True
+        except asyncio.TimeoutError:
+            tr.degrade(name, "deadline")
+        except Exception as e:
+            log.warning("input %s failed: %s: %s", name, type(e).__name__, e)
+            tr.degrade(name, "unavailable")
+        return default, False
+
+    async def _stage(self, tr: _Trace, name: str, stage: Any, req: StageRequest, timeout_ms: float) -> StageResult | None:
+        t = time.perf_counter()
+        m.CANDIDATES_IN.labels(name).observe(len(req.items))
+        try:
+            res = await asyncio.wait_for(call_stage(stage, req), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            tr.degrade(name, "deadline")
+            res = None
+        except Exception as e:  # a failing stage degrades the answer; it never becomes a 5xx
+            log.warning("stage %s failed: %s: %s", name, type(e).__name__, e)
+            tr.degrade(name, "error")
+            res = None
+        if res is not None and res.error is not None:
+            tr.degrade(name, "error")
+            res = None
+        tr.record(name, t)
+        if res is not None:
+            m.CANDIDATES.labels(name).observe(len(res.items))
+            for reason in res.reasons:
+                tr.degrade(name, reason)
+        return res
+
+    def _user_vector(self, row: dict | None) -> np.ndarray:
+        import pandas as pd
+
+        if row is None:
+            return self.vectors.default_user_features(1)
+        return self.vectors.user_feature_matrix(pd.DataFrame([row]))
+
+    async def _user_inputs(self, tr: _Trace, user_id: str, v: VariantRuntime):
+        """(history, user feature vector or None, BSE tables or None), fetched concurrently."""
+        t = time.perf_counter()
+        jobs = [self._source(tr, "history", self.inputs.history, user_id, self.config.history_len, default=[])]
+        if v.user_features and self.config.user_feature_source == "feast":
+            jobs.append(self._source(tr, "user_features", self.inputs.user_features, user_id))
+        if v.sdim is not None:
+            jobs.append(self._source(tr, "bse", self.inputs.bse_tables, user_id, v.versions["ranker"], v.sdim))
+        got = await asyncio.gather(*jobs)
+        history = got[0][0]
+        user_row = got[1][0] if v.user_features and self.config.user_feature_source == "feast" else None
+        tables = None
+        if v.sdim is not None:
+            tables, ok = got[-1]
+            if ok and tables is None:  # the BSE does not hold this ranker version (yet)
+                tr.degrade("bse", "version_missing")
+        user_vec = self._user_vector(user_row) if v.user_features else None
+        tr.record("inputs", t)
+        return history, user_vec, tables
+
+    async def _item_vectors(self, tr: _Trace, items: list[str], v: VariantRuntime) -> np.ndarray | None:
+        if not v.item_features:
+            return None
+        raw, ok = await self._source(tr, "item_features", self.inputs.item_features, items)
+        if not ok:
+            return self.vectors.default_item_features(len(items))
+        return self.vectors.item_feature_matrix(raw)
+
+    async def _candidates(self, tr: _Trace, user_id: str, history: list[str], exclude: list[str],
+                          v: VariantRuntime) -> list[tuple[str, float]]:
+        """Retrieval top-N + popular items, seen and excluded removed; popular items on failure."""
+        c = self.config
+        n = c.candidate_top_k
+        res = await self._stage(tr, "retrieval", self.retrieval,
+                                StageRequest(user_id, history, v.versions["retrieval"], top_k=n + c.history_len + len(exclude)),
+                                c.deadlines.candidates_timeout_ms)
+        pool: list[tuple[str, float]] = []
+        if self.popular is not None and (res is None or c.popular_merge_k):
+            try:
+                pool = await asyncio.to_thread(self.popular.popular, max(c.popular_merge_k, n if res is None else 0))
+            except Exception as e:
+                log.warning("popular items unavailable: %s", e)
+                tr.degrade("popular", "unavailable")
+        retrieved = res.items if res is not None else []
+        have = {i for i, _ in retrieved}
+        floor = min((s for _, s in retrieved), default=0.0)
+        # popular items join below the retrieved ones, in popularity order
+        merged = retrieved + [(i, floor) for i, _ in pool[: (c.popular_merge_k if res is not None else n)] if i not in have]
+        banned = set(exclude) | set(history)
+        merged = [(i, s) for i, s in merged if i not in banned]
+        seen, ok = await self._source(tr, "seen", self.inputs.seen, user_id, [i for i, _ in merged])
+        if ok:
+            merged = [p for p, s in zip(merged, seen) if not s]
+        return merged[:n]
+
+    # ---- the two endpoints --------------------------------------------------------------------
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        t0 = time.perf_counter()
+        tr = _Trace()
         request_id = uuid.uuid4().hex
-        variant = assign_variant(req.user_id, self.config.experiment_salt, self.config.variants)
-        timings: dict[str, float] = {}
-        deadline_s = self.config.deadlines.candidates_timeout_ms / 1000
-        ts = time.perf_counter()
-        try:
-            cand = await asyncio.wait_for(call_stage(self.candidates, req.user_id, req.k, req.exclude), deadline_s)
-        except asyncio.TimeoutError:
-            cand = StageResult(items=[], degraded=True, reasons=["deadline"])
-        except Exception as e:  # a failing stage degrades the answer; it never becomes a 5xx
-            log.exception("stage candidates failed for request %s", request_id)
-            cand = StageResult(items=[], degraded=True, reasons=[type(e).__name__])
-        timings["candidates"] = (time.perf_counter() - ts) * 1000
-        m.STAGE_LATENCY.labels("candidates").observe(timings["candidates"] / 1000)
-        m.CANDIDATES.labels("candidates").observe(len(cand.items))
-        for reason in cand.reasons:
-            m.DEGRADED.labels("candidates", reason).inc()
+        variant = assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
+        v = self.variants[variant]
+        c = self.config
+        history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
 
-        items = cand.items[: req.k]
-        timings["total"] = (time.perf_counter() - t0) * 1000
-        m.STAGE_LATENCY.labels("total").observe(timings["total"] / 1000)
+        cands = await self._candidates(tr, req.user_id, history, list(req.exclude), v)
+        items = [i for i, _ in cands]
+        item_vecs = await self._item_vectors(tr, items, v)
+
+        coarse = await self._stage(tr, "coarse", self.coarse,
+                                   StageRequest(req.user_id, history, v.versions["coarse"], top_k=c.coarse_top_k,
+                                                items=items, user_feats=user_vec, item_feats=item_vecs),
+                                   c.deadlines.coarse_timeout_ms)
+        ordered = coarse.items if coarse is not None else cands[: c.coarse_top_k]  # fallback: retrieval order
+        survivors = [i for i, _ in ordered]
+        row = {item: n for n, item in enumerate(items)}
+        fine = await self._stage(tr, "ranker", self.ranker,
+                                 StageRequest(req.user_id, history, v.versions["ranker"], top_k=len(survivors),
+                                              items=survivors, user_feats=user_vec, tables=tables,
+                                              item_feats=None if item_vecs is None else item_vecs[[row[i] for i in survivors]]),
+                                 c.deadlines.ranker_timeout_ms)
+        ranked = fine.items if fine is not None else ordered  # fallback: coarse order
+
+        slots = make_slate(ranked, req.k, v.config.exploration, self.rng)
+        m.EXPLORED.labels(variant).inc(sum(s.explored for s in slots))
+        tr.timings["total"] = round((time.perf_counter() - tr.t0) * 1000, 3)
+        m.STAGE_LATENCY.labels("total").observe(tr.timings["total"] / 1000)
         m.REQUESTS.labels(variant).inc()
         resp = RecommendResponse(
-            request_id=request_id,
-            items=[ScoredItem(item_id=i, score=s) for i, s in items],
-            variant=variant,
-            model_versions=dict(self.config.model_versions),
-            degraded=cand.degraded,
-            timings_ms={k: round(v, 3) for k, v in timings.items()},
-        )
+            request_id=request_id, items=[ScoredItem(item_id=s.item_id, score=s.score) for s in slots], variant=variant,
+            model_versions=dict(v.versions), degraded=bool(tr.reasons), degraded_reasons=tr.reasons,
+            timings_ms=tr.timings)
         if self.impressions is not None:
+            shown = [s.item_id for s in slots]
             self.impressions.log(ImpressionLog(
                 request_id=request_id, user_id=req.user_id, ts=int(time.time() * 1000), variant=variant,
                 model_versions=resp.model_versions, timings_ms=resp.timings_ms, degraded=resp.degraded,
-                # The popularity policy is deterministic: each shown item had probability 1 at its slot.
-                slate=[SlateItem(item_id=i, position=p, score=s, propensity=1.0) for p, (i, s) in enumerate(items)],
+                policy=v.config.exploration.policy,
+                slate=[SlateItem(item_id=s.item_id, position=p, score=s.score, propensity=s.propensity)
+                       for p, s in enumerate(slots)],
+                features=self._served_features(history, user_vec, item_vecs, row, shown, tables is not None),
             ))
         return resp
+
+    def _served_features(self, history, user_vec, item_vecs, row, shown, long_term: bool) -> dict:
+        """What the ranker saw, compactly: enough to rebuild its inputs for the shown items."""
+        out: dict[str, Any] = {"history_tail": history[-50:], "history_len": len(history), "long_term": long_term}
+        if user_vec is not None:
+            out["user"] = [round(float(x), 6) for x in user_vec[0]]
+        if item_vecs is not None:
+            out["items"] = {i: [round(float(x), 6) for x in item_vecs[row[i]]] for i in shown if i in row}
+        return out
+
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        """Fine-ranker scores of the given items (unknown items: the ranker's OOV rows)."""
+        tr = _Trace()
+        variant = assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
+        v = self.variants[variant]
+        history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
+        items = list(dict.fromkeys(req.item_ids))
+        item_vecs = await self._item_vectors(tr, items, v)
+        fine = await self._stage(tr, "ranker", self.ranker,
+                                 StageRequest(req.user_id, history, v.versions["ranker"], top_k=len(items), items=items,
+                                              user_feats=user_vec, item_feats=item_vecs, tables=tables),
+                                 self.config.deadlines.ranker_timeout_ms)
+        scores = dict(fine.items) if fine is not None else {}
+        tr.timings["total"] = round((time.perf_counter() - tr.t0) * 1000, 3)
+        return ScoreResponse(user_id=req.user_id, variant=variant, model_version=v.versions["ranker"],
+                             scores={i: scores.get(i) for i in req.item_ids}, degraded=bool(tr.reasons),
+                             degraded_reasons=tr.reasons, timings_ms=tr.timings)

@@ -2,7 +2,13 @@
 
 The same objects run in-process inside the ingress replica (fused layout) or each behind its own
 Ray Serve deployment (split layout); see services/app.py. A stage never raises for a dependency
-outage: it returns what it can with `degraded=True` and a reason.
+outage: it returns what it can with `degraded=True` and a reason. The model stages hold every
+model version their variants name (`load`), so a request names its version and a new version
+is swapped in whole, never half loaded.
+
+    retrieval  StageRequest(user, history, top_k=N)           -> N (item, two-tower score)
+    coarse     StageRequest(..., items=N candidates, top_k=M) -> M (item, HCN score)
+    ranker     StageRequest(..., items=M candidates)          -> all M (item, click probability)
 """
 
 from __future__ import annotations
@@ -11,8 +17,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
 
+import numpy as np
 import redis
+
+from services.config import ModelRef
+from services.servables import CoarseServable, RankerServable, RetrievalServable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +33,102 @@ class StageResult:
     items: list[tuple[str, float]]  # (item_id, score), best first
     degraded: bool = False
     reasons: list[str] = field(default_factory=list)
+    version: str | None = None  # the model version that produced the scores
+    error: str | None = None  # set by a stage deployment that failed: the ingress falls back
+
+
+@dataclass
+class StageRequest:
+    """One request's inputs to a model stage (picklable: crosses deployments in the split layout).
+
+    Args:
+        version: which loaded model version scores the request.
+        items: (N,) candidate item ids (empty for retrieval).
+        user_feats: (1, Fu) float32 user vector (features/vectors.py layout) or None.
+        item_feats: (N, Fi) float32 item vectors aligned with `items`, or None.
+        tables: (S, B, d) float32 BSE bucket sums for the ranker version, or None (no long-term).
+    """
+
+    user_id: str
+    history: list[str]
+    version: str
+    top_k: int
+    items: list[str] = field(default_factory=list)
+    user_feats: np.ndarray | None = None
+    item_feats: np.ndarray | None = None
+    tables: np.ndarray | None = None
+
+
+S = TypeVar("S")
+
+
+class _Versioned(Generic[S]):
+    """Model versions by concrete version; `load` replaces the whole set at once."""
+
+    def __init__(self, factory: Callable[[ModelRef], S]):
+        self.factory = factory
+        self.models: dict[str, S] = {}
+
+    def load(self, refs: list[ModelRef]) -> dict[str, str]:
+        """Load every ref (reusing versions already loaded); returns ref version -> concrete version."""
+        new: dict[str, S] = {}
+        resolved: dict[str, str] = {}
+        for ref in refs:
+            model = self.factory(ref)  # resolves 'latest'; cheap when it names a loaded version (see _cached)
+            new[model.version] = model
+            resolved[ref.version] = model.version
+        self.models = new  # one assignment: a request sees the old set or the new one
+        return resolved
+
+    def get(self, version: str) -> S:
+        return self.models[version]
+
+
+def _top(items: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(items[i], float(scores[i])) for i in order]
+
+
+class RetrievalStage:
+    """Two-tower candidate generation (exact or HNSW top-N)."""
+
+    name = "retrieval"
+
+    def __init__(self, factory: Callable[[ModelRef], RetrievalServable]):
+        self.versions: _Versioned[RetrievalServable] = _Versioned(factory)
+
+    def __call__(self, req: StageRequest) -> StageResult:
+        model = self.versions.get(req.version)
+        ids, scores = model.top_n(model.user_vector(req.user_id, req.history), req.top_k)
+        return StageResult(items=[(str(i), float(s)) for i, s in zip(ids, scores)], version=model.version)
+
+
+class CoarseStage:
+    """HCN coarse ranking, N -> M."""
+
+    name = "coarse"
+
+    def __init__(self, factory: Callable[[ModelRef], CoarseServable]):
+        self.versions: _Versioned[CoarseServable] = _Versioned(factory)
+
+    def __call__(self, req: StageRequest) -> StageResult:
+        model = self.versions.get(req.version)
+        scores = model.score(req.user_id, req.history, req.items, req.user_feats, req.item_feats)
+        return StageResult(items=_top(req.items, scores, req.top_k), version=model.version)
+
+
+class RankerStage:
+    """SDIM + DIN + DCNv2 fine ranking: every candidate scored, best first."""
+
+    name = "ranker"
+
+    def __init__(self, factory: Callable[[ModelRef], RankerServable]):
+        self.versions: _Versioned[RankerServable] = _Versioned(factory)
+
+    def __call__(self, req: StageRequest) -> StageResult:
+        model = self.versions.get(req.version)
+        scores = model.score(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
+        return StageResult(items=_top(req.items, scores, len(req.items)), version=model.version)
 
 
 class PopularityCandidates:
@@ -58,6 +165,13 @@ class PopularityCandidates:
                 # Keep serving the last pool we had: stale popularity beats an error page.
                 log.warning("candidates: popularity refresh failed (%s); serving cached pool of %d", e, len(self._pool))
                 return self._pool, False
+
+    def popular(self, n: int) -> list[tuple[str, float]]:
+        """The n most popular items (cached pool); raises when Redis is down and nothing is cached."""
+        pool, ok = self._popular()
+        if not ok and not pool:
+            raise redis.ConnectionError("popularity unavailable and no cached pool")
+        return pool[:n]
 
     def __call__(self, user_id: str, k: int, exclude: list[str] | None = None) -> StageResult:
         pool, ok = self._popular()

@@ -14,8 +14,12 @@ PANELS = [
         ('histogram_quantile(0.99, sum by (le, stage) (rate(recstream_stage_latency_seconds_bucket[1m])))', "p99 {{stage}}")]),
     ("Requests/s by variant", "reqps", [('sum by (variant) (rate(recstream_requests_total[1m]))', "{{variant}}")]),
     ("Degraded answers/s by reason", "reqps", [('sum by (stage, reason) (rate(recstream_degraded_total[1m]))', "{{stage}} {{reason}}")]),
-    ("Candidates per stage (p50)", "short", [
-        ('histogram_quantile(0.5, sum by (le, stage) (rate(recstream_stage_candidates_bucket[5m])))', "{{stage}}")]),
+    ("Candidates in/out per stage (p50)", "short", [
+        ('histogram_quantile(0.5, sum by (le, stage) (rate(recstream_stage_candidates_in_bucket[5m])))', "in {{stage}}"),
+        ('histogram_quantile(0.5, sum by (le, stage) (rate(recstream_stage_candidates_bucket[5m])))', "out {{stage}}")]),
+    ("Ranker batch size (mean) and explored slots/s", "short", [
+        ('sum(rate(recstream_ranker_batch_size_sum[1m])) / sum(rate(recstream_ranker_batch_size_count[1m]))', "mean batch"),
+        ('sum by (variant) (rate(recstream_explored_slots_total[1m]))', "explored {{variant}}")]),
     ("Impression log sent vs dropped", "ops", [
         ('rate(recstream_impression_log_sent_total[1m])', "sent"),
         ('sum by (reason) (rate(recstream_impression_log_dropped_total[1m]))', "dropped {{reason}}")]),
@@ -31,7 +35,7 @@ PANELS = [
         ('sum by (processor) (rate(recstream_processor_dlq_total[5m]))', "dlq {{processor}}"),
         ('sum by (processor) (rate(recstream_processor_retries_total[5m]))', "retries {{processor}}"),
         ('sum by (processor) (rate(recstream_processor_duplicates_total[5m]))', "redelivered {{processor}}")]),
-    ("Model versions served", "short", [('recstream_model_version_info', "{{stage}} {{version}}")]),
+    ("Model versions served", "short", [('recstream_model_version_info', "{{variant}} {{stage}} {{version}}")]),
 ]
 
 

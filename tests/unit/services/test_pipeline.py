@@ -2,12 +2,19 @@ import asyncio
 import time
 from collections import Counter
 
+import numpy as np
+import pytest
+import torch
+
 from recstream.events import ImpressionLog
-from services.api import RecommendRequest
+from services.api import RecommendRequest, ScoreRequest
 from services.config import ServeConfig
 from services.impression_log import ImpressionLogger
-from services.pipeline import Recommender, assign_variant
+from services.inputs import InMemoryInputs
+from services.pipeline import assign_variant
+from services.runtime import local_recommender
 from services.stages import StageResult
+from tests.serving_fixtures import save_stage_models
 
 
 def test_variant_assignment_is_stable_and_follows_shares():
@@ -29,29 +36,168 @@ class _Logger:
         self.records.append(rec)
 
 
-def test_recommender_logs_the_served_slate():
-    stage = lambda user, k, exclude: StageResult(items=[("a", 3.0), ("b", 2.0), ("c", 1.0)][:k])
+class _Popular:
+    def __init__(self, items, fail=False):
+        self.items, self.fail = items, fail
+
+    def popular(self, n):
+        if self.fail:
+            raise ConnectionError("redis down")
+        return [(i, float(len(self.items) - k)) for k, i in enumerate(self.items[:n])]
+
+
+HISTORIES = {"u1": [f"i{k}" for k in range(0, 60, 3)], "u2": ["i5", "i7"]}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts")
+    save_stage_models(root)
+    return root
+
+
+def _rec(artifacts, inputs=None, popular=None, **cfg):
+    config = ServeConfig(artifacts_dir=str(artifacts), candidate_top_k=100, coarse_top_k=40, max_k=20,
+                         popular_pool_size=100, history_len=50, popular_merge_k=5, **cfg)
+    inputs = inputs or InMemoryInputs(histories=dict(HISTORIES))
     logger = _Logger()
-    rec = Recommender(ServeConfig(), stage, logger)
-    resp = asyncio.run(rec.recommend(RecommendRequest(user_id="u", k=2)))
-    assert [i.item_id for i in resp.items] == ["a", "b"] and not resp.degraded
-    assert set(resp.timings_ms) == {"candidates", "total"}
+    return local_recommender(config, inputs, popular or _Popular([f"i{k}" for k in range(290, 300)] + ["new-item"]),
+                             logger, seed=0), inputs, logger
+
+
+def _run(rec, **kw):
+    return asyncio.run(rec.recommend(RecommendRequest(**{"user_id": "u1", "k": 10, **kw})))
+
+
+def test_every_stage_runs_reports_its_timing_and_version(artifacts):
+    rec, _, logger = _rec(artifacts)
+    resp = _run(rec, exclude=["i1", "i2"])
+    assert not resp.degraded, resp.degraded_reasons
+    assert set(resp.timings_ms) == {"inputs", "retrieval", "coarse", "ranker", "total"}
+    assert resp.model_versions == {"retrieval": "v1", "coarse": "v1", "ranker": "v1"}
+    ids = [i.item_id for i in resp.items]
+    assert len(ids) == 10 == len(set(ids))
+    assert not set(ids) & (set(HISTORIES["u1"]) | {"i1", "i2"})  # seen and excluded items never come back
+    scores = [i.score for i in resp.items]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)  # click probabilities, best first
     [log] = logger.records
-    assert log.request_id == resp.request_id and [s.item_id for s in log.slate] == ["a", "b"]
+    assert log.request_id == resp.request_id and [s.item_id for s in log.slate] == ids
+    assert all(s.propensity == 1.0 for s in log.slate) and log.policy == "deterministic"
+    assert log.features["history_tail"] == HISTORIES["u1"] and log.features["long_term"] is True
 
 
-def test_failing_or_slow_stage_degrades_instead_of_raising():
-    def broken(user, k, exclude):
-        raise ConnectionError("redis down")
+def test_unknown_user_gets_a_cold_start_answer(artifacts):
+    rec, _, _ = _rec(artifacts)
+    resp = _run(rec, user_id="never-seen")
+    assert len(resp.items) == 10 and not resp.degraded
 
-    def slow(user, k, exclude):
-        time.sleep(0.5)
-        return StageResult(items=[("a", 1.0)])
 
-    for stage in (broken, slow):
-        cfg = ServeConfig(deadlines={"candidates_timeout_ms": 50})
-        resp = asyncio.run(Recommender(cfg, stage, None).recommend(RecommendRequest(user_id="u", k=2)))
-        assert resp.degraded and resp.items == []
+def _fails(stage_name):
+    def boom(req):
+        raise RuntimeError(f"{stage_name} broken (test)")
+    return boom
+
+
+def test_retrieval_failure_falls_back_to_popular_items(artifacts):
+    rec, _, _ = _rec(artifacts)
+    rec.retrieval = _fails("retrieval")
+    resp = _run(rec)
+    assert "retrieval:error" in resp.degraded_reasons and resp.degraded
+    assert {i.item_id for i in resp.items} <= {f"i{k}" for k in range(290, 300)} | {"new-item"}
+    assert resp.timings_ms["ranker"] > 0  # the popular items were still ranked
+
+
+def test_coarse_failure_keeps_retrieval_order_into_the_ranker(artifacts):
+    rec, _, _ = _rec(artifacts)
+    rec.coarse = _fails("coarse")
+    resp = _run(rec)
+    assert resp.degraded_reasons == ["coarse:error"] and len(resp.items) == 10
+
+
+def test_ranker_failure_or_deadline_serves_coarse_order(artifacts):
+    rec, _, _ = _rec(artifacts)
+    expected = _run(rec)
+    rec.ranker = _fails("ranker")
+    broken = _run(rec)
+    assert broken.degraded_reasons == ["ranker:error"]
+
+    def slow(req):
+        time.sleep(0.3)
+        return StageResult(items=[])
+
+    rec2, _, _ = _rec(artifacts, deadlines={"ranker_timeout_ms": 50})
+    rec2.ranker = slow
+    late = _run(rec2)
+    assert late.degraded_reasons == ["ranker:deadline"]
+    assert [i.item_id for i in late.items] == [i.item_id for i in broken.items]  # both: the coarse ranking
+    assert [i.item_id for i in broken.items] != [i.item_id for i in expected.items]
+
+
+def test_bse_without_the_version_runs_the_ranker_without_long_term_interest(artifacts):
+    inputs = InMemoryInputs(histories=dict(HISTORIES), held_versions=set())
+    rec, _, logger = _rec(artifacts, inputs=inputs)
+    resp = _run(rec)
+    assert resp.degraded_reasons == ["bse:version_missing"] and len(resp.items) == 10
+    assert logger.records[0].features["long_term"] is False
+
+
+def test_input_outages_degrade_with_reasons(artifacts):
+    inputs = InMemoryInputs(histories=dict(HISTORIES))
+    inputs.fail = {"history", "seen", "bse"}
+    rec, _, _ = _rec(artifacts, inputs=inputs, popular=_Popular([], fail=True))
+    resp = _run(rec)
+    assert {"history:unavailable", "seen:unavailable", "bse:unavailable", "popular:unavailable"} <= set(resp.degraded_reasons)
+    assert len(resp.items) == 10  # an answer all the same
+
+
+def test_slow_input_source_misses_its_deadline_only(artifacts):
+    inputs = InMemoryInputs(histories=dict(HISTORIES))
+    inputs.delay_s = {"bse": 0.3}
+    rec, _, _ = _rec(artifacts, inputs=inputs, deadlines={"inputs_timeout_ms": 50})
+    resp = _run(rec)
+    assert resp.degraded_reasons == ["bse:deadline"] and len(resp.items) == 10
+
+
+def test_served_scores_equal_the_models_offline_scores(artifacts):
+    """The ranker scores the server returns equal the model's forward pass on the same inputs."""
+    from features.model_store import load_artifact, load_vocabs
+    from models.sdim import sdim_interest_from_tables
+    from models.sdim_hash import SdimHasher
+
+    rng = np.random.default_rng(0)
+    model, _ = load_artifact("ranker", "v1", artifacts)
+    voc = load_vocabs("ranker", "v1", artifacts)
+    c = model.config
+    table = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+    inputs = InMemoryInputs(histories=dict(HISTORIES), tables={("u1", "v1"): table})
+    rec, _, _ = _rec(artifacts, inputs=inputs)
+    resp = _run(rec)
+    items = [i.item_id for i in resp.items]
+    rows = torch.as_tensor(voc["item"].encode(items))
+    hist = torch.as_tensor(voc["item"].encode(HISTORIES["u1"][-c.short_len:]))
+    hist = torch.cat([torch.zeros(c.short_len - len(hist), dtype=torch.long), hist])
+    sigs = SdimHasher(c.sdim).signatures_np(model.item_embedding_table()[rows.numpy()])
+    batch = {"user": torch.full((len(items),), voc["user"].index("u1")), "item": rows,
+             "hist": hist.expand(len(items), -1), "long_interest": torch.as_tensor(sdim_interest_from_tables(table, sigs))}
+    with torch.no_grad():
+        offline = model(batch)["prob"].numpy()
+    np.testing.assert_allclose([i.score for i in resp.items], offline, atol=1e-4)
+
+
+def test_score_endpoint_scores_given_items_including_unknown_ones(artifacts):
+    rec, _, _ = _rec(artifacts)
+    resp = asyncio.run(rec.score(ScoreRequest(user_id="u1", item_ids=["i3", "i9", "brand-new"])))
+    assert set(resp.scores) == {"i3", "i9", "brand-new"} and all(0 < s < 1 for s in resp.scores.values())
+    assert resp.model_version == "v1" and not resp.degraded
+
+
+def test_exploration_logs_true_propensities_through_the_path(artifacts):
+    variants = {"A": {"share": 1.0, "exploration": {"policy": "epsilon_slot", "epsilon": 0.5, "pool_size": 10}}}
+    rec, _, logger = _rec(artifacts, variants=variants)
+    for _ in range(20):
+        _run(rec)
+    props = {s.propensity for r in logger.records for s in r.slate}
+    assert props == {0.5, 0.05} and all(r.policy == "epsilon_slot" for r in logger.records)
 
 
 def test_impression_logger_never_blocks_and_counts_drops():

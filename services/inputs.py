@@ -1,0 +1,162 @@
+"""Request-time inputs, read from what the stream wrote.
+
+    history        the user's recent behaviours      BSE sequence (bse-encoder), one LRANGE
+    user features  rolling user features             Feast online store (feature-writer)
+    SDIM tables    long-term interest, per version   BSE tables (bse-encoder), one GET
+    item features  per candidate                     packed item blobs (feature-publisher), one MGET
+    seen items     for filtering                     popularity processor's seen set, one SMISMEMBER
+
+Every read is small and bounded; each source has its own deadline in the ingress
+(services/pipeline.py), and a failing source gives a default with a reason instead of an error.
+The interface is small so unit tests use `InMemoryInputs` and integration tests the Redis one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import redis
+
+from features.bse.redis_store import RedisBseStore
+from features.bse.store import DEFAULT_ITEM_BITS, TableVersion
+from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
+from models.sdim_hash import SdimConfig, SdimHasher
+
+log = logging.getLogger(__name__)
+
+
+class InputSources(ABC):
+    """Args of every method: one user (and candidates); each may raise on an outage (the caller
+    turns that into a default and a reason)."""
+
+    @abstractmethod
+    def history(self, user_id: str, last_n: int) -> list[str]:
+        """The user's last `last_n` behaviour item ids, oldest first ([] for a new user)."""
+
+    @abstractmethod
+    def user_features(self, user_id: str) -> dict[str, object] | None:
+        """Raw user feature row (Feast names -> values), None when the store has none."""
+
+    @abstractmethod
+    def bse_tables(self, user_id: str, ranker_version: str, sdim: SdimConfig) -> np.ndarray | None:
+        """(S, B, d) float32 bucket sums of the user for the ranker version; None when the BSE
+        does not hold that version at all (then the ranker runs without long-term interest)."""
+
+    @abstractmethod
+    def item_features(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(N, len(ITEM_FEATURE_NAMES)) float32 raw item features; NaN rows for unknown items."""
+
+    @abstractmethod
+    def seen(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
+        """(N,) bool: the user already interacted with the item."""
+
+
+class RedisInputs(InputSources):
+    """The real sources on one Redis (Feast's online store may be the same Redis).
+
+    Args:
+        client: redis-py client with short socket timeouts (ServeConfig.deadlines.redis_timeout_ms).
+        prefix: Settings.redis_prefix.
+        feast_repo: features.feast_repo.FeatureRepo, or None (user features off: defaults).
+        item_cache_ttl_s: in-replica cache of item blobs.
+        bse_version_check_s: how often a version the BSE did not hold is looked up again.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, feast_repo=None, item_cache_ttl_s: float = 1.0,
+                 bse_version_check_s: float = 5.0):
+        self.r = client
+        self.prefix = prefix
+        self.feast = feast_repo
+        self.bse = RedisBseStore(client, prefix=prefix)
+        self.items = RedisItemFeatures(client, prefix=prefix, cache_ttl_s=item_cache_ttl_s)
+        self.bse_version_check_s = bse_version_check_s
+        self._versions: dict[str, tuple[TableVersion, bool, float]] = {}  # ranker version -> (tv, held, checked at)
+
+    def history(self, user_id: str, last_n: int) -> list[str]:
+        return self.bse.sequence(user_id, last_n=last_n)
+
+    def user_features(self, user_id: str) -> dict[str, object] | None:
+        if self.feast is None:
+            return None
+        row = self.feast.online_user_features([user_id]).iloc[0].to_dict()
+        row.pop("user_id", None)
+        return None if all(v is None or (isinstance(v, float) and np.isnan(v)) for v in row.values()) else row
+
+    def _table_version(self, ranker_version: str, sdim: SdimConfig) -> tuple[TableVersion, bool]:
+        now = time.monotonic()
+        hit = self._versions.get(ranker_version)
+        if hit is not None and (hit[1] or now - hit[2] < self.bse_version_check_s):
+            return hit[0], hit[1]
+        tv = hit[0] if hit else TableVersion(SdimHasher(sdim), None, model_version=ranker_version, item_bits=DEFAULT_ITEM_BITS)
+        if hit is None:
+            self.bse.register_version(tv, maintain=False)
+        held = bool(self.r.exists(f"{self.prefix}:bse:ver:{tv.name}"))  # a writer registered (maintains) it
+        self._versions[ranker_version] = (tv, held, now)
+        return tv, held
+
+    def bse_tables(self, user_id: str, ranker_version: str, sdim: SdimConfig) -> np.ndarray | None:
+        tv, held = self._table_version(ranker_version, sdim)
+        if not held:
+            return None
+        return self.bse.tables([user_id], tv)[0]
+
+    def item_features(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self.items.read(list(item_ids))
+
+    def seen(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
+        if not item_ids:
+            return np.zeros(0, dtype=bool)
+        return np.asarray(self.r.smismember(f"{self.prefix}:seen:{user_id}", list(item_ids)), dtype=bool)
+
+
+class InMemoryInputs(InputSources):
+    """Dict-backed sources for unit tests; `fail` names sources that raise ConnectionError."""
+
+    def __init__(self, histories: dict[str, list[str]] | None = None, user_rows: dict[str, dict] | None = None,
+                 tables: dict[tuple[str, str], np.ndarray] | None = None, item_rows: dict[str, np.ndarray] | None = None,
+                 held_versions: set[str] | None = None):
+        self.histories = histories or {}
+        self.user_rows = user_rows or {}
+        self.tables = tables or {}
+        self.item_rows = item_rows or {}
+        self.held_versions = held_versions
+        self.fail: set[str] = set()
+        self.delay_s: dict[str, float] = {}
+
+    def _maybe_fail(self, source: str) -> None:
+        if source in self.delay_s:
+            time.sleep(self.delay_s[source])
+        if source in self.fail:
+            raise ConnectionError(f"{source} down (test)")
+
+    def history(self, user_id: str, last_n: int) -> list[str]:
+        self._maybe_fail("history")
+        return list(self.histories.get(user_id, []))[-last_n:]
+
+    def user_features(self, user_id: str) -> dict[str, object] | None:
+        self._maybe_fail("user_features")
+        return self.user_rows.get(user_id)
+
+    def bse_tables(self, user_id: str, ranker_version: str, sdim: SdimConfig) -> np.ndarray | None:
+        self._maybe_fail("bse")
+        if self.held_versions is not None and ranker_version not in self.held_versions:
+            return None
+        shape = (sdim.n_signatures, sdim.n_buckets, sdim.dim)
+        return self.tables.get((user_id, ranker_version), np.zeros(shape, dtype=np.float32))
+
+    def item_features(self, item_ids: Sequence[str]) -> np.ndarray:
+        self._maybe_fail("item_features")
+        out = np.full((len(item_ids), len(ITEM_FEATURE_NAMES)), np.nan, dtype=np.float32)
+        for i, item in enumerate(item_ids):
+            if item in self.item_rows:
+                out[i] = self.item_rows[item]
+        return out
+
+    def seen(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
+        self._maybe_fail("seen")
+        hist = set(self.histories.get(user_id, []))
+        return np.fromiter((i in hist for i in item_ids), dtype=bool, count=len(item_ids))

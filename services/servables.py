@@ -1,0 +1,243 @@
+"""Model versions loaded for serving: the three stages' models with their vocabularies.
+
+Each servable turns raw ids into the model's rows (unknown ids -> the model's hashed OOV rows:
+the cold-start path) and computes one request's scores under `torch.inference_mode`. Work that
+does not depend on the request is done once at load: the two-tower's item matrix (and its ANN
+index), the ranker's item embedding table and the SDIM signatures of every known item.
+
+Args common to the loaders:
+    ref: which artefact (name, version or 'latest').
+    root: artefact root (ServeConfig.artifacts_dir).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from features.model_store import artifact_path, load_artifact, load_vocabs
+from models.layers import Vocab
+from models.sdim import sdim_interest_from_tables
+from models.sdim_hash import SdimHasher
+from services.config import ModelRef
+from services.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def resolve(ref: ModelRef, root: str | None) -> str:
+    """The concrete version a ref names ('latest' -> the newest artefact)."""
+    try:
+        return artifact_path(ref.name, None if ref.version == "latest" else ref.version, root).name
+    except Exception as e:
+        raise ModelLoadError(ref.name, ref.version, str(e)) from e
+
+
+def _load(ref: ModelRef, root: str | None, device: str):
+    version = resolve(ref, root)
+    try:
+        model, manifest = load_artifact(ref.name, version, root, map_location=device)
+        vocabs = load_vocabs(ref.name, version, root)
+    except Exception as e:
+        raise ModelLoadError(ref.name, version, str(e)) from e
+    return model.to(device), manifest, vocabs
+
+
+def _feature_names(manifest: dict, key: str) -> tuple[str, ...]:
+    extra = manifest.get("extra") or {}
+    return tuple(manifest.get(key) or extra.get(key) or ())
+
+
+def _hist_rows(vocab: Vocab, hist: Sequence[str], length: int) -> torch.Tensor:
+    """(1, length) right-aligned item rows of the last `length` behaviours, 0-padded."""
+    rows = np.zeros(length, dtype=np.int64)
+    tail = vocab.encode(hist[-length:]) if hist else np.zeros(0, dtype=np.int64)
+    if len(tail):
+        rows[-len(tail):] = tail
+    return torch.from_numpy(rows)[None, :]
+
+
+@dataclass
+class RequestFeatures:
+    """Dense inputs of one request, already in the models' vector layout (features/vectors.py).
+
+    user: (1, Fu) float32 or None when no model uses user features.
+    """
+
+    user: np.ndarray | None = None
+
+
+class RetrievalServable:
+    """Two-tower: user vector from the live history, exact or HNSW top-N over the item matrix."""
+
+    stage = "retrieval"
+
+    def __init__(self, ref: ModelRef, root: str | None, index: str = "exact", hnsw_m: int = 32,
+                 hnsw_ef_search: int = 1200, device: str = "cpu"):
+        self.model, self.manifest, self.vocabs = _load(ref, root, device)
+        self.name, self.version = ref.name, self.manifest["version"]
+        self.device = device
+        self.hist_len = self.model.config.hist_len
+        items = self.vocabs["item"]
+        self.item_ids = np.asarray(items.tokens, dtype=object)  # (V,) catalogue = the known items
+        with torch.inference_mode():
+            rows = torch.arange(1, len(items) + 1, device=device)
+            self.item_matrix = self.model.item_vectors(rows).float().cpu().numpy()  # (V, d), L2-normalised
+        self.index_kind = index
+        self._index = None
+        if index == "hnsw":
+            import faiss
+
+            self._index = faiss.IndexHNSWFlat(self.item_matrix.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self._index.hnsw.efSearch = hnsw_ef_search
+            self._index.add(self.item_matrix)
+
+    def user_vector(self, user_id: str, hist: Sequence[str]) -> np.ndarray:
+        batch = {"user": torch.tensor([self.vocabs["user"].index(user_id)], device=self.device),
+                 "hist": _hist_rows(self.vocabs["item"], hist, self.hist_len).to(self.device)}
+        with torch.inference_mode():
+            return self.model.user_vectors(batch)[0].float().cpu().numpy()  # (d,)
+
+    def top_n(self, user_vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (item ids (n,), scores (n,)) best first."""
+        n = min(n, len(self.item_ids))
+        if self._index is not None:
+            scores, idx = self._index.search(user_vec[None, :].astype(np.float32), n)
+            keep = idx[0] >= 0
+            idx, scores = idx[0][keep], scores[0][keep]
+        else:
+            all_scores = self.item_matrix @ user_vec  # (V,)
+            idx = np.argpartition(-all_scores, n - 1)[:n] if n < len(all_scores) else np.arange(len(all_scores))
+            idx = idx[np.argsort(-all_scores[idx], kind="stable")]
+            scores = all_scores[idx]
+        return self.item_ids[idx], scores / self.model.config.temperature
+
+
+class CoarseServable:
+    """HCN: the user's interests once per request, then K dot products per candidate."""
+
+    stage = "coarse"
+
+    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
+        self.model, self.manifest, self.vocabs = _load(ref, root, device)
+        self.name, self.version = ref.name, self.manifest["version"]
+        self.device = device
+        self.user_vector_names = _feature_names(self.manifest, "user_vector_names")
+        self.item_vector_names = _feature_names(self.manifest, "item_vector_names")
+        c = self.model.config
+        self.uses_user_features = getattr(c, "n_user_feats", 0) > 0
+        self.uses_item_features = getattr(c, "n_item_feats", 0) > 0
+
+    def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], user_feats: np.ndarray | None,
+              item_feats: np.ndarray | None) -> np.ndarray:
+        """Returns (N,) scores of `items` for the user."""
+        d = self.device
+        batch = {"user": torch.tensor([self.vocabs["user"].index(user_id)], device=d),
+                 "hist": _hist_rows(self.vocabs["item"], hist, self.model.config.long_len).to(d)}
+        if self.uses_user_features:
+            batch["user_feats"] = torch.as_tensor(user_feats, device=d)
+        rows = torch.from_numpy(self.vocabs["item"].encode(items)).to(d)
+        with torch.inference_mode():
+            u = self.model.interests(batch)[0]  # (1, K, d)
+            v = (self.model.item_vectors(rows, torch.as_tensor(item_feats, device=d)) if self.uses_item_features
+                 else self.model.item_vectors(rows))  # (N, d)
+            return self.model.score(u, v)[0].float().cpu().numpy()  # (N,)
+
+
+class RankerServable:
+    """SDIM + DIN + DCNv2: long-term interest from the user's BSE tables, DIN over the last 50."""
+
+    stage = "ranker"
+
+    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
+        self.model, self.manifest, self.vocabs = _load(ref, root, device)
+        self.name, self.version = ref.name, self.manifest["version"]
+        self.device = device
+        c = self.model.config
+        self.user_vector_names = _feature_names(self.manifest, "user_vector_names")
+        self.item_vector_names = _feature_names(self.manifest, "item_vector_names")
+        self.uses_user_features = getattr(c, "n_user_feats", 0) > 0
+        self.uses_item_features = getattr(c, "n_item_feats", 0) > 0
+        self.long_term = c.long_term
+        self.hasher = SdimHasher(c.sdim) if c.long_term == "sdim" else None
+        emb_path = artifact_path(ref.name, self.version, root) / "item_embeddings.npy"
+        self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
+        # signatures of every item row, once: candidates gather theirs by row
+        self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
+        self._lock = threading.Lock()
+
+    def long_interest(self, rows: np.ndarray, tables: np.ndarray | None) -> np.ndarray | None:
+        """(M, d) SDIM interest from the user's bucket tables (S, B, d); None -> the block is empty."""
+        if self.hasher is None or tables is None:
+            return None
+        return sdim_interest_from_tables(tables, self.item_sigs[rows]).astype(np.float32)
+
+    def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], tables: np.ndarray | None,
+              user_feats: np.ndarray | None, item_feats: np.ndarray | None) -> np.ndarray:
+        """Returns (M,) click probabilities of `items`. tables None: long-term block empty (zeros)."""
+        d = self.device
+        rows = self.vocabs["item"].encode(items)  # (M,)
+        m = len(rows)
+        long = self.long_interest(rows, tables)
+        if long is None:
+            long = np.zeros((m, self.model.config.dim), dtype=np.float32)
+        # the attention baseline reads the long sequence itself; the others get the BSE's interest
+        hist_len = self.model.config.long_len if self.long_term == "attention" else self.model.config.short_len
+        batch = {"user": torch.full((m,), self.vocabs["user"].index(user_id), dtype=torch.long, device=d),
+                 "item": torch.from_numpy(rows).to(d),
+                 "hist": _hist_rows(self.vocabs["item"], hist, hist_len).to(d).expand(m, -1)}
+        if self.long_term != "attention":
+            batch["long_interest"] = torch.from_numpy(long).to(d)
+        if self.uses_user_features:
+            batch["user_feats"] = torch.as_tensor(user_feats, device=d).expand(m, -1)
+        if self.uses_item_features:
+            batch["item_feats"] = torch.as_tensor(item_feats, device=d)
+        with torch.inference_mode():
+            return self.model(batch)["prob"].float().cpu().numpy()  # (M,)
+
+
+class ModelCache:
+    """Loaded servables by (name, concrete version): variants sharing a version share the model,
+    and a reconfigure that keeps a version does not load it again.
+
+    Args:
+        cls: RetrievalServable, CoarseServable or RankerServable; kwargs go to its constructor.
+    """
+
+    def __init__(self, cls, root: str | None, **kwargs):
+        self.cls, self.root, self.kwargs = cls, root, kwargs
+        self._loaded: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, ref: ModelRef):
+        version = resolve(ref, self.root)
+        with self._lock:
+            key = (ref.name, version)
+            if key not in self._loaded:
+                self._loaded[key] = self.cls(ModelRef(name=ref.name, version=version), self.root, **self.kwargs)
+                log.info("loaded %s %s/%s", self.cls.stage, ref.name, version)
+            return self._loaded[key]
+
+    def keep_only(self, versions: set[tuple[str, str]]) -> None:
+        """Drop models no variant names any more (frees their memory after a swap)."""
+        with self._lock:
+            self._loaded = {k: v for k, v in self._loaded.items() if k in versions}
+
+
+def read_manifest(ref: ModelRef, root: str | None) -> dict:
+    import json
+
+    version = resolve(ref, root)
+    return json.loads((artifact_path(ref.name, version, root) / "manifest.json").read_text())
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> cuda when this process sees a GPU, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

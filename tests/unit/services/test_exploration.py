@@ -1,0 +1,47 @@
+"""Logged propensities are the policy's true marginal P(item at slot): checked against the
+empirical frequency over many draws."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from services.config import ExplorationConfig
+from services.exploration import make_slate
+
+RANKED = [(f"i{n}", float(100 - n)) for n in range(40)]
+
+
+def test_deterministic_policy_logs_one():
+    slate = make_slate(RANKED, 5, ExplorationConfig(), np.random.default_rng(0))
+    assert [s.item_id for s in slate] == ["i0", "i1", "i2", "i3", "i4"]
+    assert all(s.propensity == 1.0 and not s.explored for s in slate)
+
+
+@pytest.mark.parametrize("epsilon,pool", [(0.2, 10), (0.5, 6)])
+def test_epsilon_slot_propensities_match_empirical_frequencies(epsilon, pool):
+    cfg = ExplorationConfig(policy="epsilon_slot", epsilon=epsilon, pool_size=pool)
+    rng = np.random.default_rng(7)
+    k, n = 5, 40_000
+    counts: Counter = Counter()
+    logged: dict = {}
+    for _ in range(n):
+        slate = make_slate(RANKED, k, cfg, rng)
+        assert len({s.item_id for s in slate}) == k  # never the same item twice
+        for p, s in enumerate(slate):
+            counts[(s.item_id, p)] += 1
+            assert logged.setdefault((s.item_id, p), s.propensity) == s.propensity  # same (item, slot) -> same number
+    assert set(logged) == {(f"i{p}", p) for p in range(k)} | {(f"i{j}", p) for j in range(k, k + pool) for p in range(k)}
+    for key, prop in logged.items():
+        freq = counts[key] / n
+        sd = np.sqrt(prop * (1 - prop) / n)
+        assert abs(freq - prop) < 5 * sd + 1e-9, (key, freq, prop)
+    # propensities of each slot sum to one: every slot shows exactly one item
+    for p in range(k):
+        assert sum(v for (i, q), v in logged.items() if q == p) == pytest.approx(1.0)
+
+
+def test_too_small_pool_is_deterministic_for_that_request():
+    cfg = ExplorationConfig(policy="epsilon_slot", epsilon=0.5, pool_size=10)
+    slate = make_slate(RANKED[:7], 5, cfg, np.random.default_rng(0))
+    assert [s.item_id for s in slate] == ["i0", "i1", "i2", "i3", "i4"] and all(s.propensity == 1.0 for s in slate)
