@@ -1,25 +1,43 @@
-"""HTTP request/response models of the public API (rendered in the OpenAPI docs at /docs)."""
+"""HTTP request/response models of the public API (rendered in the OpenAPI docs at /docs).
+
+Requests use the kernel's id rule (`recstream.ids.Id`: 1-128 characters after stripping, no
+control characters) and the event contract's context caps, so whatever the stream accepts the
+API accepts and the reverse. Numbers are strict (`k: true` or `k: "5"` is a 422). The caps here
+are hard ceilings; each deployment's ServeConfig (max_k, max_exclude, max_score_items) applies
+its tighter limit in the route, and the body limit (services/http.py) bounds the bytes first.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from recstream.events import Context
+from recstream.ids import Id
+
+# Hard ceilings, equal to the largest value ServeConfig allows for the matching setting.
+K_MAX = 10_000
+EXCLUDE_MAX = 100_000
+SCORE_ITEMS_MAX = 100_000
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=128, description="user to recommend for; unknown users get a cold-start answer")
-    k: int = Field(10, ge=1, description="number of items to return (at most the server's max_k)")
-    context: dict[str, str] | None = Field(None, description="request context, e.g. device or page")
-    exclude: list[str] = Field(default_factory=list, description="item ids never to return")
+    user_id: Id = Field(description="user to recommend for; unknown users get a cold-start answer")
+    k: StrictInt = Field(10, ge=1, le=K_MAX, description="number of items to return (at most the server's max_k)")
+    context: Context | None = Field(None, description="request context, e.g. device or page: at most 32 keys of "
+                                                      "<= 64 and values of <= 256 characters, as in events")
+    exclude: list[Id] = Field(default_factory=list, max_length=EXCLUDE_MAX,
+                              description="item ids never to return (at most the server's max_exclude)")
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=128, description="user to score for; unknown users get the cold-start path")
-    item_ids: list[str] = Field(min_length=1, description="items to score (at most the server's max_score_items); "
-                                "unknown items go through the ranker's cold-start (hashed) rows")
+    user_id: Id = Field(description="user to score for; unknown users get the cold-start path")
+    item_ids: list[Id] = Field(min_length=1, max_length=SCORE_ITEMS_MAX,
+                               description="items to score (at most the server's max_score_items); "
+                                           "unknown items go through the ranker's cold-start (hashed) rows")
 
 
 class ScoredItem(BaseModel):

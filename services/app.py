@@ -25,6 +25,7 @@ from recstream.settings import Settings
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 from services.config import ServeConfig
+from services.http import install_http_hardening
 from services.impression_log import ImpressionLogger
 from services.inputs import RedisInputs
 from services.pipeline import Recommender, VariantRuntime
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 api = FastAPI(title="recstream", version="0.2.0",
               description="Streaming recommender: two-tower candidates -> HCN coarse rank -> SDIM+DIN fine rank, "
                           "with impression logging and per-variant exploration.")
+install_http_hardening(api, ServeConfig.model_fields["max_body_bytes"].default)  # body limit, safe 422s, offline /docs
 
 
 class _StageDeployment:

@@ -80,6 +80,8 @@ class ServeConfig(BaseModel):
     max_k: int = Field(200, ge=1, le=10_000, description="largest k a request may ask for")
     max_exclude: int = Field(1000, ge=0, le=100_000, description="largest exclude list a request may carry")
     max_score_items: int = Field(1000, ge=1, le=100_000, description="largest item_ids list of /v1/score")
+    max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000, description="largest HTTP request body in bytes; "
+                                "a larger one is answered 413 before it is parsed")
     candidate_top_k: int = Field(1000, ge=1, le=100_000, description="N: items out of candidate generation")
     coarse_top_k: int = Field(200, ge=1, le=100_000, description="M: items out of coarse ranking")
     popular_merge_k: int = Field(50, ge=0, le=100_000, description="popular items merged into the candidates (covers "

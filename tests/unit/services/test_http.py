@@ -1,0 +1,235 @@
+"""services/http.py and the request models (issue 9, defects 2, 3 and 7's /docs), with FastAPI's
+TestClient: no Ray, no servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recstream.events import Event
+from services import http
+from services.api import RecommendRequest, ScoreRequest
+from services.http import install_http_hardening, set_max_body_bytes
+
+LIMIT = 10_000
+
+
+def _app(limit: int = LIMIT) -> tuple[FastAPI, list]:
+    api = FastAPI(title="t")  # default docs_url/redoc_url on purpose: the install replaces them
+    install_http_hardening(api, limit)
+    calls: list = []
+
+    @api.post("/v1/recommend")
+    async def recommend(req: RecommendRequest) -> dict:
+        calls.append(req)
+        return req.model_dump()
+
+    @api.post("/v1/score")
+    async def score(req: ScoreRequest) -> dict:
+        calls.append(req)
+        return req.model_dump()
+
+    return api, calls
+
+
+@pytest.fixture
+def client():
+    api, calls = _app()
+    with TestClient(api) as c:
+        c.calls = calls
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _no_process_limit():
+    yield
+    set_max_body_bytes(None)
+
+
+# --------------------------------------------------------------------------- body limit
+
+
+def test_a_body_over_the_limit_is_413_before_parsing(client):
+    body = json.dumps({"user_id": "u", "k": 5, "exclude": ["x" * 100] * 1000}).encode()  # ~100 KB
+    r = client.post("/v1/recommend", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    [d] = r.json()["detail"]
+    assert d["type"] == "body_too_large" and f"at most {LIMIT}" in d["msg"]
+    assert client.calls == []
+
+
+def test_a_chunked_body_over_the_limit_is_413_while_it_is_read(client):
+    sent = []
+
+    def chunks():  # no Content-Length: the client streams with Transfer-Encoding: chunked
+        for i in range(1000):
+            sent.append(i)
+            yield b" " * 1000
+
+    r = client.post("/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "body_too_large"
+    assert client.calls == []
+
+
+def test_a_chunked_body_within_the_limit_is_served(client):
+    body = json.dumps({"user_id": "u", "k": 3}).encode()
+    r = client.post("/v1/recommend", content=iter([body[:5], body[5:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["k"] == 3
+
+
+def test_a_body_at_the_limit_is_served():
+    api, _ = _app(limit=200)
+    body = json.dumps({"user_id": "u", "k": 2}).encode()
+    body += b" " * (200 - len(body))
+    with TestClient(api) as c:
+        assert c.post("/v1/recommend", content=body, headers={"content-type": "application/json"}).status_code == 200
+        assert c.post("/v1/recommend", content=body + b" ",
+                      headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_the_process_limit_set_by_the_ingress_wins(client):
+    set_max_body_bytes(50)
+    r = client.post("/v1/recommend", json={"user_id": "u", "k": 5, "context": {"page": "x" * 60}})
+    assert r.status_code == 413 and "at most 50" in r.json()["detail"][0]["msg"]
+    set_max_body_bytes(None)
+    assert client.post("/v1/recommend", json={"user_id": "u", "k": 5}).status_code == 200
+
+
+def test_a_bad_content_length_is_400(client):
+    r = client.post("/v1/recommend", content=b"{}", headers={"content-length": "-5", "content-type": "application/json"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("limit", [0, -1, True])
+def test_the_limit_must_be_positive(limit):
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        install_http_hardening(FastAPI(), limit)
+
+
+# --------------------------------------------------------------------------- 422s
+
+
+def test_a_422_names_the_field_and_does_not_echo_a_huge_value():
+    api, _ = _app(limit=10_000_000)
+    with TestClient(api) as c:
+        r = c.post("/v1/recommend", json={"user_id": "x" * 2_000_000, "k": 5})
+    assert r.status_code == 422
+    assert len(r.content) < 1000
+    [d] = r.json()["detail"]
+    assert d["loc"] == ["body", "user_id"] and len(d["input"]) <= 70
+
+
+def test_a_huge_context_key_is_cut_in_the_loc_too():
+    api, _ = _app(limit=10_000_000)
+    with TestClient(api) as c:
+        r = c.post("/v1/recommend", json={"user_id": "u", "context": {"k" * 500_000: "v"}})
+    assert r.status_code == 422 and len(r.content) < 1000
+    assert r.json()["detail"][0]["loc"][:2] == ["body", "context"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"user_id": "u", "k": True}, "k"),  # was taken as k=1
+    ({"user_id": "u", "k": "5"}, "k"),
+    ({"user_id": "u", "k": 5.0}, "k"),
+    ({"user_id": "u", "k": 0}, "k"),
+    ({"user_id": "u", "k": 10**6}, "k"),
+    ({"user_id": "   ", "k": 5}, "user_id"),  # was accepted by the API, rejected by the stream
+    ({"user_id": "u\x00", "k": 5}, "user_id"),  # was accepted by both
+    ({"user_id": "u\n1", "k": 5}, "user_id"),
+    ({"user_id": "x" * 129, "k": 5}, "user_id"),
+    ({"user_id": 7, "k": 5}, "user_id"),
+    ({"user_id": "u", "context": {str(i): "x" for i in range(33)}}, "context"),  # events cap it at 32
+    ({"user_id": "u", "context": {"page": "x" * 257}}, "context"),
+    ({"user_id": "u", "context": {"page": 3}}, "context"),
+    ({"user_id": "u", "exclude": ["x" * 129]}, "exclude"),  # entries had no length limit
+    ({"user_id": "u", "exclude": [""]}, "exclude"),
+    ({"user_id": "u", "exclude": ["a\x00"]}, "exclude"),
+    ({"user_id": "u", "extra": 1}, "extra"),
+])
+def test_recommend_requests_are_strict_and_capped(client, body, field):
+    r = client.post("/v1/recommend", json=body)
+    assert r.status_code == 422, r.text
+    assert any(field in d["loc"] for d in r.json()["detail"]), r.json()
+    assert client.calls == []
+
+
+def test_a_control_character_reads_as_the_rule_not_a_regex(client):
+    r = client.post("/v1/recommend", json={"user_id": "u\x00", "k": 5})
+    assert r.json()["detail"][0]["msg"].startswith("must not contain control characters")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"user_id": "u", "item_ids": []}, "item_ids"),
+    ({"user_id": "u", "item_ids": ["a", " "]}, "item_ids"),
+    ({"user_id": "u", "item_ids": ["a\x00"]}, "item_ids"),
+    ({"user_id": " ", "item_ids": ["a"]}, "user_id"),
+    ({"user_id": "u", "item_ids": "a"}, "item_ids"),
+])
+def test_score_requests_use_the_same_rules(client, body, field):
+    r = client.post("/v1/score", json=body)
+    assert r.status_code == 422 and any(field in d["loc"] for d in r.json()["detail"])
+
+
+def test_score_item_ids_have_a_hard_cap():
+    from services.api import SCORE_ITEMS_MAX
+
+    with pytest.raises(ValueError, match="item_ids"):
+        ScoreRequest(user_id="u", item_ids=["i"] * (SCORE_ITEMS_MAX + 1))
+
+
+def test_valid_requests_are_served_with_stripped_ids(client):
+    r = client.post("/v1/recommend", json={"user_id": " u1 ", "k": 5, "context": {"page": "home"}, "exclude": ["i1"]})
+    assert r.status_code == 200 and r.json()["user_id"] == "u1"
+    assert client.post("/v1/score", json={"user_id": "u1", "item_ids": ["i1", "i2"]}).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"user_id": "u", "k": 1' + b"0" * 5000 + b"}", b"\xff\xfe", b"{"])
+def test_hostile_json_is_a_4xx_not_a_5xx(client, body):
+    r = client.post("/v1/recommend", content=body[:LIMIT], headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and len(r.content) < 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=140) | st.sampled_from(["u\x00", " ", "\x85", "a" * 128, "a" * 129, " a ", "\u2028", "a\x1c"]))
+def test_the_stream_and_the_api_accept_the_same_user_ids(value):
+    def accepts(make) -> bool:
+        try:
+            make()
+            return True
+        except ValueError:
+            return False
+
+    stream = accepts(lambda: Event(event_id="e", user_id=value, item_id="i", type="click", ts=1_700_000_000_000))
+    api = accepts(lambda: RecommendRequest(user_id=value))
+    score = accepts(lambda: ScoreRequest(user_id="u", item_ids=[value]))
+    assert stream == api == score, repr(value)
+
+
+# --------------------------------------------------------------------------- /docs
+
+
+def test_docs_are_served_from_the_package_not_a_cdn(client):
+    r = client.get("/docs")
+    assert r.status_code == 200
+    assert "cdn" not in r.text and "https://" not in r.text
+    assert "/docs/static/swagger-ui-bundle.js" in r.text and http._DOCS_SPEC in r.text
+    js = client.get("/docs/static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/docs/static/swagger-ui.css").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+
+
+def test_the_docs_spec_is_openapi_30_for_the_bundled_swagger_ui(client):
+    spec = client.get(http._DOCS_SPEC).json()
+    assert spec["openapi"] == "3.0.3"
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+    text = json.dumps(spec)
+    assert '"type": "null"' not in text and '"const"' not in text
+    ctx = spec["components"]["schemas"]["RecommendRequest"]["properties"]["context"]
+    assert ctx["nullable"] is True and ctx["type"] == "object"
+    assert "/v1/recommend" in spec["paths"]
