@@ -14,7 +14,17 @@ below are our design (papers/HCN.md, "inferred"), not the paper's:
   no per-candidate attention over the sequence, so U is computed once per request (cacheable).
 Training: in-batch sampled softmax with logQ correction + lambda * ||C C^T - I||_F^2 / K^2.
 
-Batch keys: user (B,), hist (B, H) right-aligned past items (0 = pad), item (B,).
+Batch keys: user (B,), hist (B, H) right-aligned past items (0 = pad), item (B,). With
+`n_user_feats` / `n_item_feats` > 0 also `user_feats` (B, Fu) and `item_feats` (B, Fi) float32, the
+stream's dense features (`features/vectors.py`):
+- item features join the item tower's input, v = normalise(MLP([id emb, category emb, item_feats])),
+  so item vectors stay one per item and scoring stays K dot products per candidate;
+- user features join the co-interest gate's profile, p = user emb + P_u user_feats: they decide how
+  much the long- vs short-term interests weigh (an active user this hour leans on the short term),
+  not the interests themselves, which stay a function of the sequence (cacheable per request).
+With both at 0 (the default) the parameters, and saved checkpoints, are exactly as before.
+Serving: `interests(batch)` once per request (batch of one user), `item_vectors(items, item_feats)`
+for the candidates, `score(u, v)`; equal to what training computes (tested).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import MLP, HashedEmbedding, ItemEmbeddings, l2_normalize
+from models.layers import MLP, HashedEmbedding, ItemEmbeddings, dense_input, l2_normalize
 from models.sampling import StreamingFrequencyEstimator, in_batch_softmax_loss
 
 
@@ -46,8 +56,12 @@ class HcnConfig:
     div_weight: float = 1e-2  # weight of the anti-redundancy regulariser
     logq_correction: bool = True
     freq_alpha: float = 0.01
+    n_user_feats: int = 0  # dense user features into the gate's profile; 0 = none (older artefacts)
+    n_item_feats: int = 0  # dense item features into the item tower; 0 = none
 
     def __post_init__(self) -> None:
+        if self.n_user_feats < 0 or self.n_item_feats < 0:
+            raise ValueError(f"n_user_feats ({self.n_user_feats}) and n_item_feats ({self.n_item_feats}) must be >= 0")
         for name, levels in (("long_levels", self.long_levels), ("short_levels", self.short_levels)):
             if not levels or any(b % a for a, b in zip(levels, levels[1:])):
                 raise ValueError(f"{name} ({levels}) must be non-empty and each level must divide the next")
@@ -128,8 +142,9 @@ class HCN(ItemEmbeddings, nn.Module):
         self.extract_long = HierarchicalInterestExtractor(c.dim, c.long_levels, c.n_iters)
         self.extract_short = HierarchicalInterestExtractor(c.dim, c.short_levels, c.n_iters)
         self.co_interest = CoInterestNetwork(c.dim, c.n_heads)
-        self.item_mlp = MLP(2 * c.dim, (2 * c.dim,), out_dim=c.dim)
+        self.item_mlp = MLP(2 * c.dim + c.n_item_feats, (2 * c.dim,), out_dim=c.dim)
         self.freq = StreamingFrequencyEstimator(n_buckets=c.n_items, alpha=c.freq_alpha)
+        self.user_feat_proj = nn.Linear(c.n_user_feats, c.dim) if c.n_user_feats else None  # last: old init order kept
 
     def interests(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """User tower: (U (B, K, d) fused interests, diversity loss). U is cacheable per request."""
@@ -138,27 +153,35 @@ class HCN(ItemEmbeddings, nn.Module):
         short_seq = long_seq[:, -c.short_len :]  # (B, NS)
         c_long = self.extract_long(self.item_emb(long_seq), long_seq > 0)  # (B, KL, d)
         c_short = self.extract_short(self.item_emb(short_seq), short_seq > 0)  # (B, KS, d)
-        u = self.co_interest(c_long, c_short, self.user_emb(batch["user"]))  # (B, K, d)
+        profile = self.user_emb(batch["user"])  # (B, d)
+        if self.user_feat_proj is not None:
+            profile = profile + self.user_feat_proj(dense_input(batch, "user_feats", c.n_user_feats, len(profile)))  # (B, d)
+        u = self.co_interest(c_long, c_short, profile)  # (B, K, d)
         return u, diversity_loss(c_long) + diversity_loss(c_short)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        x = torch.cat(self.item_parts(items), dim=-1)  # (N, 2d)
-        return l2_normalize(self.item_mlp(x))  # (N, d)
+    def item_vectors(self, items: torch.Tensor, item_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Item tower: items (N,) [+ item_feats (N, Fi) when configured] -> (N, d) unit vectors."""
+        parts = list(self.item_parts(items))  # 2 x (N, d)
+        if self.config.n_item_feats:
+            parts.append(dense_input({"item_feats": item_feats}, "item_feats", self.config.n_item_feats, len(items)))
+        return l2_normalize(self.item_mlp(torch.cat(parts, dim=-1)))  # (N, d)
 
     def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Cheap scoring: u (B, K, d) x v (N, d) -> (B, N); K dot products per candidate."""
         s = torch.einsum("bkd,nd->bnk", u, v) / self.config.temperature  # (B, N, K)
         return (torch.softmax(self.config.score_power * s, dim=-1) * s).sum(-1)  # (B, N)
 
-    def score_catalogue(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        return self.score(self.interests(batch)[0], self.item_vectors(items))
+    def score_catalogue(self, batch: dict[str, torch.Tensor], items: torch.Tensor,
+                        item_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) scores of every user in the batch against `items` (N,) [with their item_feats (N, Fi)]."""
+        return self.score(self.interests(batch)[0], self.item_vectors(items, item_feats))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         items = batch["item"]  # (B,)
         if self.training:
             self.freq.update(items)
         u, div = self.interests(batch)  # (B, K, d), ()
-        logits = self.score(u, self.item_vectors(items))  # (B, B): user i vs in-batch item j
+        logits = self.score(u, self.item_vectors(items, batch.get("item_feats")))  # (B, B): user i vs in-batch item j
         log_q = self.freq.log_q(items) if self.config.logq_correction else None
         main = in_batch_softmax_loss(logits, items, log_q)
         return {"loss": main + self.config.div_weight * div, "main_loss": main, "div_loss": div, "interests": u}

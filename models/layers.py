@@ -108,6 +108,18 @@ class ItemEmbeddings:
         return self.item_emb(items), self.cat_emb(self.item_cat[items])
 
 
+def dense_input(batch: dict[str, torch.Tensor], key: str, n_feats: int, n_rows: int) -> torch.Tensor:
+    """batch[key] checked to be (n_rows, n_feats): a model configured with dense features needs them
+    (serving passes features.vectors.default_*_features when a store has none)."""
+    if key not in batch or batch[key] is None:
+        raise KeyError(f"model configured with {n_feats} {key} needs batch[{key!r}] of shape ({n_rows}, {n_feats}); "
+                       f"pass features.vectors.default_{key.split('_')[0]}_features(n) when there are none")
+    x = batch[key]
+    if tuple(x.shape) != (n_rows, n_feats):
+        raise ValueError(f"batch[{key!r}] has shape {tuple(x.shape)}, expected ({n_rows}, {n_feats})")
+    return x.float()
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU (-> Dropout) blocks; `out_dim` adds a final linear layer without activation."""
 
@@ -177,6 +189,26 @@ class DinAttention(nn.Module):
         w = self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, L)
         w = w * mask.to(w.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(w.dtype)  # length-normalised
         return torch.einsum("bl,bld->bd", w, keys)  # (B, D)
+
+    def forward_shared_keys(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Same result as forward for M queries against ONE sequence (serving: M candidates of one user).
+
+        The first layer is linear in [q, k, q-k, q*k], so W [q; k; q-k; q*k] = A q + B k + C (q*k)
+        with A = W_q + W_(q-k), B = W_k - W_(q-k), C = W_(q*k): the q part once per candidate, the
+        k part once per behaviour, only the q*k part per pair, and no (M, L, 4D) concatenation.
+        """
+        # query (M, D), keys (L, D), mask (L,)
+        first = self.mlp[0]
+        w_q, w_k, w_diff, w_prod = first.weight.split(query.shape[-1], dim=1)  # each (H, D)
+        per_q = query @ (w_q + w_diff).T + first.bias  # (M, H)
+        per_k = keys @ (w_k - w_diff).T  # (L, H)
+        per_pair = (query.unsqueeze(1) * keys.unsqueeze(0)) @ w_prod.T  # (M, L, H)
+        h = per_pair + per_q.unsqueeze(1) + per_k.unsqueeze(0)  # (M, L, H): the first layer's output
+        for layer in list(self.mlp)[1:]:  # the rest of the MLP as it is
+            h = layer(h)
+        w = h.squeeze(-1)  # (M, L)
+        w = w * mask.to(w.dtype) / mask.sum().clamp_min(1).to(w.dtype)  # length-normalised
+        return w @ keys  # (M, D)
 
 
 class CrossNetV2(nn.Module):

@@ -16,6 +16,17 @@ Batch keys: user (B,), item (B,), hist (B, L) right-aligned behaviours before th
 (0 = pad), label (B,) float in {0, 1}. At serving, `long_interest` (B, d) may be passed instead of
 being computed from `hist`: the SDIM interest from the BSE's bucket tables
 (`models.sdim.sdim_interest_from_tables`), which equals the training path (tested).
+With `n_user_feats` / `n_item_feats` > 0 the batch also carries the dense stream features
+`user_feats` (B, Fu) and `item_feats` (B, Fi) float32 (`features/vectors.py`: the same vectors at
+training and serving); each is projected to d by one linear layer and joins x0:
+
+    x0    = [user, e(target), long, short, e(target)*long, e(target)*short, P_u user_feats, P_i item_feats]
+
+With both at 0 (the default) the network, its parameters and its checkpoints are exactly as before.
+
+Serving scores M candidates of one user with `score_user`, which computes the user side once
+(user embedding, history embeddings, user features, SDIM tables from the history) and splits DIN's
+first layer (DinAttention.forward_shared_keys); it equals `forward` on the broadcast batch.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding, ItemEmbeddings
+from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding, ItemEmbeddings, dense_input
 from models.sdim import SdimInterest
 from models.sdim_hash import SdimConfig
 
@@ -49,6 +60,8 @@ class RankerConfig:
     use_user_id: bool = True
     attention_cosine: bool = True  # long_term="attention": cosine scores with a learned scale (see DotTargetAttention)
     sdim: SdimConfig = field(default_factory=SdimConfig)
+    n_user_feats: int = 0  # dense user features (features.vectors.USER_VECTOR_NAMES); 0 = none (older artefacts)
+    n_item_feats: int = 0  # dense item features (features.vectors.ITEM_VECTOR_NAMES); 0 = none
 
     def __post_init__(self) -> None:
         if self.long_term not in ("sdim", "attention", "none"):
@@ -57,6 +70,8 @@ class RankerConfig:
             raise ValueError(f"sdim.dim ({self.sdim.dim}) must equal dim ({self.dim})")
         if self.short_len > self.long_len:
             raise ValueError(f"short_len ({self.short_len}) must be <= long_len ({self.long_len})")
+        if self.n_user_feats < 0 or self.n_item_feats < 0:
+            raise ValueError(f"n_user_feats ({self.n_user_feats}) and n_item_feats ({self.n_item_feats}) must be >= 0")
 
 
 class CtrRanker(ItemEmbeddings, nn.Module):
@@ -71,10 +86,13 @@ class CtrRanker(ItemEmbeddings, nn.Module):
             "none": lambda: None,
         }[c.long_term]()
         self.din = DinAttention(c.dim, c.din_hidden)
-        x_dim = 6 * c.dim
+        x_dim = (6 + (c.n_user_feats > 0) + (c.n_item_feats > 0)) * c.dim
         self.cross = CrossNetV2(x_dim, c.cross_layers)
         self.mlp = MLP(x_dim, c.mlp_hidden, dropout=c.dropout)
         self.head = nn.Linear(x_dim + self.mlp.out_dim, 1)
+        # created last, and only when used: a config without features keeps the old parameters and init
+        self.user_feat_proj = nn.Linear(c.n_user_feats, c.dim) if c.n_user_feats else None
+        self.item_feat_proj = nn.Linear(c.n_item_feats, c.dim) if c.n_item_feats else None
 
     def item_embed(self, items: torch.Tensor) -> torch.Tensor:
         item, cat = self.item_parts(items)
@@ -91,6 +109,20 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         seq = hist[:, -self.config.long_len :]  # (B, L)
         return self.long_block(target, self.item_embed(seq), seq > 0)  # (B, d)
 
+    def dense_parts(self, batch: dict[str, torch.Tensor], n_rows: int, n_user_rows: int | None = None) -> list[torch.Tensor]:
+        """Projected dense features, each (n_rows, d); user features may come as one row (broadcast)."""
+        c = self.config
+        parts = []
+        if self.user_feat_proj is not None:
+            uf = dense_input(batch, "user_feats", c.n_user_feats, n_user_rows or n_rows)
+            parts.append(self.user_feat_proj(uf).expand(n_rows, -1))  # (n_rows, d)
+        if self.item_feat_proj is not None:
+            parts.append(self.item_feat_proj(dense_input(batch, "item_feats", c.n_item_feats, n_rows)))  # (n_rows, d)
+        return parts
+
+    def logit(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)).squeeze(-1)  # (B,)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
         target = self.item_embed(batch["item"])  # (B, d)
@@ -98,9 +130,49 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         long = batch["long_interest"] if "long_interest" in batch else self.long_interest(target, batch["hist"])  # (B, d)
         short_seq = batch["hist"][:, -c.short_len :]  # (B, 50)
         short = self.din(target, self.item_embed(short_seq), short_seq > 0)  # (B, d)
-        x0 = torch.cat([user, target, long, short, target * long, target * short], dim=-1)  # (B, 6d)
-        logit = self.head(torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)).squeeze(-1)  # (B,)
+        dense = self.dense_parts(batch, len(target))  # 0-2 x (B, d)
+        x0 = torch.cat([user, target, long, short, target * long, target * short, *dense], dim=-1)  # (B, 6d..8d)
+        logit = self.logit(x0)  # (B,)
         out = {"logit": logit, "prob": torch.sigmoid(logit)}
         if "label" in batch:
             out["loss"] = F.binary_cross_entropy_with_logits(logit, batch["label"].float())
         return out
+
+    def score_user(self, user: torch.Tensor, hist: torch.Tensor, items: torch.Tensor,
+                   long_interest: torch.Tensor | None = None, user_feats: torch.Tensor | None = None,
+                   item_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Serving: logits of M candidates for ONE user, the user side computed once.
+
+        Equals `forward` on the broadcast batch (user and hist repeated M times) within float
+        rounding (tested to 1e-5 in eval mode); call it under torch.inference_mode().
+
+        Args:
+            user: (1,) long user row; hist: (1, L) long right-aligned behaviours (0 = pad);
+            items: (M,) long candidate rows.
+            long_interest: (M, d) SDIM interest from the BSE tables, or None to compute it from hist.
+            user_feats: (1, Fu) float32, needed when n_user_feats > 0; item_feats: (M, Fi) likewise.
+        Returns:
+            (M,) logits.
+        """
+        c = self.config
+        m = len(items)
+        target = self.item_embed(items)  # (M, d)
+        user_vec = (self.user_emb(user) if c.use_user_id else target.new_zeros(1, c.dim)).expand(m, -1)  # (M, d)
+        long = long_interest if long_interest is not None else self.long_interest_one_user(target, hist[0])  # (M, d)
+        short_seq = hist[0, -c.short_len :]  # (50,)
+        short = self.din.forward_shared_keys(target, self.item_embed(short_seq), short_seq > 0)  # (M, d)
+        dense = self.dense_parts({"user_feats": user_feats, "item_feats": item_feats}, m, n_user_rows=1)  # 0-2 x (M, d)
+        x0 = torch.cat([user_vec, target, long, short, target * long, target * short, *dense], dim=-1)  # (M, 6d..8d)
+        return self.logit(x0)  # (M,)
+
+    def long_interest_one_user(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Long-term interest of M candidates (M, d) over one history (L,): SDIM through bucket tables
+        built once from the history (O(S*d) per candidate), attention with the keys shared."""
+        if self.long_block is None:
+            return torch.zeros_like(target)
+        seq = hist[-self.config.long_len :]  # (L,)
+        keys, mask = self.item_embed(seq), seq > 0  # (L, d), (L,)
+        if isinstance(self.long_block, SdimInterest):
+            return self.long_block.forward_shared(target, keys, mask)  # (M, d)
+        m = len(target)
+        return self.long_block(target, keys.expand(m, -1, -1), mask.expand(m, -1))  # (M, d)

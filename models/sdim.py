@@ -49,6 +49,18 @@ class SdimInterest(nn.Module):
         bucket_sum = torch.einsum("bls,bld->bsd", collide.to(seq_emb.dtype), seq_emb)  # (B, S, d)
         return l2_normalize(bucket_sum).mean(1)  # (B, d); an empty bucket stays the zero vector
 
+    def forward_shared(self, cand_emb: torch.Tensor, seq_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Same as forward for M candidates against ONE sequence: the bucket tables are built once
+        from the sequence (as the BSE does), then each candidate gathers its S buckets."""
+        # cand_emb (M, d), seq_emb (L, d), mask (L,)
+        c = self.config
+        with torch.no_grad():
+            seq_sig = self.hasher.signatures(seq_emb)  # (L, S)
+            cand_sig = self.hasher.signatures(cand_emb)  # (M, S)
+            member = F.one_hot(seq_sig, c.n_buckets).to(seq_emb.dtype) * mask.unsqueeze(-1).unsqueeze(-1)  # (L, S, 2**tau)
+        tables = torch.einsum("lsb,ld->sbd", member, seq_emb)  # (S, 2**tau, d) bucket sums
+        return sdim_interest_from_tables(tables, cand_sig)  # (M, d)
+
 
 def build_bucket_tables(
     seq_emb: np.ndarray, hasher: SdimHasher, mask: np.ndarray | None = None
