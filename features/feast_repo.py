@@ -168,8 +168,8 @@ class FeatureRepo:
         item_features: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Point-in-time join for training sets: each row gets the features as of its own
-        event_timestamp (the latest pushed value at or before it, within the view's TTL), never
-        later values.
+        event_timestamp (the latest pushed value at or before it; the views have no TTL, like
+        the online stores), never later values.
 
         Args:
             entity_df: columns event_timestamp and user_id and/or item_id (plus any labels).

@@ -39,10 +39,14 @@ ITEM_FEATURES: dict[str, object] = {
     "age_s": Float32,  # seconds since the item's first event, as of the row's timestamp
 }
 
-# Features older than this are treated as missing (online and in point-in-time joins): a user
-# idle for longer has no rolling activity worth serving.
-USER_TTL = timedelta(days=30)
-ITEM_TTL = timedelta(days=30)
+# No expiry (timedelta(0) = unbounded in Feast): the online stores keep an entity's latest row
+# however old (Feast's Redis reads do not apply the view TTL, nor do the packed item blobs), so the
+# point-in-time join must return it too, or training would see "missing" where serving sees values
+# (it did with 30 days: 0.2% of ML-100k user samples and 1.1% of item samples, and every request of
+# the replayed 1998 demo data). The windows are relative to the entity's latest event, so an old row
+# says "activity around the last event"; age is the model's business, not a silent null.
+USER_TTL = timedelta(0)
+ITEM_TTL = timedelta(0)
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="end user")
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="catalogue item")
