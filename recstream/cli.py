@@ -37,9 +37,12 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 
 def _stack(settings: Settings):
+    """The local stack on the ports the settings name (RECSTREAM_STACK_*_PORT)."""
     from deploy.local import LocalStack, StackConfig
 
-    return LocalStack(StackConfig(home=settings.home))
+    return LocalStack(StackConfig(home=settings.home, kafka_port=settings.stack_kafka_port,
+                                  kafka_controller_port=settings.stack_kafka_controller_port,
+                                  redis_port=settings.stack_redis_port))
 
 
 def _external_servers() -> bool:
@@ -70,14 +73,14 @@ def stack_up() -> None:
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the local Kafka and Redis."""
+    """Stop the local Kafka and Redis (whatever ports they were started on)."""
     _stack(get_settings()).down()
     typer.echo("stack stopped")
 
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show whether Kafka and Redis are running and ready."""
+    """Show whether Kafka and Redis are running and ready on the configured ports (exit 3 if not)."""
     st = _stack(get_settings()).status()
     typer.echo(json.dumps({**st.__dict__, "ready": st.ready}, indent=2))
     raise typer.Exit(0 if st.ready else 3)

@@ -20,9 +20,17 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="forbid", validate_default=True)
 
-    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port]")
-    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL for online state")
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port]; "
+                                 "unset: the local stack's broker, 127.0.0.1:<stack_kafka_port>")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL for online state; unset: the local "
+                           "stack's redis://127.0.0.1:<stack_redis_port>/0")
     home: Path = Field(default_factory=_default_home, description="cache root: Kafka jars, datasets, stack data")
+
+    # The local stack (`recstream stack up`, the demo) listens on these; the defaults stay clear
+    # of the usual 9092/6379 so a developer's own Kafka or Redis can run beside it.
+    stack_kafka_port: int = Field(19092, ge=1024, le=65535, description="local stack: Kafka broker (PLAINTEXT) port")
+    stack_kafka_controller_port: int = Field(19093, ge=1024, le=65535, description="local stack: KRaft controller port")
+    stack_redis_port: int = Field(16379, ge=1024, le=65535, description="local stack: redis-server port")
 
     events_topic: str = Field("recstream.events", description="input events topic")
     dlq_topic: str = Field("recstream.events.dlq", description="dead-letter topic for bad events")
@@ -34,6 +42,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        ports = {"stack_kafka_port": self.stack_kafka_port, "stack_kafka_controller_port": self.stack_kafka_controller_port,
+                 "stack_redis_port": self.stack_redis_port}
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"stack ports must differ: {ports}")
+        # Unset endpoints follow the stack's ports, so moving the stack moves every client with it.
+        if "kafka_bootstrap" not in self.model_fields_set:
+            self.kafka_bootstrap = f"127.0.0.1:{self.stack_kafka_port}"
+        if "redis_url" not in self.model_fields_set:
+            self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url ({self.redis_url!r}) must start with redis://, rediss:// or unix://")
         for hp in self.kafka_bootstrap.split(","):

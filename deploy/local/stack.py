@@ -6,12 +6,16 @@ Kafka's jars are resolved from Maven Central with the project's `kafka-pom.xml` 
 runs as `java -cp libs/* kafka.Kafka server.properties` with a combined broker+controller
 config on loopback. Redis runs with append-only persistence so a restart loses nothing.
 
-Everything lives under one directory (`<home>/stack`: data, logs, pid files); `up` is
-idempotent (a healthy running service is left alone) and `down` stops only what it started.
+Everything lives under one directory (`<home>/stack`: data, logs, pid files, and `ports.json`,
+the ports the running services were started on); `up` is idempotent (a healthy running service
+is left alone) and `down` stops only what it started. Ports come from the settings
+RECSTREAM_STACK_KAFKA_PORT, RECSTREAM_STACK_KAFKA_CONTROLLER_PORT and RECSTREAM_STACK_REDIS_PORT
+(see `recstream.settings`); `up` refuses to start on other ports than a stack still running.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,6 +33,11 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "4.1.1"
+
+# StackConfig port field -> the environment variable (a recstream.settings field) that sets it.
+PORT_SETTINGS = {"kafka_port": "RECSTREAM_STACK_KAFKA_PORT",
+                 "kafka_controller_port": "RECSTREAM_STACK_KAFKA_CONTROLLER_PORT",
+                 "redis_port": "RECSTREAM_STACK_REDIS_PORT"}
 
 
 def _default_home() -> Path:
@@ -60,6 +69,11 @@ class StackConfig:
         return self.state_dir if self.state_dir is not None else self.home / self.stack_name
 
     @property
+    def ports(self) -> dict[str, int]:
+        return {"kafka_port": self.kafka_port, "kafka_controller_port": self.kafka_controller_port,
+                "redis_port": self.redis_port}
+
+    @property
     def kafka_libs(self) -> Path:
         return self.home / "cache" / f"kafka-{KAFKA_VERSION}" / "libs"
 
@@ -81,6 +95,9 @@ class StackStatus:
     kafka_bootstrap: str
     redis_url: str
     stack_dir: str
+    ports: dict[str, int] = field(default_factory=dict)
+    # The ports the running services were started on, when they differ from `ports`.
+    running_on: dict[str, int] | None = None
 
     @property
     def ready(self) -> bool:
@@ -217,15 +234,39 @@ class LocalStack:
         self._pidfile(name).write_text(str(p.pid))
         return p.pid
 
-    def _check_port_free(self, service: str, port: int) -> None:
+    def _check_port_free(self, service: str, port_field: str) -> None:
+        port = getattr(self.config, port_field)
         if _port_open(self.config.host, port):
             raise StackError(f"{service}: port {self.config.host}:{port} is busy with a process this stack did not start; "
-                             f"stop it or choose another port (RECSTREAM_STACK_{service.upper()}_PORT)")
+                             f"stop it or choose another port ({PORT_SETTINGS[port_field]}=<port>)")
+
+    # ports.json: what the running services listen on, so status/down/up never mistake another
+    # stack's servers (or the configured ports of a stack started differently) for this one's.
+
+    def _ports_file(self) -> Path:
+        return self.dir / "ports.json"
+
+    def started_ports(self) -> dict[str, int] | None:
+        """The ports the running services were started on (None when nothing runs)."""
+        if not (self._running_pid("kafka") or self._running_pid("redis")):
+            return None
+        try:
+            return {k: int(v) for k, v in json.loads(self._ports_file().read_text()).items() if k in PORT_SETTINGS}
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _check_same_ports(self) -> None:
+        running = self.started_ports()
+        if running and running != self.config.ports:
+            changed = ", ".join(f"{PORT_SETTINGS[k]}: running on {running.get(k)}, configured {v}"
+                                for k, v in self.config.ports.items() if running.get(k) != v)
+            raise StackError(f"the stack in {self.dir} is running on other ports ({changed}); stop it first with "
+                             f"`recstream stack down` (it stops what runs there, whatever the ports) or restore the settings")
 
     def _start_redis(self) -> None:
         if self._running_pid("redis"):
             return
-        self._check_port_free("redis", self.config.redis_port)
+        self._check_port_free("redis", "redis_port")
         exe = self.ensure_redis()
         d = self.dir / "redis"
         d.mkdir(parents=True, exist_ok=True)
@@ -276,8 +317,8 @@ log.segment.bytes=67108864
     def _start_kafka(self) -> None:
         if self._running_pid("kafka"):
             return
-        self._check_port_free("kafka", self.config.kafka_port)
-        self._check_port_free("kafka", self.config.kafka_controller_port)
+        self._check_port_free("kafka", "kafka_port")
+        self._check_port_free("kafka controller", "kafka_controller_port")
         d = self.dir / "kafka"
         d.mkdir(parents=True, exist_ok=True)
         props = self._kafka_properties(d)
@@ -346,8 +387,15 @@ log.segment.bytes=67108864
     # ---------------------------------------------------------------- public
 
     def up(self, kafka: bool = True, redis: bool = True) -> StackStatus:
-        """Start what is not running and wait until it answers. Idempotent."""
+        """Start what is not running and wait until it answers. Idempotent.
+
+        Raises:
+            StackError: a port is busy with something else, or this stack is already running on
+                other ports than configured.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_same_ports()
+        self._ports_file().write_text(json.dumps(self.config.ports))
         if redis:
             self._start_redis()
         if kafka:
@@ -368,6 +416,7 @@ log.segment.bytes=67108864
         if pid is None:
             self._pidfile(name).unlink(missing_ok=True)
             return
+        ports = self.started_ports() or self.config.ports  # what it listens on, whatever is configured now
         # The server leads its own process group (start_new_session); signalling the group also
         # reaches forked children (redis' AOF-rewrite child) that would keep the port open.
         self._signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
@@ -379,7 +428,7 @@ log.segment.bytes=67108864
             self._signal_group(pid, signal.SIGKILL)
             while _pid_alive(pid):
                 time.sleep(0.1)
-        port = self.config.redis_port if name == "redis" else self.config.kafka_port
+        port = ports["redis_port"] if name == "redis" else ports["kafka_port"]
         deadline = time.monotonic() + timeout_s
         while _port_open(self.config.host, port) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -402,12 +451,20 @@ log.segment.bytes=67108864
         self._wait("redis", self.redis_ready)
 
     def status(self) -> StackStatus:
+        """Whether this stack's services run (pid files) and answer on the configured ports. A
+        service that does not run is never reported ready, even if something else answers on its
+        port; one running on other ports than configured reports them in `running_on`."""
+        kafka_running = self._running_pid("kafka") is not None
+        redis_running = self._running_pid("redis") is not None
+        running = self.started_ports()
         return StackStatus(
-            kafka_running=self._running_pid("kafka") is not None,
-            kafka_ready=self.kafka_ready(),
-            redis_running=self._running_pid("redis") is not None,
-            redis_ready=self.redis_ready(),
+            kafka_running=kafka_running,
+            kafka_ready=kafka_running and self.kafka_ready(),
+            redis_running=redis_running,
+            redis_ready=redis_running and self.redis_ready(),
             kafka_bootstrap=self.config.kafka_bootstrap,
             redis_url=self.config.redis_url,
             stack_dir=str(self.dir),
+            ports=self.config.ports,
+            running_on=running if running and running != self.config.ports else None,
         )

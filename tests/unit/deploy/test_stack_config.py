@@ -1,7 +1,19 @@
+import json
+import os
+import re
+import socket
+import threading
+
 import pytest
 
-from deploy.local import LocalStack, StackConfig
+from deploy.local import LocalStack, StackConfig, free_ports
 from recstream.errors import StackError
+
+
+def _cfg(tmp_path, **kw) -> StackConfig:
+    """A config on ports the OS reports free now (issue 9, defect 6: never assume fixed ones)."""
+    k, c, r = free_ports(3)
+    return StackConfig(home=tmp_path, **{"kafka_port": k, "kafka_controller_port": c, "redis_port": r, **kw})
 
 
 def test_ports_must_differ():
@@ -17,8 +29,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
     s.listen()
     port = s.getsockname()[1]
     try:
-        stack = LocalStack(StackConfig(home=tmp_path, redis_port=port, kafka_port=port + 1 if port < 65000 else 20001,
-                                       kafka_controller_port=port + 2 if port < 65000 else 20002))
+        stack = LocalStack(_cfg(tmp_path, redis_port=port))
         with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is busy"):
             stack.up(kafka=False)
     finally:
@@ -32,7 +43,7 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_status_of_a_stack_that_never_ran(tmp_path):
-    st = LocalStack(StackConfig(home=tmp_path, kafka_port=39092, kafka_controller_port=39093, redis_port=36379)).status()
+    st = LocalStack(_cfg(tmp_path)).status()
     assert not st.kafka_running and not st.redis_running and not st.ready
 
 
@@ -41,7 +52,7 @@ def test_a_cluster_id_that_looks_like_an_option_reaches_the_formatter_whole(tmp_
     parser took it for an option and the stack never started."""
     import subprocess
 
-    stack = LocalStack(StackConfig(home=tmp_path, kafka_port=29911, kafka_controller_port=29912, redis_port=29913))
+    stack = LocalStack(_cfg(tmp_path))
     (stack.dir / "kafka").mkdir(parents=True)
     (stack.dir / "kafka" / "cluster.id").write_text("-wBr23gVTTCeAIaAzYqLMg")
     seen = []
@@ -56,3 +67,95 @@ def test_a_cluster_id_that_looks_like_an_option_reaches_the_formatter_whole(tmp_
     stack._start_kafka()
     [fmt] = [c for c in seen if c[0] == "kafka.tools.StorageTool"]
     assert "--cluster-id=-wBr23gVTTCeAIaAzYqLMg" in fmt
+
+
+# ---------------------------------------------------------------- issue 9, defect 4: ports from settings
+
+
+def _fake_redis() -> tuple[socket.socket, int]:
+    """Someone else's Redis: answers PING with +PONG on a free port."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(64).startswith(b"PING"):
+                    conn.sendall(b"+PONG\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_status_does_not_take_someone_elses_server_for_its_own(tmp_path):
+    srv, port = _fake_redis()
+    try:
+        st = LocalStack(_cfg(tmp_path, redis_port=port)).status()
+        assert not st.redis_running and not st.redis_ready
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("busy", ["kafka_port", "kafka_controller_port", "redis_port"])
+def test_the_busy_port_message_names_a_setting_that_moves_the_port(tmp_path, monkeypatch, busy):
+    from recstream import cli
+    from recstream.settings import Settings
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        stack = LocalStack(_cfg(tmp_path, **{busy: s.getsockname()[1]}))
+        monkeypatch.setattr(stack, "ensure_kafka_jars", lambda: tmp_path)
+        monkeypatch.setattr(stack, "_spawn", lambda *a, **k: pytest.fail("must not start anything"))
+        with pytest.raises(StackError) as ei:
+            (stack._start_kafka if busy.startswith("kafka") else stack._start_redis)()
+    finally:
+        s.close()
+    [var] = re.findall(r"\b(RECSTREAM_STACK_[A-Z_]+_PORT)=", str(ei.value))
+    [new_port] = free_ports(1)
+    monkeypatch.setenv(var, str(new_port))
+    cfg = cli._stack(Settings()).config
+    assert getattr(cfg, busy) == new_port
+
+
+def test_stack_commands_use_the_configured_ports(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from recstream import cli, settings
+
+    k, c, r = free_ports(3)
+    for var, port in (("RECSTREAM_STACK_KAFKA_PORT", k), ("RECSTREAM_STACK_KAFKA_CONTROLLER_PORT", c),
+                      ("RECSTREAM_STACK_REDIS_PORT", r)):
+        monkeypatch.setenv(var, str(port))
+    monkeypatch.setenv("RECSTREAM_HOME", str(tmp_path))
+    for var in ("RECSTREAM_KAFKA_BOOTSTRAP", "RECSTREAM_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    settings.get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(cli.app, ["stack", "status"])
+    finally:
+        settings.get_settings.cache_clear()
+    assert out.exit_code == 3, out.output  # nothing runs there
+    st = json.loads(out.output)
+    assert st["ports"] == {"kafka_port": k, "kafka_controller_port": c, "redis_port": r}
+    assert st["kafka_bootstrap"] == f"127.0.0.1:{k}" and st["redis_url"] == f"redis://127.0.0.1:{r}/0"
+    assert st["stack_dir"] == str(tmp_path / "stack")
+
+
+def test_up_refuses_other_ports_than_the_running_stack(tmp_path):
+    k, c, r, r2 = free_ports(4)
+    running = StackConfig(home=tmp_path, kafka_port=k, kafka_controller_port=c, redis_port=r)
+    stack = LocalStack(running)
+    (stack.dir / "redis").mkdir(parents=True)
+    stack._pidfile("redis").write_text(str(os.getpid()))  # "running": a live pid (this test's own)
+    (stack.dir / "ports.json").write_text(json.dumps(running.ports))
+    moved = LocalStack(StackConfig(home=tmp_path, kafka_port=k, kafka_controller_port=c, redis_port=r2))
+    with pytest.raises(StackError, match="RECSTREAM_STACK_REDIS_PORT: running on"):
+        moved.up(kafka=False)
+    assert moved.status().running_on == running.ports

@@ -17,8 +17,25 @@ def test_env_prefix(monkeypatch):
     ({"dlq_topic": "recstream.events"}, "topics must differ"),
     ({"topic_partitions": 0}, "topic_partitions"),
     ({"unknown_setting": 1}, "unknown_setting"),
+    ({"stack_kafka_port": 20000, "stack_redis_port": 20000}, "stack ports must differ"),
+    ({"stack_redis_port": 80}, "stack_redis_port"),
 ])
 def test_bad_settings_fail_with_values(kwargs, needle):
     with pytest.raises(ValidationError) as ei:
         Settings(**kwargs)
     assert needle in str(ei.value)
+
+
+def test_unset_endpoints_follow_the_stack_ports(monkeypatch):
+    for var in ("RECSTREAM_KAFKA_BOOTSTRAP", "RECSTREAM_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECSTREAM_STACK_KAFKA_PORT", "29092")
+    monkeypatch.setenv("RECSTREAM_STACK_REDIS_PORT", "26379")
+    s = Settings()
+    assert s.kafka_bootstrap == "127.0.0.1:29092" and s.redis_url == "redis://127.0.0.1:26379/0"
+    assert Settings(**{k.removeprefix("RECSTREAM_").lower(): v for k, v in s.to_env().items()}) == s  # round trip
+
+
+def test_explicit_endpoints_win_over_the_stack_ports():
+    s = Settings(stack_kafka_port=29092, kafka_bootstrap="k1:9092", redis_url="redis://r:1/0")
+    assert s.kafka_bootstrap == "k1:9092" and s.redis_url == "redis://r:1/0"
