@@ -131,7 +131,7 @@ def _feast_repo(s: Settings):
     return repo_for_settings(s)
 
 
-def _publisher(s: Settings, feast: bool):
+def _publisher(s: Settings, feast: bool, offline_history: bool = False):
     import redis
 
     from features.item_features import RedisItemFeatures
@@ -139,11 +139,12 @@ def _publisher(s: Settings, feast: bool):
 
     return FeaturePublisher(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
                             repo=_feast_repo(s) if feast else None,
-                            item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix))
+                            item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix),
+                            offline_history=offline_history)
 
 
 def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True,
-                  publish: str = "inline"):
+                  publish: str = "inline", offline_history: bool = False):
     import redis
 
     if name == "popularity":
@@ -164,8 +165,11 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
 
         if publish not in ("inline", "separate"):
             raise typer.BadParameter(f"--publish must be inline or separate, got {publish!r}", param_hint="--publish")
+        if offline_history and publish != "inline":
+            raise typer.BadParameter("--offline-history needs --publish inline (the writer records each segment's "
+                                     "state in its own publisher)", param_hint="--offline-history")
         return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
-                                    publisher=_publisher(s, feast) if publish == "inline" else None)
+                                    publisher=_publisher(s, feast, offline_history) if publish == "inline" else None)
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 
 
@@ -179,7 +183,9 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
             max_seq_len: int = typer.Option(10_000, help="bse-encoder: behaviours kept per user"),
             feast: bool = typer.Option(True, help="feature-writer/-publisher: publish to Feast (off: item blobs only)"),
             publish: str = typer.Option("inline", help="feature-writer: inline (one process) | separate (run "
-                                                       "`process feature-publisher` too; for 20k+ events/s)")) -> None:
+                                                       "`process feature-publisher` too; for 20k+ events/s)"),
+            offline_history: bool = typer.Option(False, help="feature-writer: an offline row per entity and distinct "
+                                                 "event time, for training on a dataset streamed in bulk (backfill)")) -> None:
     """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis).
 
     feature-publisher is not a Kafka consumer: it publishes the feature-writer's outbox to Feast.
@@ -198,7 +204,7 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
         _publisher(s, feast).run(stop, max_idle_s=max_idle_s)
         typer.echo(f"{name}: stopped")
         return
-    handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast, publish)
+    handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast, publish, offline_history)
     proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records), s)
     proc.install_signal_handlers()
     proc.run(max_idle_s=max_idle_s)

@@ -22,6 +22,11 @@ Exactly-once effect in two steps:
    Known limit with several publishers: two may publish the same item at once and land in either
    order, leaving the older value until the item's next change republishes it.
 
+Offline history (a publisher with `offline_history=True`, `--offline-history`): for a dataset
+streamed in bulk to train on, `apply` commits each batch in `segments` in which no entity has two
+distinct event times and the publisher records every touched entity's state after each, so the
+offline store gets a row per entity and event time (see pipelines/stream/feature_publisher.py).
+
 Windows are event-time windows at hour resolution, relative to the entity's latest event:
 `*_1h` is the latest hour bucket, `*_24h` the last 24 buckets, `*_7d` the last 168. Older buckets
 are pruned at publication.
@@ -29,6 +34,7 @@ are pruned at publication.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -140,6 +146,30 @@ def _stale_fields(fields: dict[str, str]) -> list[str]:
 
 
 
+def segments(events: list[SourcedEvent]) -> list[list[SourcedEvent]]:
+    """Split a batch, merged across partitions by event time (each partition's order kept), into
+    the fewest runs in which no user and no item has two distinct event times: after each run,
+    every touched entity's state is its state as of one event time (offline history)."""
+    by_partition: dict[int, list[SourcedEvent]] = defaultdict(list)
+    for se in events:
+        by_partition[se.partition].append(se)
+    merged = events if len(by_partition) == 1 else heapq.merge(*by_partition.values(), key=lambda se: se.event.ts)
+    out: list[list[SourcedEvent]] = []
+    current: list[SourcedEvent] = []
+    ts_of: dict[tuple[str, str], int] = {}
+    for se in merged:
+        e = se.event
+        ku, ki = ("u", e.user_id), ("i", e.item_id)
+        if ts_of.get(ku, e.ts) != e.ts or ts_of.get(ki, e.ts) != e.ts:
+            out.append(current)
+            current, ts_of = [], {}
+        current.append(se)
+        ts_of[ku] = ts_of[ki] = e.ts
+    if current:
+        out.append(current)
+    return out
+
+
 class FeatureKeys:
     """Redis key layout shared by the writer and the publisher."""
 
@@ -200,6 +230,23 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         self.freshness_sample_every = freshness_sample_every
         self.max_marks = max_marks
         self._apply_script = client.register_script(_APPLY_SCRIPT)
+
+    def apply(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int]) -> int:
+        """As RedisTransactionalHandler.apply; with a publisher keeping offline history, in segments
+        (see segments()) each committed with its offsets, the touched entities' states recorded
+        after each one."""
+        if not events or self.publisher is None or not getattr(self.publisher, "offline_history", False):
+            return super().apply(topic, events, next_offsets)
+        applied, seen = 0, {}
+        segs = segments(events)
+        for k, seg in enumerate(segs):
+            for se in seg:
+                seen[se.partition] = se.offset + 1  # each partition's records stay in order across segments
+            n = super().apply(topic, seg, next_offsets if k == len(segs) - 1 else dict(seen))
+            if n:
+                self.publisher.record_history([se.event.user_id for se in seg], [se.event.item_id for se in seg])
+            applied += n
+        return applied
 
     # step 1: counters, inside the offsets transaction
     def write(self, pipe, events: list[SourcedEvent]) -> None:
