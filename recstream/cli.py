@@ -1,4 +1,10 @@
-"""The `recstream` command: the one module that reaches pipelines, services and deploy."""
+"""The `recstream` command: the one module that reaches pipelines, services and deploy.
+
+Start-up is kept light: `recstream --help` imports typer and this module only (about 0.3 s). Every
+command imports what it needs (torch, ray, feast, pandas, pydantic settings) when it runs, and the
+sub-commands other packages own (`train`, `evaluate`, `bench models`, `bse`) are listed from the
+table in `_LAZY_COMMANDS` and imported only when one of them is invoked or asked for its help.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +21,103 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from recstream.logs import setup_logging
-from recstream.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from recstream.settings import Settings
+
+
+def get_settings() -> "Settings":
+    """The process settings (pydantic-settings loads on first use, not at start-up)."""
+    from recstream.settings import get_settings as _get
+
+    return _get()
+
+
+# Sub-commands owned by other packages, imported only when used:
+#   group -> {command: (module, command name in that module's Typer app, or None for the whole app, short help)}
+# tests/unit/recstream/test_cli.py checks the table against the modules.
+_LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
+    "recstream": {
+        "train": ("pipelines.training.commands", "train",
+                  "Train one model and save it under artifacts/models/<name>/<version>/."),
+        "evaluate": ("pipelines.training.commands", "evaluate",
+                     "Evaluate a saved model on the split of the data it was trained on (rebuilt from its manifest)."),
+        "bse": ("pipelines.bse_commands", None, "BSE tables: rebuild for a new model version, inspect a user."),
+    },
+    "bench": {
+        "models": ("pipelines.training.commands", "bench",
+                   "Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."),
+    },
+}
+
+
+class _LazyGroup(TyperGroup):
+    """A command group that lists some commands from `_LAZY_COMMANDS` and imports them on use.
+    An absent optional package simply leaves its commands out."""
+
+    lazy_key = ""
+
+    def _lazy(self) -> dict[str, tuple[str, str | None, str]]:
+        return _LAZY_COMMANDS.get(self.lazy_key, {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in self._lazy() if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in self._lazy():
+            return super().get_command(ctx, name)
+        module, attr, help_text = self._lazy()[name]
+        import importlib
+
+        try:
+            sub = typer.main.get_command(importlib.import_module(module).app)
+        except ImportError as e:
+            log.debug("optional command %s unavailable: %s", name, e)
+            return None
+        cmd = sub if attr is None else sub.commands[attr]  # type: ignore[attr-defined]
+        cmd.name = name
+        if attr is None:
+            cmd.help = cmd.help or help_text
+        self.commands[name] = cmd
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, but a lazy command's line comes from the table, without importing it."""
+        from click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows = []
+        for name in names:
+            if name in self._lazy() and name not in self.commands:
+                rows.append((name, make_default_short_help(self._lazy()[name][2], limit)))
+                continue
+            cmd = super().get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _RootGroup(_LazyGroup):
+    lazy_key = "recstream"
+
+
+class _BenchGroup(_LazyGroup):
+    lazy_key = "bench"
+
 
 app = typer.Typer(help="recstream: streaming, online-serving recommender platform.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis stack.", no_args_is_help=True)
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, cls=_RootGroup)
+stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis stack.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(stack_app, name="stack")
 
 log = logging.getLogger("recstream.cli")
@@ -330,7 +423,8 @@ def _topic_size(s: Settings) -> int:
         c.close()
 
 
-bench_app = typer.Typer(help="Benchmarks that write JSON and Markdown under reports/.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that write JSON and Markdown under reports/.", no_args_is_help=True,
+                        rich_markup_mode=None, cls=_BenchGroup)
 app.add_typer(bench_app, name="bench")
 
 
@@ -354,30 +448,6 @@ def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json 
     res = run(s, Path(out_dir), n_events=events)
     typer.echo((Path(out_dir) / "stream.md").read_text())
     typer.echo(json.dumps(res, indent=2))
-
-
-def _mount_optional() -> None:
-    """Sub-commands owned by other packages; absent packages simply do not appear."""
-    try:
-        from pipelines.training.commands import app as training_app
-
-        for cmd in training_app.registered_commands:
-            if cmd.name == "bench" or (cmd.callback and cmd.callback.__name__ == "bench"):
-                bench_app.registered_commands.append(typer.models.CommandInfo(name="models", callback=cmd.callback,
-                                                                             help=cmd.help))
-            else:
-                app.registered_commands.append(cmd)
-    except ImportError:
-        pass
-    try:
-        from pipelines.bse_commands import app as bse_app
-
-        app.add_typer(bse_app, name="bse", help="BSE tables: rebuild for a new model version, inspect a user.")
-    except ImportError:
-        pass
-
-
-_mount_optional()
 
 
 def main() -> None:

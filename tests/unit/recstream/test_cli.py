@@ -1,0 +1,72 @@
+"""The CLI's start-up (issue 9, defect 7): `recstream --help` loads no heavy library, and the lazily
+listed sub-commands match the modules that own them."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import typer
+from typer.testing import CliRunner
+
+from recstream import cli
+
+# (pydantic itself is not listed: typer imports it for some sub-command help pages.)
+HEAVY = ("torch", "ray", "feast", "pandas", "numpy", "pyarrow", "sklearn", "pydantic_settings",
+         "confluent_kafka", "kafka", "redis", "fastapi")
+
+
+def _modules_loaded_by(args: list[str]) -> list[str]:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from recstream.cli import app\n"
+        f"r = CliRunner().invoke(app, {args!r})\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"print(__import__('json').dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_loads_no_heavy_library():
+    # torch alone took 6 s of the old 6-12 s: `_mount_optional` imported the training commands eagerly
+    assert _modules_loaded_by(["--help"]) == []
+
+
+def test_stack_and_bench_help_stay_light_too():
+    assert _modules_loaded_by(["stack", "--help"]) == []
+    assert _modules_loaded_by(["bench", "--help"]) == []
+
+
+def test_help_lists_the_lazy_commands():
+    out = CliRunner().invoke(cli.app, ["--help"])
+    assert out.exit_code == 0
+    for name in ("train", "evaluate", "bse", "stack", "demo", "process"):
+        assert f"  {name} " in out.output, name
+    assert "  models " in CliRunner().invoke(cli.app, ["bench", "--help"]).output
+
+
+def test_the_lazy_table_matches_the_modules_that_own_the_commands():
+    for group, table in cli._LAZY_COMMANDS.items():
+        for name, (module, attr, help_text) in table.items():
+            sub = typer.main.get_command(importlib.import_module(module).app)
+            if attr is None:
+                assert isinstance(sub, typer.core.TyperGroup), (group, name)
+            else:
+                assert sub.commands[attr].get_short_help_str(10_000) == help_text, (group, name)
+    # every command of the training module is mounted somewhere
+    training = typer.main.get_command(importlib.import_module("pipelines.training.commands").app)
+    mounted = {attr for table in cli._LAZY_COMMANDS.values() for m, attr, _ in table.values()
+               if m == "pipelines.training.commands"}
+    assert set(training.commands) == mounted
+
+
+def test_a_lazy_command_runs_its_real_implementation():
+    out = CliRunner().invoke(cli.app, ["train", "--help"])
+    assert out.exit_code == 0 and "--model" in out.output
+    out = CliRunner().invoke(cli.app, ["bse", "--help"])
+    assert out.exit_code == 0 and "rebuild" in out.output
