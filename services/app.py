@@ -9,7 +9,6 @@ versions calls `reconfigure` in place; a replica loads the new versions beside t
 and swaps them in one assignment, so requests during the swap are answered by the old set.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -143,6 +142,7 @@ class Ingress:
         runtimes = await asyncio.to_thread(load)
         self.recommender.vectors = vectors_for(runtimes)
         self.recommender.set_variants(runtimes)
+        await self.recommender.warm_up()
         self._loaded = True
         log.info("serving variants %s", self.recommender.model_versions)
 

@@ -201,8 +201,10 @@ class Recommender:
         """Retrieval top-N + popular items, seen and excluded removed; popular items on failure."""
         c = self.config
         n = c.candidate_top_k
+        # over-fetch by what filtering may remove, so N candidates remain
+        want = n + c.history_len + len(exclude)
         res = await self._stage(tr, "retrieval", self.retrieval,
-                                StageRequest(user_id, history, v.versions["retrieval"], top_k=n + c.history_len + len(exclude)),
+                                StageRequest(user_id, history, v.model_names["retrieval"], v.versions["retrieval"], top_k=want),
                                 c.deadlines.candidates_timeout_ms)
         pool: list[tuple[str, float]] = []
         if self.popular is not None and (res is None or c.popular_merge_k):
@@ -223,6 +225,15 @@ class Recommender:
             merged = [p for p, s in zip(merged, seen) if not s]
         return merged[:n]
 
+    async def warm_up(self) -> None:
+        """One request through every stage without logging it: the first call over a deployment
+        handle and torch's first forward pass are slow, and no user should pay for them."""
+        logger, self.impressions = self.impressions, None
+        try:
+            await self.recommend(RecommendRequest(user_id="__warm_up__", k=1))
+        finally:
+            self.impressions = logger
+
     # ---- the two endpoints --------------------------------------------------------------------
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -238,15 +249,15 @@ class Recommender:
         item_vecs = await self._item_vectors(tr, items, v)
 
         coarse = await self._stage(tr, "coarse", self.coarse,
-                                   StageRequest(req.user_id, history, v.versions["coarse"], top_k=c.coarse_top_k,
-                                                items=items, user_feats=user_vec, item_feats=item_vecs),
+                                   StageRequest(req.user_id, history, v.model_names["coarse"], v.versions["coarse"],
+                                                top_k=c.coarse_top_k, items=items, user_feats=user_vec, item_feats=item_vecs),
                                    c.deadlines.coarse_timeout_ms)
         ordered = coarse.items if coarse is not None else cands[: c.coarse_top_k]  # fallback: retrieval order
         survivors = [i for i, _ in ordered]
         row = {item: n for n, item in enumerate(items)}
         fine = await self._stage(tr, "ranker", self.ranker,
-                                 StageRequest(req.user_id, history, v.versions["ranker"], top_k=len(survivors),
-                                              items=survivors, user_feats=user_vec, tables=tables,
+                                 StageRequest(req.user_id, history, v.model_names["ranker"], v.versions["ranker"],
+                                              top_k=len(survivors), items=survivors, user_feats=user_vec, tables=tables,
                                               item_feats=None if item_vecs is None else item_vecs[[row[i] for i in survivors]]),
                                  c.deadlines.ranker_timeout_ms)
         ranked = fine.items if fine is not None else ordered  # fallback: coarse order
@@ -290,8 +301,9 @@ class Recommender:
         items = list(dict.fromkeys(req.item_ids))
         item_vecs = await self._item_vectors(tr, items, v)
         fine = await self._stage(tr, "ranker", self.ranker,
-                                 StageRequest(req.user_id, history, v.versions["ranker"], top_k=len(items), items=items,
-                                              user_feats=user_vec, item_feats=item_vecs, tables=tables),
+                                 StageRequest(req.user_id, history, v.model_names["ranker"], v.versions["ranker"],
+                                              top_k=len(items), items=items, user_feats=user_vec, item_feats=item_vecs,
+                                              tables=tables),
                                  self.config.deadlines.ranker_timeout_ms)
         scores = dict(fine.items) if fine is not None else {}
         tr.timings["total"] = round((time.perf_counter() - tr.t0) * 1000, 3)

@@ -42,7 +42,7 @@ class StageRequest:
     """One request's inputs to a model stage (picklable: crosses deployments in the split layout).
 
     Args:
-        version: which loaded model version scores the request.
+        model, version: which model artefact and version scores the request.
         items: (N,) candidate item ids (empty for retrieval).
         user_feats: (1, Fu) float32 user vector (features/vectors.py layout) or None.
         item_feats: (N, Fi) float32 item vectors aligned with `items`, or None.
@@ -51,6 +51,7 @@ class StageRequest:
 
     user_id: str
     history: list[str]
+    model: str
     version: str
     top_k: int
     items: list[str] = field(default_factory=list)
@@ -63,25 +64,35 @@ S = TypeVar("S")
 
 
 class _Versioned(Generic[S]):
-    """Model versions by concrete version; `load` replaces the whole set at once."""
+    """Model versions by concrete version; `load` replaces the whole set at once.
+
+    During a swap the ingress and a stage deployment take the new variants at slightly different
+    moments, so a stage answers any version it can: the current set, the set it just replaced
+    (kept until the next swap), or, as a last resort, the version loaded on demand.
+    """
 
     def __init__(self, factory: Callable[[ModelRef], S]):
         self.factory = factory
         self.models: dict[str, S] = {}
+        self._retired: dict[str, S] = {}
 
     def load(self, refs: list[ModelRef]) -> dict[str, str]:
         """Load every ref (reusing versions already loaded); returns ref version -> concrete version."""
         new: dict[str, S] = {}
         resolved: dict[str, str] = {}
         for ref in refs:
-            model = self.factory(ref)  # resolves 'latest'; cheap when it names a loaded version (see _cached)
+            model = self.factory(ref)  # resolves 'latest'; the factory caches loaded versions
             new[model.version] = model
             resolved[ref.version] = model.version
-        self.models = new  # one assignment: a request sees the old set or the new one
+        self._retired, self.models = self.models, new  # a request sees the old set or the new one
         return resolved
 
-    def get(self, version: str) -> S:
-        return self.models[version]
+    def get(self, name: str, version: str) -> S:
+        model = self.models.get(version) or self._retired.get(version)
+        if model is None:
+            log.warning("%s %s/%s was not loaded: loading it on demand", type(self).__name__, name, version)
+            model = self.factory(ModelRef(name=name, version=version))
+        return model
 
 
 def _top(items: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
@@ -98,7 +109,7 @@ class RetrievalStage:
         self.versions: _Versioned[RetrievalServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
-        model = self.versions.get(req.version)
+        model = self.versions.get(req.model, req.version)
         ids, scores = model.top_n(model.user_vector(req.user_id, req.history), req.top_k)
         return StageResult(items=[(str(i), float(s)) for i, s in zip(ids, scores)], version=model.version)
 
@@ -112,7 +123,7 @@ class CoarseStage:
         self.versions: _Versioned[CoarseServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
-        model = self.versions.get(req.version)
+        model = self.versions.get(req.model, req.version)
         scores = model.score(req.user_id, req.history, req.items, req.user_feats, req.item_feats)
         return StageResult(items=_top(req.items, scores, req.top_k), version=model.version)
 
@@ -126,7 +137,7 @@ class RankerStage:
         self.versions: _Versioned[RankerServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
-        model = self.versions.get(req.version)
+        model = self.versions.get(req.model, req.version)
         scores = model.score(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
         return StageResult(items=_top(req.items, scores, len(req.items)), version=model.version)
 

@@ -1,11 +1,10 @@
-"""The walking skeleton through the real parts: Kafka -> processor -> Redis -> Ray Serve -> Kafka."""
+"""The walking skeleton through the real parts: Kafka -> processor -> Redis (serving: test_serving.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-import httpx
 import pytest
 import redis
 
@@ -13,7 +12,6 @@ from pipelines.data.movielens import ml100k_events
 from pipelines.produce import produce_events, produce_raw
 from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
 from recstream.events import Event, EventType
-from services.config import ServeConfig
 from tests.integration.kafka_utils import read_json
 
 pytestmark = pytest.mark.integration
@@ -88,72 +86,3 @@ def test_redelivered_batch_is_not_applied_twice(settings):
     assert handler.apply(settings.events_topic, more, {0: 11}) == 1
     assert r.zscore(f"{settings.redis_prefix}:pop", "same-item") == 11.0
     assert handler.stored_offsets(settings.events_topic) == {0: 11}
-
-
-@pytest.fixture
-def served(settings, ray_serve):
-    """Deploy the app for this test's settings under its own route prefix."""
-    from ray import serve
-
-    from services.app import build_app
-
-    name = settings.redis_prefix
-    serve.run(build_app(settings, ServeConfig(max_k=50, popular_pool_size=100)), name=name, route_prefix=f"/{name}",
-              blocking=False)
-    yield f"{ray_serve}/{name}"
-    serve.delete(name)
-
-
-def test_recommend_returns_only_unseen_items_and_logs_the_slate(settings, served):
-    # Popularity: item p0 > p1 > ... > p9 (gaps of 2, so alice's own events keep the order); alice saw p0, p2, p4.
-    events = [_ev(i * 100 + j, f"crowd{j}", f"p{i}") for i in range(10) for j in range(2 * (10 - i))]
-    events += [_ev(5000 + n, "alice", f"p{n}") for n in (0, 2, 4)]
-    produce_events(events, settings, progress=False)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    handler = PopularityHandler(r, settings.redis_prefix)
-    _run_until(StreamProcessor(handler, ProcessorConfig(name="popularity"), settings), handler, settings, len(events))
-
-    resp = httpx.post(f"{served}/v1/recommend", json={"user_id": "alice", "k": 4}, timeout=30)
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert [it["item_id"] for it in body["items"]] == ["p1", "p3", "p5", "p6"]
-    assert body["degraded"] is False and body["variant"] == "A"
-
-    cold = httpx.post(f"{served}/v1/recommend", json={"user_id": "nobody-knows-me", "k": 3}, timeout=30).json()
-    assert [it["item_id"] for it in cold["items"]] == ["p0", "p1", "p2"]
-
-    logs = read_json(settings.kafka_bootstrap, settings.impressions_topic, 2)
-    by_id = {rec["request_id"]: rec for rec in logs}
-    assert body["request_id"] in by_id
-    rec = by_id[body["request_id"]]
-    assert rec["user_id"] == "alice"
-    assert [s["item_id"] for s in rec["slate"]] == ["p1", "p3", "p5", "p6"]
-    assert [s["position"] for s in rec["slate"]] == [0, 1, 2, 3]
-    assert all(s["propensity"] == 1.0 for s in rec["slate"])
-
-
-def test_bad_requests_get_422_naming_the_field(settings, served):
-    cases = [({"k": 3}, "user_id"), ({"user_id": "a", "k": 0}, "k"), ({"user_id": "a", "k": 51}, "k"),
-             ({"user_id": "a", "k": "ten"}, "k"), ({"user_id": "a", "k": 3, "bogus": 1}, "bogus")]
-    for payload, field in cases:
-        resp = httpx.post(f"{served}/v1/recommend", json=payload, timeout=30)
-        assert resp.status_code == 422, (payload, resp.text)
-        assert any(field in err["loc"] for err in resp.json()["detail"]), (payload, resp.text)
-    assert httpx.get(f"{served}/healthz", timeout=30).json() == {"status": "ok"}
-    assert "/v1/recommend" in httpx.get(f"{served}/openapi.json", timeout=30).json()["paths"]
-
-
-def test_redis_outage_degrades_instead_of_failing(settings, ray_serve):
-    from ray import serve
-
-    from services.app import build_app
-
-    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    name = settings.redis_prefix + "x"
-    serve.run(build_app(broken, ServeConfig()), name=name, route_prefix=f"/{name}", blocking=False)
-    try:
-        resp = httpx.post(f"{ray_serve}/{name}/v1/recommend", json={"user_id": "u", "k": 5}, timeout=30)
-        assert resp.status_code == 200, resp.text
-        assert resp.json()["degraded"] is True
-    finally:
-        serve.delete(name)

@@ -1,0 +1,272 @@
+"""The three-stage recommender over HTTP on the real stack: Kafka -> processors -> Redis -> Ray
+Serve (ingress + batched ranker deployment) -> HTTP and the impression log.
+
+Small random artefacts (tests/serving_fixtures.py) stand in for trained ones: these tests check
+the plumbing (inputs the stream wrote reach every stage, fallbacks, hot swap), not quality.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from features.bse import RedisBseStore, TableVersion
+from features.bse.embeddings import VocabItemEmbeddings
+from features.model_store import artifact_path, load_vocabs
+from models.sdim_hash import SdimConfig, SdimHasher
+from pipelines.produce import produce_events
+from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
+from pipelines.stream.bse_encoder import BseEncoderHandler
+from recstream.events import Event, EventType
+from services.config import ServeConfig
+from tests.integration.kafka_utils import read_json
+from tests.serving_fixtures import save_stage_models
+
+pytestmark = pytest.mark.integration
+
+TS = 1_700_000_000_000
+N_USERS, N_ITEMS = 40, 300
+
+
+def _events() -> list[Event]:
+    rng = np.random.default_rng(1)
+    out = []
+    for u in range(N_USERS):
+        for j, item in enumerate(rng.choice(N_ITEMS, size=25, replace=False)):
+            out.append(Event(event_id=f"e{u}-{j}", user_id=f"u{u}", item_id=f"i{item}", type=EventType.click,
+                             ts=TS + u * 100 + j))
+    return out
+
+
+def _bse_store(settings, root, version: str) -> RedisBseStore:
+    path = artifact_path("ranker", version, root)
+    emb = VocabItemEmbeddings(np.load(path / "item_embeddings.npy"), load_vocabs("ranker", version, root)["item"])
+    tv = TableVersion(SdimHasher(SdimConfig(dim=16, n_hashes=12, tau=3)), emb, model_version=version)
+    return RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, versions=[tv])
+
+
+def _process(settings, handlers_and_names, n_records: int, timeout_s: float = 120) -> None:
+    procs = [StreamProcessor(h, ProcessorConfig(name=name), settings) for h, name in handlers_and_names]
+    threads = [threading.Thread(target=p.run, daemon=True) for p in procs]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if all(sum(h.stored_offsets(settings.events_topic).values()) >= n_records for h, _ in handlers_and_names):
+                return
+            time.sleep(0.2)
+        raise AssertionError("processors did not catch up")
+    finally:
+        for p in procs:
+            p.stop()
+        for t in threads:
+            t.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, stack_endpoints):
+    """Artefacts v1 and v2; the stream's state for them in one Redis prefix (BSE holds only v1)."""
+    from recstream.kafka_io import ensure_topics
+    from recstream.settings import Settings
+
+    root = tmp_path_factory.mktemp("artifacts")
+    save_stage_models(root, N_USERS, N_ITEMS, version="v1", seed=0)
+    save_stage_models(root, N_USERS, N_ITEMS, version="v2", seed=1)
+    tag = f"srv{int(time.time() * 1000) % 10**8}"
+    settings = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
+                        events_topic=f"{tag}.events", dlq_topic=f"{tag}.dlq", impressions_topic=f"{tag}.impressions",
+                        topic_partitions=2, redis_prefix=tag)
+    ensure_topics(settings)
+    events = _events()
+    produce_events(events, settings, progress=False)
+    r = redis.Redis.from_url(settings.redis_url)
+    _process(settings, [(PopularityHandler(r, settings.redis_prefix), "popularity"),
+                        (BseEncoderHandler(_bse_store(settings, root, "v1")), "bse-encoder")], len(events))
+    return {"root": root, "settings": settings, "events": events}
+
+
+def _variants(ranker: str = "v1", b_ranker: str | None = None) -> dict:
+    """Variant A serves ranker `ranker`; with b_ranker, half the users get variant B with that ranker."""
+    def variant(share: float, r: str) -> dict:
+        return {"share": share, "retrieval": {"name": "two_tower", "version": "v1"},
+                "coarse": {"name": "hcn", "version": "v1"}, "ranker": {"name": "ranker", "version": r}}
+    if b_ranker is None:
+        return {"A": variant(1.0, ranker)}
+    return {"A": variant(0.5, ranker), "B": variant(0.5, b_ranker)}
+
+
+def _config(world, **kw) -> ServeConfig:
+    # generous deadlines: the 2-core CI machine is busy; the deadline tests set their own
+    base = dict(artifacts_dir=str(world["root"]), candidate_top_k=200, coarse_top_k=50, max_k=20, popular_pool_size=100,
+                user_feature_source="none", variants=_variants("v1", b_ranker="v2"), max_score_items=5,
+                deadlines={"inputs_timeout_ms": 2000, "candidates_timeout_ms": 2000, "coarse_timeout_ms": 2000,
+                           "ranker_timeout_ms": 3000, "redis_timeout_ms": 500})
+    return ServeConfig(**{**base, **kw})
+
+
+def _user_in(variant: str, config: ServeConfig) -> str:
+    from services.pipeline import assign_variant
+
+    return next(f"u{k}" for k in range(N_USERS) if assign_variant(f"u{k}", config.experiment_salt, config.variant_shares) == variant)
+
+
+def _deploy(ray_serve, world, config: ServeConfig, name: str, settings=None) -> str:
+    from ray import serve
+
+    from services.app import build_app
+
+    serve.run(build_app(settings or world["settings"], config), name=name, route_prefix=f"/{name}", blocking=False)
+    url = f"{ray_serve}/{name}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{name} not ready")
+
+
+@pytest.fixture(scope="module")
+def main_app(world, ray_serve):
+    """Fused layout, variants A (ranker v1, whose tables the BSE holds) and B (ranker v2, which it does not)."""
+    from ray import serve
+
+    url = _deploy(ray_serve, world, _config(world), "main")
+    yield url
+    serve.delete("main")
+
+
+def test_every_stage_runs_on_what_the_stream_wrote(world, main_app):
+    url, user = main_app, _user_in("A", _config(world))
+    seen = {e.item_id for e in world["events"] if e.user_id == user}
+    resp = httpx.post(f"{url}/v1/recommend", json={"user_id": user, "k": 10, "exclude": ["i0"]}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["degraded"] is False, body["degraded_reasons"]
+    assert {"inputs", "retrieval", "coarse", "ranker", "total"} <= set(body["timings_ms"])
+    assert body["variant"] == "A" and body["model_versions"] == {"retrieval": "v1", "coarse": "v1", "ranker": "v1"}
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 10 and not set(ids) & (seen | {"i0"})
+
+    logs = read_json(world["settings"].kafka_bootstrap, world["settings"].impressions_topic, 1)
+    [log] = [r for r in logs if r["request_id"] == body["request_id"]]
+    assert log["variant"] == "A" and log["model_versions"] == body["model_versions"] and log["user_id"] == user
+    assert [s["item_id"] for s in log["slate"]] == ids and all(s["propensity"] == 1.0 for s in log["slate"])
+    assert [s["score"] for s in log["slate"]] == [i["score"] for i in body["items"]]
+    assert log["features"]["long_term"] is True and log["features"]["history_len"] == 25
+    assert log["timings_ms"] == body["timings_ms"] and log["ts"] > TS
+
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    for needle in ('recstream_stage_latency_seconds_count{stage="ranker"}',
+                   'recstream_stage_candidates_in_count{stage="coarse"}',
+                   'recstream_model_version_info{stage="ranker",variant="B",version="v2"}'):
+        assert needle in metrics, needle
+
+
+def test_variant_whose_ranker_version_the_bse_lacks_runs_without_long_term(world, main_app):
+    user = _user_in("B", _config(world))
+    body = httpx.post(f"{main_app}/v1/recommend", json={"user_id": user, "k": 5}, timeout=60).json()
+    assert body["variant"] == "B" and body["model_versions"]["ranker"] == "v2"
+    assert body["degraded_reasons"] == ["bse:version_missing"] and len(body["items"]) == 5
+
+
+def test_score_endpoint_and_bad_input(world, main_app):
+    url = main_app
+    ok = httpx.post(f"{url}/v1/score", json={"user_id": "u3", "item_ids": ["i1", "i2", "unknown-item"]}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    scores = ok.json()["scores"]
+    assert set(scores) == {"i1", "i2", "unknown-item"} and all(0 < s < 1 for s in scores.values())
+    too_many = httpx.post(f"{url}/v1/score", json={"user_id": "u3", "item_ids": [f"i{k}" for k in range(6)]}, timeout=60)
+    assert too_many.status_code == 413 and "item_ids" in too_many.text
+    for payload, field in (({"user_id": "u3", "item_ids": []}, "item_ids"), ({"item_ids": ["i1"]}, "user_id"),
+                           ({"user_id": "u3", "item_ids": "i1"}, "item_ids")):
+        resp = httpx.post(f"{url}/v1/score", json=payload, timeout=60)
+        assert resp.status_code == 422 and any(field in e["loc"] for e in resp.json()["detail"]), resp.text
+
+
+def test_bad_recommend_requests_get_422_naming_the_field(main_app):
+    url = main_app
+    cases = [({"k": 3}, "user_id"), ({"user_id": "a", "k": 0}, "k"), ({"user_id": "a", "k": 21}, "k"),
+             ({"user_id": "a", "k": "ten"}, "k"), ({"user_id": "a", "k": 3, "bogus": 1}, "bogus")]
+    for payload, field in cases:
+        resp = httpx.post(f"{url}/v1/recommend", json=payload, timeout=30)
+        assert resp.status_code == 422, (payload, resp.text)
+        assert any(field in err["loc"] for err in resp.json()["detail"]), (payload, resp.text)
+    assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    paths = httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+    assert {"/v1/recommend", "/v1/score"} <= set(paths)
+
+
+def test_split_layout_answers_like_fused(world, main_app, ray_serve):
+    from ray import serve
+
+    split = _deploy(ray_serve, world, _config(world, layout="split"), "split")
+    try:
+        user = _user_in("A", _config(world))
+        a = httpx.post(f"{main_app}/v1/recommend", json={"user_id": user, "k": 10}, timeout=60).json()
+        b = httpx.post(f"{split}/v1/recommend", json={"user_id": user, "k": 10}, timeout=60).json()
+    finally:
+        serve.delete("split")
+    assert not b["degraded"], b["degraded_reasons"]
+    assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
+    np.testing.assert_allclose([i["score"] for i in a["items"]], [i["score"] for i in b["items"]], atol=1e-5)
+
+
+def test_redis_outage_and_late_ranker_degrade_instead_of_failing(world, ray_serve):
+    from ray import serve
+
+    broken = world["settings"].model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    cfg = _config(world, variants=_variants("v1"), deadlines={"ranker_timeout_ms": 0.01, "redis_timeout_ms": 100})
+    url = _deploy(ray_serve, world, cfg, "broken", settings=broken)
+    try:
+        resp = httpx.post(f"{url}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60)
+    finally:
+        serve.delete("broken")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["degraded"] is True
+    assert {"history:unavailable", "seen:unavailable", "ranker:deadline"} <= set(body["degraded_reasons"]), body
+    assert len(body["items"]) == 5  # the models still rank from what they know: coarse order here
+
+
+def test_hot_version_swap_under_load_has_zero_errors(world, main_app):
+    """Last in the module: swaps main's variant A to ranker v2 while requests flow."""
+    from ray import serve
+
+    from services.app import build_app
+
+    url, user = main_app, _user_in("A", _config(world))
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def load():
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(f"{url}/v1/recommend", json={"user_id": user, "k": 5})
+                results.append((r.status_code, r.json()["model_versions"]["ranker"] if r.status_code == 200 else r.text))
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(2)
+    n_before = len(results)
+    serve.run(build_app(world["settings"], _config(world, variants=_variants("v2", b_ranker="v2"))), name="main",
+              route_prefix="/main", blocking=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (results and results[-1][1] == "v2"):
+        time.sleep(0.2)
+    time.sleep(1)
+    stop.set()
+    t.join(timeout=60)
+    errors = [r for r in results if r[0] != 200]
+    assert not errors, errors[:3]
+    versions = [v for _, v in results]
+    assert n_before > 0 and versions[0] == "v1" and versions[-1] == "v2", versions
+    assert set(versions[versions.index("v2"):]) == {"v2"}, "after the swap every answer names the new version"
