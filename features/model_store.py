@@ -2,7 +2,10 @@
 
 The manifest alone rebuilds the model (registry key + config), and says what it was trained on
 (data window), how well it did (metrics) and from which code (git revision). Rankers also store
-their item embedding table as numpy, which the BSE hashes for the deployed version.
+their item embedding table as numpy, which the BSE hashes for the deployed version. Models that
+can take dense stream features (ranker, HCN) name them: `user_vector_names` / `item_vector_names`
+(lists in input order, empty when the model takes none; serving builds exactly these vectors with
+`features.vectors`) and `feature_source` ("feast_offline" or "none").
 
 The root is `artifacts/` at the repository root, or $RECSTREAM_ARTIFACTS_DIR, or the `root` argument.
 """
@@ -81,6 +84,24 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _feature_vector_keys(config: dict[str, Any], feature_vectors: dict[str, Any] | None) -> dict[str, Any]:
+    """Manifest keys naming the dense feature vectors a model takes (models without such inputs: none)."""
+    if "n_user_feats" not in config:
+        if feature_vectors:
+            raise ValueError("feature_vectors given for a model without dense feature inputs")
+        return {}
+    fv = feature_vectors or {}
+    out = {"user_vector_names": list(fv.get("user_vector_names", [])),
+           "item_vector_names": list(fv.get("item_vector_names", []))}
+    for kind in ("user", "item"):
+        n = int(config.get(f"n_{kind}_feats", 0))
+        if len(out[f"{kind}_vector_names"]) != n:
+            raise ValueError(f"{kind}_vector_names ({len(out[f'{kind}_vector_names'])} names) must match the "
+                             f"config's n_{kind}_feats ({n})")
+    out["feature_source"] = fv.get("source", "none") if (out["user_vector_names"] or out["item_vector_names"]) else "none"
+    return out
+
+
 def save_artifact(
     name: str,
     version: str | None,
@@ -91,6 +112,7 @@ def save_artifact(
     data_window: dict[str, Any],
     root: str | Path | None = None,
     extra: dict[str, Any] | None = None,
+    feature_vectors: dict[str, Any] | None = None,
 ) -> Path:
     """Write one model version; returns its directory.
 
@@ -99,9 +121,14 @@ def save_artifact(
         config: the model's config dataclass (or a dict); training settings go in `extra`.
         vocab: {"user": Vocab, "item": Vocab, ...} mapping raw ids to embedding rows.
         metrics: evaluation results; data_window: what the model was trained and evaluated on.
+        feature_vectors: {"user_vector_names": [...], "item_vector_names": [...], "source": ...} of a
+            model trained with dense features (Splits.meta["features"]); their lengths must match
+            the config's n_user_feats / n_item_feats.
     Raises:
         FileExistsError: the version already exists (versions are immutable).
+        ValueError: the feature names do not match the model's feature widths.
     """
+    vectors = _feature_vector_keys(_jsonable(config), feature_vectors)
     version = version or new_version()
     out = artifacts_root(root) / "models" / name / version
     if out.exists():
@@ -123,6 +150,7 @@ def save_artifact(
         "code_revision": code_revision(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "torch_version": torch.__version__,
+        **vectors,
     }
     if hasattr(model, "item_embedding_table"):
         np.save(tmp / "item_embeddings.npy", model.item_embedding_table())

@@ -8,7 +8,14 @@ sample never sees a behaviour from its own instant or later, whatever order samp
 Builders:
 - `build_ml100k_retrieval`: MovieLens-100k, per user time-ordered; the last interaction is the
   test target, the one before it the validation target, the rest train (leave-last-out).
-- `build_ml100k_ctr`: the same split with one random unseen item per positive as a negative.
+- `build_ml100k_ctr`: the same split as CTR samples: every rating is an exposure, labelled 1 when
+  the rating is >= 4 (0 below), plus one random item the user had not rated before as an unexposed
+  negative (label 0) per rating.
+- `ml100k_test_cases`: per user, the training history (train + valid, time order) and the held-out
+  test item, for comparing a live service with the offline evaluation.
+
+Samples may carry dense stream features (`user_feats`, `item_feats`, from the Feast offline store:
+`pipelines/data/stream_features.py`), which `batch()` emits under the same keys.
 - `build_synthetic_ctr`: impressions of the synthetic world labelled by later clicks, split by
   global time (last impression round = test, the one before = validation).
 """
@@ -24,6 +31,7 @@ import pandas as pd
 import torch
 
 from models.layers import Vocab
+from pipelines.data.movielens import leave_last_out
 from pipelines.data.synthetic import CLICK, IMPRESSION, VIEW, SyntheticConfig, generate_world
 
 log = logging.getLogger(__name__)
@@ -73,7 +81,8 @@ class SequenceStore:
 class Samples:
     """Training or evaluation samples over a shared SequenceStore.
 
-    batches() yields dicts of tensors: user (B,), item (B,), hist (B, hist_len), [label (B,)].
+    batches() yields dicts of tensors: user (B,), item (B,), hist (B, hist_len), [label (B,)],
+    [user_feats (B, Fu), item_feats (B, Fi) float32: the stream's features as of the sample's time].
     """
 
     store: SequenceStore
@@ -83,13 +92,24 @@ class Samples:
     end: np.ndarray
     hist_len: int
     label: np.ndarray | None = None
+    user_feats: np.ndarray | None = None  # (n, Fu) float32 (features.vectors.USER_VECTOR_NAMES)
+    item_feats: np.ndarray | None = None  # (n, Fi) float32 (features.vectors.ITEM_VECTOR_NAMES)
+
+    def __post_init__(self) -> None:
+        for name in ("label", "user_feats", "item_feats"):
+            x = getattr(self, name)
+            if x is not None and len(x) != len(self.user):
+                raise ValueError(f"Samples.{name} has {len(x)} rows for {len(self.user)} samples")
 
     def __len__(self) -> int:
         return len(self.user)
 
     def subset(self, idx: np.ndarray) -> "Samples":
+        def pick(x):
+            return None if x is None else x[idx]
+
         return replace(self, user=self.user[idx], item=self.item[idx], ts_ms=self.ts_ms[idx], end=self.end[idx],
-                       label=None if self.label is None else self.label[idx])
+                       label=pick(self.label), user_feats=pick(self.user_feats), item_feats=pick(self.item_feats))
 
     def shard(self, rank: int, world_size: int) -> "Samples":
         """Every world_size-th sample starting at rank (data-parallel workers)."""
@@ -106,6 +126,10 @@ class Samples:
         }
         if self.label is not None:
             out["label"] = torch.from_numpy(self.label[idx].astype(np.float32))
+        for name in ("user_feats", "item_feats"):
+            x = getattr(self, name)
+            if x is not None:
+                out[name] = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32))
         return out
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -131,6 +155,16 @@ class Splits:
     catalogue: np.ndarray  # item rows a retrieval model ranks over (the known items)
     meta: dict = field(default_factory=dict)  # JSON-safe facts that go into the manifest
     extras: dict = field(default_factory=dict)  # ground truth for benchmarks (not serialised)
+    # (n_item_rows, Fi) item features every catalogue item is scored with in retrieval evaluation
+    # (as of the end of the streamed data, as a live service sees them); None without features
+    catalogue_item_feats: np.ndarray | None = None
+
+    @property
+    def n_feats(self) -> dict[str, int]:
+        """{"n_user_feats", "n_item_feats"}: the dense feature widths the samples carry (0 = none)."""
+        t = self.train
+        return {"n_user_feats": 0 if t.user_feats is None else t.user_feats.shape[1],
+                "n_item_feats": 0 if t.item_feats is None else t.item_feats.shape[1]}
 
     def model_dims(self) -> dict[str, int]:
         return {"n_users": self.vocabs["user"].size, "n_items": self.vocabs["item"].size,
@@ -149,8 +183,8 @@ def _item_cat_rows(item_vocab: Vocab, cat_vocab: Vocab, cats_by_token: dict[str,
     return out
 
 
-def build_ml100k_retrieval(hist_len: int = 200, data=None) -> Splits:
-    """MovieLens-100k leave-last-out: per user, last interaction = test, previous = valid."""
+def _ml100k_parts(hist_len: int, data):
+    """Shared by the ML-100k builders: vocabularies, the sequence store, per-split samples and ratings."""
     if data is None:
         from pipelines.data.movielens import load_ml100k
 
@@ -163,36 +197,93 @@ def build_ml100k_retrieval(hist_len: int = 200, data=None) -> Splits:
     u = users.encode(inter["user_id"])
     it = items.encode(inter["item_id"])
     ts = inter["ts_ms"].to_numpy(np.int64)
+    rating = inter["rating"].to_numpy(np.float64)
     store = SequenceStore(u, it, ts, users.size)
-    from_end = pd.Series(u).groupby(u).cumcount(ascending=False).to_numpy()  # 0 = user's last interaction
+    from_end = leave_last_out(inter)  # 0 = user's last interaction
     end = store.end_before(u, ts)
-
-    def part(mask: np.ndarray) -> Samples:
-        return Samples(store, u[mask], it[mask], ts[mask], end[mask], hist_len)
-
-    return Splits("retrieval", part(from_end >= 2), part(from_end == 1), part(from_end == 0),
-                  {"user": users, "item": items, "item_cat": cats}, _item_cat_rows(items, cats, first_genre),
-                  catalogue=np.arange(1, len(items) + 1), meta={"dataset": "ml100k", "split": "leave-last-out"})
+    parts = {}
+    for name, mask in (("train", from_end >= 2), ("valid", from_end == 1), ("test", from_end == 0)):
+        parts[name] = (Samples(store, u[mask], it[mask], ts[mask], end[mask], hist_len), rating[mask])
+    vocabs = {"user": users, "item": items, "item_cat": cats}
+    return parts, vocabs, _item_cat_rows(items, cats, first_genre), np.arange(1, len(items) + 1)
 
 
-def _with_negatives(s: Samples, n_items: int, seed: int) -> Samples:
-    """Each positive plus one random item the user had not interacted with before, label 0."""
+def build_ml100k_retrieval(hist_len: int = 200, data=None) -> Splits:
+    """MovieLens-100k leave-last-out: per user, last interaction = test, previous = valid."""
+    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data)
+    return Splits("retrieval", parts["train"][0], parts["valid"][0], parts["test"][0], vocabs, item_cat,
+                  catalogue=catalogue, meta={"dataset": "ml100k", "split": "leave-last-out"})
+
+
+def _with_negatives(s: Samples, n_items: int, seed: int, pos_label: np.ndarray | None = None) -> Samples:
+    """Each sample (label `pos_label`, default 1) plus one random item the user had not
+    interacted with before, label 0."""
     rng = np.random.default_rng(seed)
     neg = rng.integers(1, n_items + 1, len(s))
     for k in range(len(s)):  # resample the rare collisions with the user's history
         hist = s.store.history(s.user[k], s.end[k])
         while neg[k] == s.item[k] or neg[k] in hist:
             neg[k] = rng.integers(1, n_items + 1)
+    pos = np.ones(len(s)) if pos_label is None else np.asarray(pos_label, dtype=np.float64)
     return Samples(s.store, np.concatenate([s.user, s.user]), np.concatenate([s.item, neg]),
                    np.concatenate([s.ts_ms, s.ts_ms]), np.concatenate([s.end, s.end]), s.hist_len,
-                   label=np.concatenate([np.ones(len(s)), np.zeros(len(s))]).astype(np.float32))
+                   label=np.concatenate([pos, np.zeros(len(s))]).astype(np.float32))
 
 
-def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None) -> Splits:
-    r = build_ml100k_retrieval(hist_len, data)
-    n = len(r.vocabs["item"])
-    return replace(r, task="ranking", train=_with_negatives(r.train, n, seed), valid=_with_negatives(r.valid, n, seed + 1),
-                   test=_with_negatives(r.test, n, seed + 2), meta={**r.meta, "negatives": "1 random unseen per positive"})
+ML100K_LABELS = ("rating_ge_4", "interaction")
+
+
+def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str = "rating_ge_4") -> Splits:
+    """MovieLens-100k CTR samples on the leave-last-out split.
+
+    Args:
+        label: "rating_ge_4" (default): a rating is an exposure, positive when >= 4 (about 55% of
+            ratings); "interaction": every rating is a positive (the unseen negatives only).
+            Either way one random item the user had not rated before joins as a negative.
+    """
+    if label not in ML100K_LABELS:
+        raise ValueError(f"label ({label!r}) must be one of {ML100K_LABELS}")
+    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data)
+    n = len(vocabs["item"])
+
+    def ctr(name: str, seed_offset: int) -> Samples:
+        s, rating = parts[name]
+        return _with_negatives(s, n, seed + seed_offset, (rating >= 4.0) if label == "rating_ge_4" else None)
+
+    negatives = "1 random unseen item per rating, label 0"
+    return Splits("ranking", ctr("train", 0), ctr("valid", 1), ctr("test", 2), vocabs, item_cat, catalogue=catalogue,
+                  meta={"dataset": "ml100k", "split": "leave-last-out", "negatives": negatives,
+                        "label": "rating >= 4 (ratings below 4 and unseen items: 0)" if label == "rating_ge_4"
+                        else "any rating (unseen items: 0)"})
+
+
+def ml100k_test_cases(data=None) -> pd.DataFrame:
+    """For each ML-100k user: the training history and the held-out test interaction.
+
+    The history is the user's train + valid interactions (all but the last) in the order of
+    `load_ml100k().interactions` (time, ties by user_id then item_id as strings): the order the
+    events are produced to Kafka (`ml100k_events(split="train_valid")`), applied by the stream
+    and kept by SequenceStore, so a live service holds the same sequence.
+
+    Returns:
+        one row per user (sorted by user_id as an int): user_id (str), history (list[str] item ids,
+        oldest first), history_ts_ms (list[int]), test_item_id (str), test_ts_ms (int).
+    """
+    if data is None:
+        from pipelines.data.movielens import load_ml100k
+
+        data = load_ml100k()
+    inter = data.interactions
+    from_end = leave_last_out(inter)
+    train = inter[from_end >= 1]
+    test = inter[from_end == 0].set_index("user_id")
+    hist = train.groupby("user_id", sort=False).agg(history=("item_id", list), history_ts_ms=("ts_ms", list))
+    out = test[["item_id", "ts_ms"]].rename(columns={"item_id": "test_item_id", "ts_ms": "test_ts_ms"}).join(hist)
+    out["history"] = out["history"].apply(lambda h: h if isinstance(h, list) else [])
+    out["history_ts_ms"] = out["history_ts_ms"].apply(lambda h: [int(t) for t in h] if isinstance(h, list) else [])
+    out = out.reset_index()
+    out = out.iloc[np.argsort(out["user_id"].astype(int).to_numpy(), kind="stable")].reset_index(drop=True)
+    return out[["user_id", "history", "history_ts_ms", "test_item_id", "test_ts_ms"]]
 
 
 def build_ctr_samples(frame: pd.DataFrame, n_user_rows: int, hist_len: int,

@@ -13,8 +13,9 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
+import numpy as np
 import pandas as pd
 
 from recstream.errors import RecstreamError
@@ -92,9 +93,42 @@ def load_ml100k(cache_dir: Path | None = None) -> Ml100k:
     return Ml100k(interactions=inter, items=items, users=users)
 
 
-def ml100k_events(cache_dir: Path | None = None, limit: int | None = None) -> Iterator[Event]:
-    """Ratings as time-ordered `rating` events with deterministic event ids."""
+Ml100kSplit = Literal["all", "train", "valid", "test", "train_valid"]
+SPLITS: tuple[str, ...] = ("all", "train", "valid", "test", "train_valid")
+
+
+def leave_last_out(interactions: pd.DataFrame) -> np.ndarray:
+    """Per interaction (in the frame's order, which must be load_ml100k's time order): 0 = the
+    user's last interaction (test), 1 = the one before (valid), >= 2 = train. The one definition of
+    the ML-100k split, used by the dataset builders and by ml100k_events."""
+    return interactions.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+
+
+def split_mask(interactions: pd.DataFrame, split: Ml100kSplit) -> np.ndarray:
+    """Boolean mask of the interactions in `split` ("train_valid" = all but each user's last)."""
+    if split not in SPLITS:
+        raise ValueError(f"split ({split!r}) must be one of {SPLITS}")
+    from_end = leave_last_out(interactions)
+    return {"all": np.ones(len(from_end), dtype=bool), "train": from_end >= 2, "valid": from_end == 1,
+            "test": from_end == 0, "train_valid": from_end >= 1}[split]
+
+
+def event_id(user_id: str, item_id: str, ts_ms: int) -> str:
+    return f"ml100k-{user_id}-{item_id}-{ts_ms}"
+
+
+def ml100k_events(cache_dir: Path | None = None, limit: int | None = None,
+                  split: Ml100kSplit = "all") -> Iterator[Event]:
+    """Ratings as time-ordered `rating` events with deterministic event ids.
+
+    Args:
+        split: which interactions of the leave-last-out split: "train_valid" produces exactly the
+            training interactions (all but each user's last), "test" the held-out ones.
+        limit: at most this many events, the earliest of the split.
+    """
     data = load_ml100k(cache_dir)
-    df = data.interactions if limit is None else data.interactions.head(limit)
+    df = data.interactions[split_mask(data.interactions, split)] if split != "all" else data.interactions
+    if limit is not None:
+        df = df.head(limit)
     for u, i, r, ts in zip(df["user_id"], df["item_id"], df["rating"], df["ts_ms"]):
-        yield Event(event_id=f"ml100k-{u}-{i}-{ts}", user_id=u, item_id=i, type=EventType.rating, ts=int(ts), value=float(r))
+        yield Event(event_id=event_id(u, i, ts), user_id=u, item_id=i, type=EventType.rating, ts=int(ts), value=float(r))

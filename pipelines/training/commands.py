@@ -2,6 +2,7 @@
 
     python -m pipelines.training.commands train --model two_tower --data ml100k --epochs 10
     python -m pipelines.training.commands train --model ranker --data synthetic --workers 2
+    python -m pipelines.training.commands train --model ranker --data ml100k --features feast
     python -m pipelines.training.commands evaluate --name two_tower
     python -m pipelines.training.commands bench
 """
@@ -48,13 +49,15 @@ def train(
     synthetic_seq_len: int = typer.Option(500, min=1),
     synthetic_items: int = typer.Option(1000, min=1),
     use_user_id: Optional[bool] = typer.Option(None, help="ranker: user id embedding (default: off on synthetic)"),
+    features: str = typer.Option("none", help="none | feast: ranker/hcn user and item feature inputs from the Feast "
+                                 "offline store the feature-writer filled (ml100k; joined point-in-time at t - 1 ms; "
+                                 "stream with `recstream process feature-writer --offline-history` first)"),
     progress: bool = typer.Option(True, help="tqdm progress bars"),
 ) -> None:
     """Train one model and save it under artifacts/models/<name>/<version>/."""
     from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
     from pipelines.data.synthetic import SyntheticConfig
-    from pipelines.training.artifacts import save_artifact
-    from pipelines.training.jobs import TrainJob, run_job
+    from pipelines.training.jobs import TrainJob, run_job, save_job
     from pipelines.training.loop import TrainConfig
 
     _setup_logging()
@@ -68,6 +71,7 @@ def train(
                               num_threads=threads, checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                               progress=progress),
             synthetic=SyntheticConfig(n_users=synthetic_users, seq_len=synthetic_seq_len, n_items=synthetic_items),
+            features=features,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
@@ -79,10 +83,7 @@ def train(
     else:
         result = run_job(job)
     seconds = time.perf_counter() - t0
-    path = save_artifact(name or model, version, result.model, result.model.config, result.splits.vocabs,
-                         {"valid": result.valid_metrics, "test": result.test_metrics}, result.splits.data_window,
-                         root=artifacts_dir,
-                         extra={"job": job.to_dict(), "workers": workers, "fit_history": result.fit.history, "train_seconds": seconds})
+    path = save_job(job, result, name, version, root=artifacts_dir, extra={"workers": workers, "train_seconds": seconds})
     typer.echo(json.dumps({"artifact": str(path), "train_seconds": round(seconds, 1), "valid": result.valid_metrics,
                            "test": result.test_metrics}, indent=2, default=float))
 

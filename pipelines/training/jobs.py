@@ -33,6 +33,8 @@ from pipelines.training.metrics import evaluate_ranking, evaluate_retrieval
 log = logging.getLogger(__name__)
 
 DATASETS = ("ml100k", "synthetic")
+FEATURE_SOURCES = ("none", "feast")
+FEATURE_MODELS = ("ranker", "full_attention", "din_last50", "hcn")  # models that take dense stream features
 ML100K_HIST_LEN = 200  # behaviours kept per sample on ML-100k (the median user has ~65 ratings)
 
 
@@ -44,12 +46,22 @@ class TrainJob:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # merged over the per-data defaults
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     eval_ks: tuple[int, ...] = (20,)
+    # "feast": user/item feature inputs from the Feast offline store the stream filled, joined
+    # point-in-time (pipelines/data/stream_features.py); "none": ids and sequences only
+    features: str = "none"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model ({self.model!r}) must be one of {sorted(MODELS)}")
         if self.data not in DATASETS:
             raise ValueError(f"data ({self.data!r}) must be one of {DATASETS}")
+        if self.features not in FEATURE_SOURCES:
+            raise ValueError(f"features ({self.features!r}) must be one of {FEATURE_SOURCES}")
+        if self.features != "none" and self.model not in FEATURE_MODELS:
+            raise ValueError(f"features ({self.features!r}) is for the models {FEATURE_MODELS}, not {self.model!r}")
+        if self.features != "none" and self.data != "ml100k":
+            raise ValueError(f"features ({self.features!r}) needs data 'ml100k' (the dataset the stream processed), "
+                             f"not {self.data!r}")
 
     @property
     def task(self) -> str:
@@ -82,8 +94,25 @@ def _splits(data: str, task: str, synthetic: SyntheticConfig) -> Splits:
     return build_ml100k_retrieval(ML100K_HIST_LEN) if task == "retrieval" else build_ml100k_ctr(ML100K_HIST_LEN)
 
 
-def load_splits(job: TrainJob) -> Splits:
-    return _splits(job.data, job.task, job.synthetic)
+@lru_cache(maxsize=2)
+def _feature_splits(data: str, task: str, synthetic: SyntheticConfig, repo_dir: str) -> Splits:
+    from features.feast_repo import open_repo
+    from pipelines.data.stream_features import attach_stream_features
+
+    return attach_stream_features(_splits(data, task, synthetic), open_repo(repo_dir))
+
+
+def load_splits(job: TrainJob, repo=None) -> Splits:
+    """The job's data; with features="feast" joined from `repo` (default: the deployment's Feast
+    repository, `features.feast_repo.repo_for_settings` of the RECSTREAM_* settings)."""
+    if job.features == "none":
+        return _splits(job.data, job.task, job.synthetic)
+    if repo is None:
+        from features.feast_repo import repo_for_settings
+        from recstream.settings import get_settings
+
+        repo = repo_for_settings(get_settings())
+    return _feature_splits(job.data, job.task, job.synthetic, str(repo.repo_dir))
 
 
 def model_config(job: TrainJob, splits: Splits) -> Any:
@@ -98,6 +127,10 @@ def model_config(job: TrainJob, splits: Splits) -> Any:
         # 50 long / 10 short behaviours: ML-100k histories are short (median user ~65 ratings over all time)
         # and the clustering cost grows with long_len; keeps ML-100k training within minutes on 2 cores.
         cfg.update(long_len=50, short_len=10, n_iters=2)
+    if job.features != "none":
+        if splits.train.user_feats is None or splits.train.item_feats is None:
+            raise ValueError(f"job features={job.features!r} but the training samples carry no user/item features")
+        cfg.update(splits.n_feats)
     cfg.update(job.model_overrides)
     return build_model(job.model, cfg).config
 
@@ -117,7 +150,8 @@ def build(job: TrainJob, splits: Splits) -> nn.Module:
 def evaluator(job: TrainJob, splits: Splits, which: str = "valid") -> Callable[[nn.Module], dict[str, float]]:
     samples = getattr(splits, which)
     if job.task == "retrieval":
-        return lambda m: evaluate_retrieval(m, samples, splits.catalogue, job.eval_ks)
+        feats = splits.catalogue_item_feats if job.features != "none" else None
+        return lambda m: evaluate_retrieval(m, samples, splits.catalogue, job.eval_ks, catalogue_item_feats=feats)
     return lambda m: evaluate_ranking(m, samples)
 
 
@@ -133,14 +167,15 @@ class JobResult:
 def run_job(job: TrainJob, rank: int = 0, world_size: int = 1,
             wrap: Callable[[nn.Module], nn.Module] | None = None,
             epoch_callback: Callable[[int, dict], None] | None = None,
-            evaluate_test: bool = True) -> JobResult:
+            evaluate_test: bool = True, splits: Splits | None = None) -> JobResult:
     """Build data and model, train with the shared loop on this worker's shard, evaluate on test.
 
     Args:
         rank / world_size: this worker's shard of the training samples.
         wrap: wraps the model for data parallelism (Ray's prepare_model); the loop unwraps to evaluate.
+        splits: train on these instead of load_splits(job) (e.g. a stream-feature-joined prefix).
     """
-    splits = load_splits(job)
+    splits = splits if splits is not None else load_splits(job)
     model = build(job, splits)
     train = splits.train if world_size == 1 else splits.train.shard(rank, world_size)
     wrapped = wrap(model) if wrap else model
@@ -149,3 +184,14 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1,
     model.eval()
     test = evaluator(job, splits, "test")(model) if evaluate_test else {}
     return JobResult(model, splits, result, result.best_metrics, test)
+
+
+def save_job(job: TrainJob, result: JobResult, name: str | None = None, version: str | None = None,
+             root=None, extra: dict[str, Any] | None = None) -> Any:
+    """Save a trained job as an artefact (manifest: the job, fit history, feature vector names)."""
+    from pipelines.training.artifacts import save_artifact
+
+    return save_artifact(name or job.model, version, result.model, result.model.config, result.splits.vocabs,
+                         {"valid": result.valid_metrics, "test": result.test_metrics}, result.splits.data_window,
+                         root=root, extra={"job": job.to_dict(), "fit_history": result.fit.history, **(extra or {})},
+                         feature_vectors=result.splits.meta.get("features") if job.features != "none" else None)

@@ -59,13 +59,18 @@ def recall_ndcg_at_k(scores: np.ndarray, target_col: np.ndarray, k: int) -> tupl
 
 @torch.no_grad()
 def evaluate_retrieval(model, samples: Samples, catalogue: np.ndarray, ks=(20,), batch_size: int = 512,
-                       exclude_seen: bool = True) -> dict[str, float]:
+                       exclude_seen: bool = True, catalogue_item_feats: np.ndarray | None = None) -> dict[str, float]:
     """Rank the whole catalogue for every sample; the sample's item is the one relevant item.
 
     Items in the user's history before the sample's time are excluded (they are filtered at serving).
+
+    Args:
+        catalogue_item_feats: (n_item_rows, Fi) dense features each catalogue item is scored with
+            (a model with item features: HCN), or None.
     """
     model.eval()
     cat_t = torch.as_tensor(catalogue, dtype=torch.long)
+    extra = () if catalogue_item_feats is None else (torch.as_tensor(catalogue_item_feats[catalogue], dtype=torch.float32),)
     col_of = np.full(int(catalogue.max()) + 1, -1, dtype=np.int64)
     col_of[catalogue] = np.arange(len(catalogue))
     sums = {f"{m}_at_{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
@@ -74,7 +79,7 @@ def evaluate_retrieval(model, samples: Samples, catalogue: np.ndarray, ks=(20,),
         idx = np.arange(start, min(start + batch_size, len(samples)))
         batch = samples.batch(idx)
         # own copy: a model may return a broadcast view (popularity), and exclusions write into it
-        scores = np.array(model.score_catalogue(batch, cat_t).float().cpu(), dtype=np.float32, copy=True)  # (B, N)
+        scores = np.array(model.score_catalogue(batch, cat_t, *extra).float().cpu(), dtype=np.float32, copy=True)  # (B, N)
         if exclude_seen:
             for r, k in enumerate(idx):
                 seen = col_of[samples.store.history(samples.user[k], samples.end[k])]
