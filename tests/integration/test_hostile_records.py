@@ -1,0 +1,124 @@
+"""Issue 9, defect 1 on the real stack: hostile records among good ones. b"[" * 100000 used to
+raise RecursionError out of every processor, at the same offset after each restart. Now every
+hostile record reaches the DLQ with a reason and its original bytes, every good event around
+them is applied, and a restarted processor goes on from past them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+
+import pytest
+import redis
+
+from features.bse import RedisBseStore, TableVersion
+from features.item_features import RedisItemFeatures
+from models.sdim_hash import SdimConfig, SdimHasher
+from pipelines.produce import produce_raw
+from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
+from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+from pipelines.stream.feature_publisher import FeaturePublisher
+from pipelines.stream.feature_writer import FeatureWriterHandler
+from recstream.events import Event
+from tests.integration.kafka_utils import read_json
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"event_id": "e", "user_id": "u1", "item_id": "i", "type": "click", "ts": 1_700_000_000_000}
+HEAD = json.dumps(GOOD)[:-1].encode()  # a valid event without its closing brace
+
+# kind -> records of that kind
+HOSTILE: dict[str, list[bytes | None]] = {
+    "deep nesting": [b"[" * 100_000, b'{"a":' * 50_000, b"[" * 1_000 + b"]" * 1_000, b'{"context":' * 20_000],
+    "huge numbers": [HEAD + b', "value": 1' + b"0" * 5_000 + b"}", HEAD + b', "position": ' + b"9" * 100_000 + b"}",
+                     json.dumps({k: v for k, v in GOOD.items() if k != "ts"})[:-1].encode() + b', "ts": 1e400}',
+                     HEAD + b', "value": 1e999}'],
+    "invalid UTF-8": [b"\xff\xfe\xfd", HEAD.replace(b'"u1"', b'"u\xc3"') + b"}", HEAD + b', "context": {"a": "\xed\xa0\x80"}}',
+                      b"\xef\xbb\xbf" + HEAD + b"}"],
+    "control characters in ids": [json.dumps({**GOOD, "user_id": "u\x00"}).encode(),
+                                  json.dumps({**GOOD, "item_id": "i\n1"}).encode(),
+                                  json.dumps({**GOOD, "event_id": "e\x1b[31m"}).encode()],
+    "blank or oversize ids": [json.dumps({**GOOD, "user_id": "   "}).encode(), json.dumps({**GOOD, "item_id": "x" * 129}).encode()],
+    "lone surrogate": [HEAD + b', "context": {"a": "\\ud800"}}'],
+    "lax types": [json.dumps({**GOOD, "ts": True}).encode(), json.dumps({**GOOD, "ts": str(GOOD["ts"])}).encode(),
+                  json.dumps({**GOOD, "value": "2.5"}).encode()],
+    "oversize record": [b'{"pad": "' + b"x" * 300_000 + b'"}', b"[" * 950_000],
+    "random bytes": [os.urandom(n) for n in (1, 17, 256, 4096)],
+    "tombstone": [None],
+}
+
+
+def _handlers(settings):
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    emb = load_item_embeddings("random:100:0")
+    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
+                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)])
+    return {
+        "popularity": PopularityHandler(r, settings.redis_prefix),
+        "bse-encoder": BseEncoderHandler(store),
+        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
+            r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
+    }
+
+
+def _run(procs: dict[str, StreamProcessor]) -> None:
+    threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+        assert not t.is_alive(), "a processor hung"
+
+
+def _original(d: dict) -> bytes:
+    return base64.b64decode(d["original"]) if d["original_encoding"] == "base64" else d["original"].encode("utf-8")
+
+
+def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings):
+    hostile = [(kind, raw) for kind, raws in HOSTILE.items() for raw in raws]
+    goods = [Event(**{**GOOD, "event_id": f"g{n}", "item_id": f"i{n}", "ts": GOOD["ts"] + n}).to_bytes()
+             for n in range(len(hostile) + 1)]
+    records, kind_at = [], {}
+    for n, (kind, raw) in enumerate(hostile):  # good, hostile, good, hostile, ..., good: one partition (key u1)
+        records += [("u1", goods[n]), ("u1", raw)]
+        kind_at[2 * n + 1] = (kind, raw)
+    records.append(("u1", goods[-1]))
+    produce_raw(records, settings)
+
+    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in _handlers(settings).items()}
+    _run(procs)
+    for name, p in procs.items():
+        assert p.applied_total == len(goods), name  # not one good event lost
+        assert p.dlq_total == len(hostile), name
+
+    dlq = read_json(settings.kafka_bootstrap, settings.dlq_topic, 3 * len(hostile), timeout_s=60)
+    assert len(dlq) == 3 * len(hostile)
+    summary: dict[str, list[str]] = {}
+    for d in dlq:
+        kind, raw = kind_at[d["source"]["offset"]]
+        assert d["error"], kind
+        assert d["source"]["topic"] == settings.events_topic
+        raw = raw or b""
+        if d.get("original_truncated"):
+            assert d["original_bytes"] == len(raw) and d["original_sha256"] == hashlib.sha256(raw).hexdigest()
+            assert raw.startswith(_original(d))
+        else:
+            assert _original(d) == raw, kind
+        if d["processor"] == "popularity":
+            summary.setdefault(kind, []).append(d["error"][:90])
+    assert {p: sorted(d["source"]["offset"] for d in dlq if d["processor"] == p) for p in procs} == \
+        {p: sorted(kind_at) for p in procs}
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert r.scard(f"{settings.redis_prefix}:seen:u1") == len(goods)
+
+    # A restart starts past the hostile records: nothing dies, nothing new is applied or dead-lettered.
+    again = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in _handlers(settings).items()}
+    _run(again)
+    assert all(p.applied_total == 0 and p.dlq_total == 0 for p in again.values())
+
+    print("\nhostile records -> DLQ reason (popularity processor)")
+    for kind, reasons in summary.items():
+        print(f"  {kind} ({len(reasons)}): " + " | ".join(reasons))
