@@ -320,12 +320,23 @@ def _start_serve(settings: Settings, config) -> str:
 
 
 @app.command()
-def serve(port: int = typer.Option(8000, help="HTTP port"), host: str = typer.Option("127.0.0.1", help="bind address"),
-          layout: str = typer.Option("fused", help="fused | split")) -> None:
-    """Run the Ray Serve application until interrupted."""
+def serve(config: Optional[str] = typer.Option(None, "--config", help="ServeConfig YAML, or a Ray Serve config file "
+                                                                      "such as deploy/serve/recstream.yaml"),
+          port: Optional[int] = typer.Option(None, help="HTTP port (default 8000)"),
+          host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+          layout: Optional[str] = typer.Option(None, help="fused | split"),
+          artifacts_dir: Optional[str] = typer.Option(None, help="model artefacts root")) -> None:
+    """Run the Ray Serve application (two-tower -> HCN -> ranker) until interrupted."""
+    from pydantic import ValidationError
+
     from services.config import ServeConfig
 
-    url = _start_serve(get_settings(), ServeConfig(port=port, host=host, layout=layout))
+    overrides = {k: v for k, v in dict(port=port, host=host, layout=layout, artifacts_dir=artifacts_dir).items() if v is not None}
+    try:
+        cfg = ServeConfig.from_file(config, **overrides) if config else ServeConfig(**overrides)
+    except (ValidationError, ValueError, OSError) as e:
+        _fail(e)
+    url = _start_serve(get_settings(), cfg)
     typer.echo(f"serving on {url}  (OpenAPI docs: {url}/docs)")
     _wait_forever()
 
@@ -448,6 +459,61 @@ def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json 
     res = run(s, Path(out_dir), n_events=events)
     typer.echo((Path(out_dir) / "stream.md").read_text())
     typer.echo(json.dumps(res, indent=2))
+
+
+def _ensure_stack(s: Settings) -> None:
+    from recstream.errors import StackError
+    from recstream.kafka_io import ensure_topics
+
+    try:
+        if not _external_servers():
+            _stack(s).up()
+        ensure_topics(s)
+    except StackError as e:
+        _fail(e)
+
+
+@bench_app.command("serving")
+def bench_serving(out_dir: str = typer.Option("reports", help="where serving.json and serving.md go"),
+                  items: int = typer.Option(100_000, help="catalogue size"),
+                  duration_s: float = typer.Option(8.0, help="seconds per throughput / latency measurement"),
+                  concurrency: int = typer.Option(16, help="closed-loop clients"),
+                  port: int = typer.Option(0, help="Serve HTTP port on loopback (0: one the OS reports free)"),
+                  ml100k: bool = typer.Option(True, help="also: ML-100k Recall@20 served over HTTP vs offline")) -> None:
+    """Bare Ray Serve hops vs the real pipeline (fused, split), ANN recall, ranker cost; loopback only."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    from ray import serve
+
+    from deploy.local import free_ports
+    from services.bench import markdown, run
+
+    s = get_settings()
+    _ensure_stack(s)
+    port = port or free_ports(1)[0]
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, namespace="recstream-bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="recstream-bench-serving-") as tmp:
+            res = run(s, Path(tmp), f"http://127.0.0.1:{port}", n_items=items, duration_s=duration_s,
+                      concurrency=concurrency, progress=typer.echo)
+            if ml100k:
+                res.update(_ml100k_served_vs_offline(s, Path(tmp), f"http://127.0.0.1:{port}"))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serving.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (out / "serving.md").write_text(markdown(res))
+    typer.echo((out / "serving.md").read_text())
+
+
+def _ml100k_served_vs_offline(s: Settings, work: "Path", base_url: str) -> dict:
+    return {}
 
 
 def main() -> None:

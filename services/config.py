@@ -122,3 +122,19 @@ class ServeConfig(BaseModel):
     @property
     def variant_shares(self) -> dict[str, float]:
         return {k: v.share for k, v in self.variants.items()}
+
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> "ServeConfig":
+        """A YAML file of ServeConfig fields, or a Ray Serve config file (deploy/serve/recstream.yaml):
+        then the `args` of its recstream application. `overrides` win over the file."""
+        from pathlib import Path
+
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" in data:
+            apps = [a for a in data["applications"] if a.get("import_path") == "services.app:app_builder"]
+            if not apps:
+                raise ValueError(f"{path}: no application with import_path services.app:app_builder")
+            data = apps[0].get("args") or {}
+        return cls(**{**data, **overrides})

@@ -182,23 +182,19 @@ class RankerServable:
         """Returns (M,) click probabilities of `items`. tables None: long-term block empty (zeros)."""
         d = self.device
         rows = self.vocabs["item"].encode(items)  # (M,)
-        m = len(rows)
         long = self.long_interest(rows, tables)
-        if long is None:
-            long = np.zeros((m, self.model.config.dim), dtype=np.float32)
-        # the attention baseline reads the long sequence itself; the others get the BSE's interest
+        if long is None and self.long_term == "sdim":
+            long = np.zeros((len(rows), self.model.config.dim), dtype=np.float32)  # no tables: the block is empty
+        # the attention baseline reads the long sequence itself; the others need only DIN's tail
         hist_len = self.model.config.long_len if self.long_term == "attention" else self.model.config.short_len
-        batch = {"user": torch.full((m,), self.vocabs["user"].index(user_id), dtype=torch.long, device=d),
-                 "item": torch.from_numpy(rows).to(d),
-                 "hist": _hist_rows(self.vocabs["item"], hist, hist_len).to(d).expand(m, -1)}
-        if self.long_term != "attention":
-            batch["long_interest"] = torch.from_numpy(long).to(d)
-        if self.uses_user_features:
-            batch["user_feats"] = torch.as_tensor(user_feats, device=d).expand(m, -1)
-        if self.uses_item_features:
-            batch["item_feats"] = torch.as_tensor(item_feats, device=d)
+        as_t = lambda x: None if x is None else torch.as_tensor(x, device=d)  # noqa: E731
         with torch.inference_mode():
-            return self.model(batch)["prob"].float().cpu().numpy()  # (M,)
+            logits = self.model.score_user(
+                torch.tensor([self.vocabs["user"].index(user_id)], device=d), _hist_rows(self.vocabs["item"], hist, hist_len).to(d),
+                torch.from_numpy(rows).to(d), long_interest=as_t(long),
+                user_feats=as_t(user_feats) if self.uses_user_features else None,
+                item_feats=as_t(item_feats) if self.uses_item_features else None)  # (M,)
+            return torch.sigmoid(logits).float().cpu().numpy()
 
 
 class ModelCache:

@@ -1,0 +1,337 @@
+"""Serving benchmark: what each Ray Serve hop costs against what the models cost.
+
+One run measures, on loopback against a local Ray:
+1. a bare single deployment behind a FastAPI ingress (returns a fixed answer),
+2. the bare three-hop topology (ingress -> no-op -> no-op),
+3. the real pipeline, fused (ingress[inputs, two-tower, HCN] -> batched ranker),
+4. the real pipeline, split (ingress -> retrieval -> coarse -> ranker),
+each at closed-loop maximum throughput (`concurrency` clients for `duration_s`) and at an
+open-loop rate of half the bare deployment's maximum (fixed arrival times, latency counted from
+the intended send time so a stalled server is not hidden: no coordinated omission).
+Also the HNSW index's recall@1000 against exact search and the ranker's cost per candidate.
+
+The catalogue is `n_items` items with randomly initialised models of the production shapes
+(speed does not depend on what the weights learned); the users' BSE tables and seen sets are
+written straight to Redis under a scratch prefix that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+USERS = 500
+
+
+# ---- load generation (run in a child process, so the client does not share the driver's GIL) ----
+
+def _load_worker(url: str, mode: str, concurrency: int, duration_s: float, rate_rps: float, seed: int) -> dict:
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    bodies = [{"user_id": f"b{rng.integers(USERS)}", "k": 20} for _ in range(4096)]
+
+    async def main() -> dict:
+        lat: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            t_end = time.perf_counter() + duration_s
+
+            async def one(body: dict, t_sched: float) -> None:
+                nonlocal errors
+                try:
+                    r = await client.post("/v1/recommend", json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                lat.append((time.perf_counter() - t_sched) * 1000)
+                errors += not ok
+
+            t0 = time.perf_counter()
+            if mode == "closed":
+                async def loop(w: int) -> None:
+                    n = w
+                    while time.perf_counter() < t_end:
+                        await one(bodies[n % len(bodies)], time.perf_counter())
+                        n += concurrency
+                await asyncio.gather(*(loop(w) for w in range(concurrency)))
+            else:
+                tasks = []
+                n_req = int(duration_s * rate_rps)
+                for i in range(n_req):
+                    t_sched = t0 + i / rate_rps
+                    await asyncio.sleep(max(0.0, t_sched - time.perf_counter()))
+                    tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], t_sched)))
+                await asyncio.gather(*tasks)
+            wall = time.perf_counter() - t0
+        a = np.asarray(lat) if lat else np.zeros(1)
+        return {"n": len(lat), "errors": errors, "rps": len(lat) / wall, "p50_ms": float(np.percentile(a, 50)),
+                "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+    return asyncio.run(main())
+
+
+def measure(url: str, mode: str, concurrency: int = 16, duration_s: float = 8.0, rate_rps: float = 0.0,
+            warmup_s: float = 2.0) -> dict:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        pool.apply(_load_worker, (url, "closed", 4, warmup_s, 0.0, 1))
+        return pool.apply(_load_worker, (url, mode, concurrency, duration_s, rate_rps, 0))
+
+
+# ---- bare topologies ----------------------------------------------------------------------------
+
+def _bare_apps():
+    from fastapi import FastAPI
+    from ray import serve
+
+    bare_api = FastAPI()
+    fixed = {"request_id": "x", "items": [{"item_id": str(i), "score": 1.0} for i in range(20)], "variant": "A",
+             "model_versions": {}, "degraded": False, "timings_ms": {}}
+
+    @serve.deployment(name="bare_ingress")
+    @serve.ingress(bare_api)
+    class BareIngress:
+        def __init__(self, nxt: Any = None):
+            self.nxt = nxt
+
+        @bare_api.post("/v1/recommend")
+        async def recommend(self, body: dict) -> dict:
+            if self.nxt is not None:
+                await self.nxt.remote(body)
+            return fixed
+
+    @serve.deployment(name="hop")
+    class Hop:
+        def __init__(self, nxt: Any = None):
+            self.nxt = nxt
+
+        async def __call__(self, body: dict) -> dict:
+            if self.nxt is not None:
+                await self.nxt.remote(body)
+            return body
+
+    single = BareIngress.options(ray_actor_options={"num_cpus": 0.25}).bind()
+    hop2 = Hop.options(name="hop2", ray_actor_options={"num_cpus": 0.25}).bind()
+    hop1 = Hop.options(name="hop1", ray_actor_options={"num_cpus": 0.25}).bind(hop2)
+    three = BareIngress.options(ray_actor_options={"num_cpus": 0.25}).bind(hop1)
+    return single, three
+
+
+# ---- the real pipeline's world --------------------------------------------------------------------
+
+def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int = 64, seed: int = 0) -> None:
+    """Randomly initialised two-tower, HCN and ranker of the production shapes, `n_items` items."""
+    import torch
+
+    from features.model_store import save_artifact
+    from models import HCN, CtrRanker, HcnConfig, RankerConfig, TwoTower, TwoTowerConfig
+    from models.layers import Vocab
+
+    torch.manual_seed(seed)
+    voc = {"user": Vocab("user", [f"b{i}" for i in range(n_users)]), "item": Vocab("item", [f"i{i}" for i in range(n_items)]),
+           "item_cat": Vocab("item_cat", [f"c{i}" for i in range(20)])}
+    dims = dict(n_users=voc["user"].size, n_items=voc["item"].size, n_item_cats=voc["item_cat"].size, dim=dim)
+    cats = torch.as_tensor(np.r_[0, np.arange(n_items) % 20 + 1, np.zeros(voc["item"].n_oov_buckets)], dtype=torch.long)
+    for name, model in (("two_tower", TwoTower(TwoTowerConfig(**dims))),
+                        ("hcn", HCN(HcnConfig(**dims, long_len=50, short_len=10, n_iters=2))),
+                        ("ranker", CtrRanker(RankerConfig(**dims, long_len=1000)))):
+        model.set_item_categories(cats)
+        save_artifact(name, "bench", model.eval(), model.config, voc, {}, {"bench": True}, root=root)
+
+
+def _write_user_state(settings, root: Path, n_items: int, hist_len: int = 200, seed: int = 0) -> None:
+    """BSE sequences and tables for the bench users (ranker 'bench'), their seen sets, popularity."""
+    import redis
+
+    from features.bse import Behaviour, RedisBseStore, TableVersion
+    from features.bse.embeddings import VocabItemEmbeddings
+    from features.model_store import artifact_path, load_vocabs
+    from models.sdim_hash import SdimConfig, SdimHasher
+
+    path = artifact_path("ranker", "bench", root)
+    emb = VocabItemEmbeddings(np.load(path / "item_embeddings.npy"), load_vocabs("ranker", "bench", root)["item"])
+    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
+                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version="bench")])
+    rng = np.random.default_rng(seed)
+    r = redis.Redis.from_url(settings.redis_url)
+    pipe = r.pipeline(transaction=False)
+    for u in range(USERS):
+        items = [f"i{k}" for k in rng.integers(0, n_items, hist_len)]
+        store.apply_batch([Behaviour(f"b{u}", i) for i in items])
+        pipe.sadd(f"{settings.redis_prefix}:seen:b{u}", *items)
+    pipe.zadd(f"{settings.redis_prefix}:pop", {f"i{k}": float(n_items - k) for k in range(2000)})
+    pipe.execute()
+
+
+def _clean(settings) -> None:
+    import redis
+
+    r = redis.Redis.from_url(settings.redis_url)
+    keys = list(r.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
+    for i in range(0, len(keys), 5000):
+        r.unlink(*keys[i:i + 5000])
+
+
+def ann_recall(root: Path, n_queries: int = 200, k: int = 1000, seed: int = 0) -> dict:
+    """HNSW recall@k against exact top-k on the two-tower item matrix, for live-style user vectors."""
+    from services.config import ModelRef
+    from services.servables import RetrievalServable
+
+    ref = ModelRef(name="two_tower", version="bench")
+    exact = RetrievalServable(ref, str(root))
+    t = time.perf_counter()
+    hnsw = RetrievalServable(ref, str(root), index="hnsw", hnsw_ef_search=max(1200, k))
+    build_s = time.perf_counter() - t
+    rng = np.random.default_rng(seed)
+    n_items = len(exact.item_ids)
+    recalls, t_exact, t_hnsw = [], 0.0, 0.0
+    for q in range(n_queries):
+        u = exact.user_vector(f"b{q % USERS}", [f"i{x}" for x in rng.integers(0, n_items, 50)])
+        t = time.perf_counter()
+        e, _ = exact.top_n(u, k)
+        t_exact += time.perf_counter() - t
+        t = time.perf_counter()
+        a, _ = hnsw.top_n(u, k)
+        t_hnsw += time.perf_counter() - t
+        recalls.append(len(set(e) & set(a)) / k)
+    return {"ann_recall_at_1000_vs_exact": float(np.mean(recalls)), "exact_top1000_ms": 1000 * t_exact / n_queries,
+            "hnsw_top1000_ms": 1000 * t_hnsw / n_queries, "hnsw_build_s": build_s}
+
+
+def ranker_cost(root: Path, n_candidates: int = 200, reps: int = 30) -> dict:
+    """The fine ranker in-process for one user and `n_candidates` candidates (one torch thread)."""
+    import torch
+
+    from services.config import ModelRef
+    from services.servables import RankerServable
+
+    torch.set_num_threads(1)
+    rk = RankerServable(ModelRef(name="ranker", version="bench"), str(root))
+    rng = np.random.default_rng(0)
+    c = rk.model.config
+    tables = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+    hist = [f"i{x}" for x in rng.integers(0, len(rk.vocabs["item"]), 50)]
+    items = [f"i{x}" for x in rng.integers(0, len(rk.vocabs["item"]), n_candidates)]
+    rk.score("b1", hist, items, tables, None, None)
+    t = time.perf_counter()
+    for _ in range(reps):
+        rk.score("b1", hist, items, tables, None, None)
+    ms = 1000 * (time.perf_counter() - t) / reps
+    return {"ranker_ms_per_request_200": ms, "ranker_us_per_candidate": 1000 * ms / n_candidates}
+
+
+def _ranker_batch_mean(app_name: str) -> float:
+    """Mean requests per ranker batch, from the ranker replica's own histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from ray import serve
+
+    text = serve.get_deployment_handle("ranker", app_name).metrics.remote().result(timeout_s=30).decode()
+    vals = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("recstream_ranker_batch_size")}
+    return vals.get("recstream_ranker_batch_size_sum", 0.0) / max(1.0, vals.get("recstream_ranker_batch_size_count", 0.0))
+
+
+def run(settings, work_dir: Path, base_url: str, n_items: int = 100_000, duration_s: float = 8.0,
+        concurrency: int = 16, progress=print) -> dict:
+    """All serving measurements against the Serve proxy at base_url; returns flat keys (module docstring)."""
+    from ray import serve
+
+    from services.app import build_app
+    from services.config import ServeConfig
+
+    root = Path(work_dir) / "artifacts"
+    progress(f"saving bench models ({n_items} items)")
+    save_bench_models(root, n_items)
+    out: dict[str, Any] = {"n_items": n_items, "candidate_top_k": 1000, "coarse_top_k": 200, "k": 20,
+                           "duration_s": duration_s, "concurrency": concurrency}
+    out.update(ann_recall(root))
+    out.update(ranker_cost(root))
+    progress(f"ANN recall@1000 {out['ann_recall_at_1000_vs_exact']:.4f}; ranker {out['ranker_ms_per_request_200']:.1f} ms/200")
+    s = settings.model_copy(update={"redis_prefix": f"sb{uuid.uuid4().hex[:6]}"})
+    _write_user_state(s, root, n_items)
+    try:
+        base = base_url
+        single, three = _bare_apps()
+        results = {}
+        for name, app in (("bare_single", single), ("bare_three_hop", three)):
+            serve.run(app, name=name, route_prefix=f"/{name}")
+            results[name] = {"max": measure(f"{base}/{name}", "closed", concurrency, duration_s)}
+            progress(f"{name}: {results[name]['max']['rps']:.0f} req/s closed-loop")
+        half = results["bare_single"]["max"]["rps"] / 2
+        results["bare_single"]["half"] = measure(f"{base}/bare_single", "open", concurrency, duration_s, half)
+        serve.delete("bare_three_hop")
+        serve.delete("bare_single")
+        # generous deadlines: the benchmark measures the models' path, not its fallbacks
+        common = dict(artifacts_dir=str(root), user_feature_source="none", deadlines={
+            "inputs_timeout_ms": 1000, "candidates_timeout_ms": 2000, "coarse_timeout_ms": 2000, "ranker_timeout_ms": 3000},
+            variants={"A": {"share": 1.0, "retrieval": {"name": "two_tower", "version": "bench"},
+                            "coarse": {"name": "hcn", "version": "bench"}, "ranker": {"name": "ranker", "version": "bench"}}})
+        for name, layout in (("fused", "fused"), ("split", "split")):
+            serve.run(build_app(s, ServeConfig(layout=layout, **common)), name=name, route_prefix=f"/{name}")
+            results[name] = {"max": measure(f"{base}/{name}", "closed", concurrency, duration_s)}
+            if name == "fused":
+                results[name]["half"] = measure(f"{base}/{name}", "open", concurrency, duration_s, half)
+                out["ranker_mean_batch"] = _ranker_batch_mean(name)
+                out["fused_degraded_sample"] = _sample(f"{base}/{name}")
+            progress(f"{name}: {results[name]['max']['rps']:.0f} req/s closed-loop")
+            serve.delete(name)
+    finally:
+        _clean(s)
+    for name, r in results.items():
+        out[f"{name}_max_rps"] = r["max"]["rps"]
+        out[f"{name}_errors"] = r["max"]["errors"] + r.get("half", {}).get("errors", 0)
+        out[f"{name}_p50_ms_at_max"] = r["max"]["p50_ms"]
+        if "half" in r:
+            out[f"{name}_p50_ms_at_half_load"] = r["half"]["p50_ms"]
+            out[f"{name}_p99_ms_at_half_load"] = r["half"]["p99_ms"]
+    out["half_load_rps"] = half
+    out["fused_p99_ratio_vs_bare"] = out["fused_p99_ms_at_half_load"] / out["bare_single_p99_ms_at_half_load"]
+    out["fused_max_rps_ratio_vs_bare"] = out["fused_max_rps"] / out["bare_single_max_rps"]
+    return out
+
+
+def _sample(url: str) -> dict:
+    import httpx
+
+    body = httpx.post(f"{url}/v1/recommend", json={"user_id": "b1", "k": 20}, timeout=30).json()
+    return {"degraded_reasons": body.get("degraded_reasons"), "timings_ms": body.get("timings_ms")}
+
+
+def markdown(res: dict) -> str:
+    rows = [("bare single deployment", "bare_single"), ("bare three hops", "bare_three_hop"),
+            ("real pipeline, fused", "fused"), ("real pipeline, split", "split")]
+    lines = ["# Serving benchmark", "",
+             f"Catalogue {res['n_items']:,} items, {res['candidate_top_k']} -> {res['coarse_top_k']} -> {res['k']}; "
+             f"{res['concurrency']} closed-loop clients for {res['duration_s']:.0f} s; open loop at "
+             f"{res['half_load_rps']:.0f} req/s (half the bare deployment's maximum). Loopback, one machine.", "",
+             "| topology | max req/s | p50 ms at max | p50 ms at half load | p99 ms at half load | errors |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, key in rows:
+        half50 = res.get(f"{key}_p50_ms_at_half_load")
+        half99 = res.get(f"{key}_p99_ms_at_half_load")
+        lines.append(f"| {label} | {res[f'{key}_max_rps']:.1f} | {res[f'{key}_p50_ms_at_max']:.1f} | "
+                     f"{'' if half50 is None else f'{half50:.1f}'} | {'' if half99 is None else f'{half99:.1f}'} | "
+                     f"{res[f'{key}_errors']} |")
+    lines += ["", "| measure | value |", "|---|---:|",
+              f"| fused max throughput / bare (goal >= 0.5) | {res['fused_max_rps_ratio_vs_bare']:.2f} |",
+              f"| fused p99 at half load / bare (goal <= 2) | {res['fused_p99_ratio_vs_bare']:.2f} |",
+              f"| ranker mean batch (requests) | {res['ranker_mean_batch']:.2f} |",
+              f"| ranker, 200 candidates, one thread | {res['ranker_ms_per_request_200']:.2f} ms "
+              f"({res['ranker_us_per_candidate']:.1f} us/candidate) |",
+              f"| HNSW recall@1000 vs exact | {res['ann_recall_at_1000_vs_exact']:.4f} |",
+              f"| exact top-1000 / HNSW top-1000 | {res['exact_top1000_ms']:.2f} ms / {res['hnsw_top1000_ms']:.2f} ms |"]
+    if "served_recall_at_20_ml100k" in res:
+        lines.append(f"| ML-100k Recall@20 served over HTTP / offline (same artefacts) | "
+                     f"{res['served_recall_at_20_ml100k']:.4f} / {res['offline_recall_at_20_ml100k']:.4f} |")
+    return "\n".join(lines) + "\n"
