@@ -45,6 +45,24 @@ def ensure_topics(settings: Settings | None = None, partitions: int | None = Non
     return names
 
 
+# librdkafka's own log lines, routed through Python logging (instead of its direct writes to
+# stderr, which landed inside progress bars) with the transient retries a user cannot act on
+# dropped: right after a broker starts, an idempotent producer logs "Failed to acquire
+# idempotence PID ...: Coordinator load in progress: retrying" until the broker is ready.
+LIBRDKAFKA_LOG = logging.getLogger("recstream.librdkafka")
+_TRANSIENT_LIBRDKAFKA = ("retrying", "coordinator load in progress", "coordinator not available", "not coordinator")
+
+
+def _drop_transient_librdkafka(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR or LIBRDKAFKA_LOG.isEnabledFor(logging.DEBUG):
+        return True
+    msg = record.getMessage().lower()
+    return not any(t in msg for t in _TRANSIENT_LIBRDKAFKA)
+
+
+LIBRDKAFKA_LOG.addFilter(_drop_transient_librdkafka)
+
+
 class StrKeySerializer(Serializer):
     """UTF-8 record keys (user ids); bytes pass through."""
 
@@ -82,7 +100,7 @@ def make_bulk_producer(settings: Settings | None = None, **overrides):
     s = settings or get_settings()
     cfg = {"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
            "partitioner": "murmur2_random", "linger.ms": 5, "batch.size": 256 * 1024,
-           "client.id": "recstream-bulk-producer", **overrides}
+           "client.id": "recstream-bulk-producer", "logger": LIBRDKAFKA_LOG, **overrides}
     try:
         return Producer(cfg)
     except KafkaException as e:

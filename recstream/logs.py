@@ -30,5 +30,10 @@ def setup_logging(level: int = logging.INFO, json_lines: bool = False) -> None:
     # kafka-python logs every connection at INFO; keep our own INFO lines readable.
     for noisy in ("kafka", "urllib3", "httpx", "filelock", "ray", "feast"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # `import ray` sets the "ray" logger back to INFO with its own handler, so the level above
+    # does not survive it; levels on its children do ("Started Serve in namespace ...", "Deploying
+    # app ...", "Application ... is ready at ..." at INFO: the CLI prints the URL itself).
+    for noisy in ("ray.serve", "ray._private", "ray.util", "ray.dashboard"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # Its event-loop watchdog warns about slow batches under load; not actionable for users.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
