@@ -75,7 +75,7 @@ class ServeConfig(BaseModel):
                                                    "the replica sees a GPU, else cpu")
     ranker_max_batch_size: int = Field(8, ge=1, le=1024, description="requests the ranker deployment scores together")
     ranker_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="how long a ranker batch waits to fill")
-    torch_threads: int = Field(1, ge=1, le=64, description="torch intra-op threads per replica (1: replicas share cores)")
+    torch_threads: int = Field(1, ge=1, le=64, description="torch and BLAS threads per replica (1: replicas share cores)")
 
     max_k: int = Field(200, ge=1, le=10_000, description="largest k a request may ask for")
     max_exclude: int = Field(1000, ge=0, le=100_000, description="largest exclude list a request may carry")

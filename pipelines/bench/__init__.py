@@ -1,0 +1,1 @@
+"""Benchmarks and the end-to-end dataset runs they share."""
