@@ -127,7 +127,8 @@ class FeatureRepo:
         missing = [c for c in (key, TIMESTAMP_FIELD, *features) if c not in df.columns]
         if missing:
             raise FeatureRepoError(str(self.repo_dir), f"push to {source!r}: missing columns {missing}")
-        out = df[[key, TIMESTAMP_FIELD, *features]].copy()
+        # a filtered frame's index would reach Feast as an extra "__index_level_0__" column
+        out = df[[key, TIMESTAMP_FIELD, *features]].reset_index(drop=True)
         out[TIMESTAMP_FIELD] = pd.to_datetime(out[TIMESTAMP_FIELD], utc=True)
         for n, t in features.items():
             if str(t) == "Int64":

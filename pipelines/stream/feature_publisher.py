@@ -265,12 +265,13 @@ class FeaturePublisher:
         keep: list[pd.DataFrame | None] = []  # held back: each entity's latest row
         for k, (key, new) in enumerate((("user_id", udf), ("item_id", idf))):
             parts = [df for df in ((held[k] if held else None), new) if df is not None and len(df)]
-            df = pd.concat(parts, ignore_index=True).drop_duplicates([key, TIMESTAMP_FIELD], keep="last") if parts else None
+            df = (pd.concat(parts, ignore_index=True).drop_duplicates([key, TIMESTAMP_FIELD], keep="last")
+                  .reset_index(drop=True) if parts else None)
             if df is None or final:
                 out.append(df), keep.append(None)
                 continue
             superseded = df.duplicated(key, keep="last")  # every row but each entity's last
-            out.append(df[superseded]), keep.append(df[~superseded])
+            out.append(df[superseded].reset_index(drop=True)), keep.append(df[~superseded].reset_index(drop=True))
         self._last_offline = time.monotonic()
         try:
             if self.repo is not None:

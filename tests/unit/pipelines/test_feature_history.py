@@ -51,6 +51,7 @@ class _Repo:
 
     def push_user_features(self, df, online=True):
         assert not online
+        assert df.index.equals(pd.RangeIndex(len(df)))  # else Feast gets an extra index column
         self.users.append(df.copy())
 
     def push_item_features(self, df, online=True):
