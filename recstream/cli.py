@@ -193,7 +193,9 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
             users: int = typer.Option(1000, help="synthetic: users"),
             items: int = typer.Option(5000, help="synthetic: items"),
             seq_len: int = typer.Option(200, help="synthetic: behaviours per user"),
-            seed: int = typer.Option(0, help="synthetic: seed")) -> None:
+            seed: int = typer.Option(0, help="synthetic: seed"),
+            split: str = typer.Option("all", help="ml100k: all | train_valid (exactly the training interactions: "
+                                                  "all but each user's last) | train | valid | test")) -> None:
     """Produce a dataset's events to the events topic."""
     import itertools
 
@@ -202,7 +204,11 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
     if dataset == "ml100k":
         from pipelines.data.movielens import ml100k_events
 
-        events, total = ml100k_events(limit=limit), limit or 100_000
+        from pipelines.data.movielens import SPLITS
+
+        if split not in SPLITS:
+            raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}, got {split!r}", param_hint="--split")
+        events, total = ml100k_events(limit=limit, split=split), limit or 100_000
     elif dataset == "synthetic":
         from pipelines.data.synthetic import SyntheticConfig, generate_events
 
