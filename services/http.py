@@ -76,8 +76,8 @@ def install_http_hardening(api: FastAPI, max_body_bytes: int = DEFAULT_MAX_BODY_
 
 
 def _too_large_detail(size: int, limit: int, streamed: bool) -> list[dict]:
-    what = f"request body exceeds {limit} bytes" if streamed else f"request body is {size} bytes"
-    return [{"loc": ["body"], "type": "body_too_large", "msg": f"{what}, at most {limit} allowed (max_body_bytes)"}]
+    what = "request body is larger" if streamed else f"request body is {size} bytes"
+    return [{"loc": ["body"], "type": "body_too_large", "msg": f"{what}; at most {limit} bytes allowed (max_body_bytes)"}]
 
 
 class _BodyTooLarge(HTTPException):
