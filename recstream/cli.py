@@ -355,76 +355,83 @@ def _wait_forever() -> None:
         typer.echo("stopping")
 
 
+DEMO_VERSION = "demo-ml100k"
+
+
 @app.command()
 def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", help="exit after the sample requests (tests, CI)"),
-         limit: Optional[int] = typer.Option(None, help="produce at most this many ML-100k events"),
-         port: int = typer.Option(8000, help="HTTP port")) -> None:
-    """Everything end to end: stack, ML-100k -> Kafka -> processor -> Redis -> Ray Serve -> impressions."""
-    import httpx
-    import redis
+         port: int = typer.Option(8000, help="HTTP port"),
+         epochs: int = typer.Option(5, help="training epochs per model when the demo artefacts are not cached"),
+         retrain: bool = typer.Option(False, help="train the demo artefacts again even when cached")) -> None:
+    """Everything end to end: ML-100k -> Kafka -> processors -> Feast/BSE -> train -> Ray Serve -> impressions."""
+    import subprocess
 
-    from pipelines.data.movielens import ml100k_events
-    from pipelines.produce import produce_events
-    from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
-    from recstream.errors import StackError
-    from recstream.kafka_io import ensure_topics
+    import httpx
+
+    from features.model_store import artifacts_root, list_versions
+    from pipelines.bench.ml100k_serving import build_bse, stream_ml100k, train_stage_models
     from services.config import ServeConfig
 
     s = get_settings()
     t0 = time.monotonic()
-    try:
-        if not _external_servers():
-            typer.echo("starting the local stack (Kafka KRaft + Redis)...")
-            _stack(s).up()
-        ensure_topics(s)
-    except StackError as e:
-        _fail(e)
+    if not _external_servers():
+        typer.echo("starting the local stack (Kafka KRaft + Redis)...")
+    _ensure_stack(s)
     typer.echo(f"stack ready in {time.monotonic() - t0:.1f}s: kafka={s.kafka_bootstrap} redis={s.redis_url}")
 
-    want = limit or 100_000
     have = _topic_size(s)
-    if have >= want:
-        # Re-producing would count every rating twice; the topic already holds the dataset.
-        n = 0
+    # Re-producing would count every rating twice; a topic that holds the dataset is used as it is.
+    if have >= 100_000:
         typer.echo(f"{s.events_topic} already holds {have} events; not producing MovieLens-100k again")
+    root = artifacts_root()
+    stream_ml100k(s, root, split="all", produce=have < 100_000, progress=typer.echo)
+
+    cached = all(DEMO_VERSION in list_versions(m, root) for m in ("two_tower", "hcn", "ranker"))
+    if cached and not retrain:
+        typer.echo(f"using the cached demo models {DEMO_VERSION} under {root}/models (--retrain to train again)")
     else:
-        n = produce_events(ml100k_events(limit=limit), s, total=want)
-        typer.echo(f"produced {n} MovieLens-100k events")
+        import shutil
 
-    handler = PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
-    proc = StreamProcessor(handler, ProcessorConfig(name="popularity"), s)
-    worker = threading.Thread(target=proc.run, name="processor", daemon=True)
-    worker.start()
-    r = redis.Redis.from_url(s.redis_url)
-    deadline = time.monotonic() + 300
-    log_end = _topic_size(s)  # nothing else produces during the demo: read the log end once
-    while time.monotonic() < deadline:
-        # Caught up when the group's stored offsets reach the log end.
-        if log_end <= sum(handler.stored_offsets(s.events_topic).values()):
-            break
-        time.sleep(0.5)
-    typer.echo(f"processor applied {proc.applied_total} new events; {r.zcard(s.redis_prefix + ':pop')} items have popularity")
+        for m in ("two_tower", "hcn", "ranker"):
+            shutil.rmtree(root / "models" / m / DEMO_VERSION, ignore_errors=True)
+        typer.echo(f"training two-tower, HCN and ranker on what the stream wrote ({epochs} epochs at most each)...")
+        train_stage_models(s, root, DEMO_VERSION, epochs, progress=typer.echo)
+    build_bse(s, root, DEMO_VERSION, progress=typer.echo)
 
-    url = _start_serve(s, ServeConfig(port=port))
+    ref = lambda name: {"name": name, "version": DEMO_VERSION}  # noqa: E731
+    models = {"retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}
+    config = ServeConfig(port=port, artifacts_dir=str(root), variants={
+        "A": {"share": 0.5, **models},
+        "B": {"share": 0.5, **models, "exploration": {"policy": "epsilon_slot", "epsilon": 0.1, "pool_size": 20}}})
+    url = _start_serve(s, config)
     typer.echo(f"Ray Serve is up: {url}  (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=60) as client:
         for user in ("1", "42", "not-a-known-user"):
             resp = client.post("/v1/recommend", json={"user_id": user, "k": 5})
             typer.echo(f"POST /v1/recommend user_id={user!r} -> {resp.status_code} {resp.text}")
+        resp = client.post("/v1/score", json={"user_id": "1", "item_ids": ["50", "181", "a-new-film"]})
+        typer.echo(f"POST /v1/score user_id='1' -> {resp.status_code} {resp.text}")
     if exit_after_samples:
-        proc.stop()
-        worker.join(timeout=30)
-        from ray import serve as ray_serve
-
         import ray
+        from ray import serve as ray_serve
 
         ray_serve.shutdown()
         ray.shutdown()
-        typer.echo("demo done")
+        typer.echo("demo done (Kafka and Redis keep running: `recstream stack down` stops them)")
         return
-    typer.echo("serving until Ctrl-C; the processor keeps consuming new events")
-    _wait_forever()
-    proc.stop()
+    # Keep the stream flowing into what the server reads while it serves.
+    env = {**os.environ, **s.to_env(), "RECSTREAM_ARTIFACTS_DIR": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-m", "recstream.cli", "process", *args], env=env)
+             for args in (["popularity"], ["feature-writer"],
+                          ["bse-encoder", "--embeddings", f"artifact:ranker/{DEMO_VERSION}", "--model-version", DEMO_VERSION])]
+    typer.echo("serving until Ctrl-C; popularity, feature-writer and bse-encoder keep consuming new events")
+    try:
+        _wait_forever()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 def _topic_size(s: Settings) -> int:

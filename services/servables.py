@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -48,9 +47,20 @@ def _load(ref: ModelRef, root: str | None, device: str):
     return model.to(device), manifest, vocabs
 
 
-def _feature_names(manifest: dict, key: str) -> tuple[str, ...]:
-    extra = manifest.get("extra") or {}
-    return tuple(manifest.get(key) or extra.get(key) or ())
+def _check_feature_layout(model, manifest: dict) -> tuple[bool, bool]:
+    """(uses user features, uses item features); refuses a model trained on another vector layout
+    than features/vectors.py builds now (a silent training-serving skew otherwise)."""
+    c = model.config
+    uses = (getattr(c, "n_user_feats", 0) > 0, getattr(c, "n_item_feats", 0) > 0)
+    if any(uses):
+        from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
+
+        for kind, used, now in (("user", uses[0], USER_VECTOR_NAMES), ("item", uses[1], ITEM_VECTOR_NAMES)):
+            trained = tuple(manifest.get(f"{kind}_vector_names") or ())
+            if used and trained != tuple(now):
+                raise ModelLoadError(manifest["name"], manifest["version"], f"trained on {kind} vectors {list(trained)}, "
+                                     f"but features/vectors.py builds {list(now)}")
+    return uses
 
 
 def _hist_rows(vocab: Vocab, hist: Sequence[str], length: int) -> torch.Tensor:
@@ -60,16 +70,6 @@ def _hist_rows(vocab: Vocab, hist: Sequence[str], length: int) -> torch.Tensor:
     if len(tail):
         rows[-len(tail):] = tail
     return torch.from_numpy(rows)[None, :]
-
-
-@dataclass
-class RequestFeatures:
-    """Dense inputs of one request, already in the models' vector layout (features/vectors.py).
-
-    user: (1, Fu) float32 or None when no model uses user features.
-    """
-
-    user: np.ndarray | None = None
 
 
 class RetrievalServable:
@@ -127,11 +127,7 @@ class CoarseServable:
         self.model, self.manifest, self.vocabs = _load(ref, root, device)
         self.name, self.version = ref.name, self.manifest["version"]
         self.device = device
-        self.user_vector_names = _feature_names(self.manifest, "user_vector_names")
-        self.item_vector_names = _feature_names(self.manifest, "item_vector_names")
-        c = self.model.config
-        self.uses_user_features = getattr(c, "n_user_feats", 0) > 0
-        self.uses_item_features = getattr(c, "n_item_feats", 0) > 0
+        self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
 
     def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], user_feats: np.ndarray | None,
               item_feats: np.ndarray | None) -> np.ndarray:
@@ -159,10 +155,7 @@ class RankerServable:
         self.name, self.version = ref.name, self.manifest["version"]
         self.device = device
         c = self.model.config
-        self.user_vector_names = _feature_names(self.manifest, "user_vector_names")
-        self.item_vector_names = _feature_names(self.manifest, "item_vector_names")
-        self.uses_user_features = getattr(c, "n_user_feats", 0) > 0
-        self.uses_item_features = getattr(c, "n_item_feats", 0) > 0
+        self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
         self.long_term = c.long_term
         self.hasher = SdimHasher(c.sdim) if c.long_term == "sdim" else None
         emb_path = artifact_path(ref.name, self.version, root) / "item_embeddings.npy"

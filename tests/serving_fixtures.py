@@ -21,7 +21,7 @@ def vocabs(n_users: int, n_items: int, n_cats: int = 4) -> dict[str, Vocab]:
 
 def save_stage_models(root: Path, n_users: int = 50, n_items: int = 300, dim: int = 16, seed: int = 0,
                       version: str = "v1", ranker_overrides: dict | None = None,
-                      hcn_overrides: dict | None = None) -> dict[str, str]:
+                      hcn_overrides: dict | None = None, feature_vectors: dict | None = None) -> dict[str, str]:
     """Saves two_tower, hcn and ranker version `version` under root; returns {name: version}."""
     torch.manual_seed(seed)
     voc = vocabs(n_users, n_items)
@@ -36,5 +36,7 @@ def save_stage_models(root: Path, n_users: int = 50, n_items: int = 300, dim: in
     for name, model in models.items():
         model.set_item_categories(item_cat)
         model.eval()
-        save_artifact(name, version, model, model.config, voc, {}, {"test": True}, root=root)
+        uses = getattr(model.config, "n_user_feats", 0) or getattr(model.config, "n_item_feats", 0)
+        save_artifact(name, version, model, model.config, voc, {}, {"test": True}, root=root,
+                      feature_vectors=feature_vectors if uses else None)
     return {name: version for name in models}

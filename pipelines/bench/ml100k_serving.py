@@ -55,26 +55,36 @@ def _wait(procs: list[subprocess.Popen], timeout_s: float = 1800) -> None:
             raise RuntimeError(f"processor {p.args[4]} failed (rc={p.returncode}): {out.decode()[-3000:]}")
 
 
-def stream_and_train(s: Settings, root: Path, epochs: int = 10, progress: Callable[[str], None] = print) -> Ml100kWorld:
+def stream_ml100k(s: Settings, root: Path, split: str = "train_valid", produce: bool = True,
+                  progress: Callable[[str], None] = print) -> float:
+    """Produce the split's interactions (unless `produce` is false: already in the topic) and let the
+    popularity and feature-writer processors (offline history on) apply them; returns seconds."""
     from features.feast_repo import repo_for_settings
-    from pipelines.data.datasets import ml100k_test_cases
     from pipelines.data.movielens import ml100k_events
     from pipelines.produce import produce_events
+
+    t = time.perf_counter()
+    n = produce_events(ml100k_events(split=split), s, progress=False) if produce else 0
+    repo_for_settings(s)  # applied before the writer publishes to it
+    env = {"RECSTREAM_ARTIFACTS_DIR": str(root)}
+    _wait([_process(s, env, "popularity"), _process(s, env, "feature-writer", "--offline-history")])
+    seconds = time.perf_counter() - t
+    progress(f"popularity + feature-writer applied {n or 'the'} ML-100k interactions in {seconds:.0f}s")
+    return seconds
+
+
+def train_stage_models(s: Settings, root: Path, version: str = VERSION, epochs: int = 10,
+                       progress: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
+    """Two-tower on ids and sequences; HCN and the ranker also on the stream's features, joined
+    point-in-time from the Feast offline store. Returns (seconds per model, two-tower test Recall@20)."""
+    from features.feast_repo import repo_for_settings
     from pipelines.training.jobs import TrainJob, load_splits, run_job, save_job
     from pipelines.training.loop import TrainConfig
     from pipelines.training.metrics import evaluate_retrieval
 
-    seconds: dict[str, float] = {}
-    env = {"RECSTREAM_ARTIFACTS_DIR": str(root)}
-    t = time.perf_counter()
-    n = produce_events(ml100k_events(split="train_valid"), s, progress=False)
     repo = repo_for_settings(s)
-    _wait([_process(s, env, "popularity"), _process(s, env, "feature-writer", "--offline-history")])
-    seconds["stream"] = time.perf_counter() - t
-    progress(f"streamed {n} ML-100k training interactions through popularity + feature-writer in {seconds['stream']:.0f}s")
-
-    versions = {}
-    offline_tt = float("nan")
+    seconds: dict[str, float] = {}
+    recall_tt = float("nan")
     for model, features in (("two_tower", "none"), ("hcn", "feast"), ("ranker", "feast")):
         t = time.perf_counter()
         overrides = {"use_user_id": True} if model == "ranker" else {}
@@ -82,18 +92,32 @@ def stream_and_train(s: Settings, root: Path, epochs: int = 10, progress: Callab
                        train=TrainConfig(epochs=epochs, patience_epochs=2, seed=0, progress=False))
         splits = load_splits(job, repo)
         result = run_job(job, splits=splits)
-        save_job(job, result, version=VERSION, root=root)
-        versions[model] = VERSION
+        save_job(job, result, version=version, root=root)
         seconds[f"train_{model}"] = time.perf_counter() - t
         if model == "two_tower":
-            offline_tt = evaluate_retrieval(result.model, splits.test, splits.catalogue, (20,))["recall_at_20"]
+            recall_tt = evaluate_retrieval(result.model, splits.test, splits.catalogue, (20,))["recall_at_20"]
         progress(f"trained {model} in {seconds[f'train_{model}']:.0f}s: test {result.test_metrics}")
+    return seconds, recall_tt
 
+
+def build_bse(s: Settings, root: Path, version: str = VERSION, progress: Callable[[str], None] = print) -> float:
+    """The ranker version's SDIM tables, by a bse-encoder over the events topic; returns seconds."""
     t = time.perf_counter()
-    _wait([_process(s, env, "bse-encoder", "--embeddings", f"artifact:ranker/{VERSION}", "--model-version", VERSION)])
-    seconds["bse"] = time.perf_counter() - t
-    progress(f"bse-encoder built the tables of ranker/{VERSION} in {seconds['bse']:.0f}s")
-    return Ml100kWorld(root, versions, ml100k_test_cases(), seconds, offline_tt)
+    env = {"RECSTREAM_ARTIFACTS_DIR": str(root)}
+    _wait([_process(s, env, "bse-encoder", "--embeddings", f"artifact:ranker/{version}", "--model-version", version)])
+    seconds = time.perf_counter() - t
+    progress(f"bse-encoder built the tables of ranker/{version} in {seconds:.0f}s")
+    return seconds
+
+
+def stream_and_train(s: Settings, root: Path, epochs: int = 10, progress: Callable[[str], None] = print) -> Ml100kWorld:
+    from pipelines.data.datasets import ml100k_test_cases
+
+    seconds = {"stream": stream_ml100k(s, root, progress=progress)}
+    train_s, recall_tt = train_stage_models(s, root, VERSION, epochs, progress)
+    seconds.update(train_s)
+    seconds["bse"] = build_bse(s, root, VERSION, progress)
+    return Ml100kWorld(root, {m: VERSION for m in ("two_tower", "hcn", "ranker")}, ml100k_test_cases(), seconds, recall_tt)
 
 
 @dataclass

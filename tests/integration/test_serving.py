@@ -17,6 +17,7 @@ import redis
 
 from features.bse import RedisBseStore, TableVersion
 from features.bse.embeddings import VocabItemEmbeddings
+from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
 from features.model_store import artifact_path, load_vocabs
 from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.produce import produce_events
@@ -25,6 +26,7 @@ from pipelines.stream.bse_encoder import BseEncoderHandler
 from recstream.events import Event, EventType
 from services.config import ServeConfig
 from tests.integration.kafka_utils import read_json
+from tests.integration.procs import finish, spawn_processor
 from tests.serving_fixtures import save_stage_models
 
 pytestmark = pytest.mark.integration
@@ -43,11 +45,14 @@ def _events() -> list[Event]:
     return out
 
 
-def _bse_store(settings, root, version: str) -> RedisBseStore:
-    path = artifact_path("ranker", version, root)
-    emb = VocabItemEmbeddings(np.load(path / "item_embeddings.npy"), load_vocabs("ranker", version, root)["item"])
-    tv = TableVersion(SdimHasher(SdimConfig(dim=16, n_hashes=12, tau=3)), emb, model_version=version)
-    return RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, versions=[tv])
+def _bse_store(settings, root, versions: list[str]) -> RedisBseStore:
+    """One BSE store maintaining the tables of several ranker versions (as a bse-encoder with several would)."""
+    tvs = []
+    for version in versions:
+        path = artifact_path("ranker", version, root)
+        emb = VocabItemEmbeddings(np.load(path / "item_embeddings.npy"), load_vocabs("ranker", version, root)["item"])
+        tvs.append(TableVersion(SdimHasher(SdimConfig(dim=16, n_hashes=12, tau=3)), emb, model_version=version))
+    return RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, versions=tvs)
 
 
 def _process(settings, handlers_and_names, n_records: int, timeout_s: float = 120) -> None:
@@ -78,6 +83,10 @@ def world(tmp_path_factory, stack_endpoints):
     root = tmp_path_factory.mktemp("artifacts")
     save_stage_models(root, N_USERS, N_ITEMS, version="v1", seed=0)
     save_stage_models(root, N_USERS, N_ITEMS, version="v2", seed=1)
+    feats = {"n_user_feats": len(USER_VECTOR_NAMES), "n_item_feats": len(ITEM_VECTOR_NAMES)}
+    save_stage_models(root, N_USERS, N_ITEMS, version="vf", seed=2, ranker_overrides=feats, hcn_overrides=feats,
+                      feature_vectors={"user_vector_names": list(USER_VECTOR_NAMES),
+                                       "item_vector_names": list(ITEM_VECTOR_NAMES), "source": "test"})
     tag = f"srv{int(time.time() * 1000) % 10**8}"
     settings = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
                         events_topic=f"{tag}.events", dlq_topic=f"{tag}.dlq", impressions_topic=f"{tag}.impressions",
@@ -86,8 +95,10 @@ def world(tmp_path_factory, stack_endpoints):
     events = _events()
     produce_events(events, settings, progress=False)
     r = redis.Redis.from_url(settings.redis_url)
+    writer = spawn_processor(settings, "feature-writer", "--offline-history", "--max-idle-s", "3")
     _process(settings, [(PopularityHandler(r, settings.redis_prefix), "popularity"),
-                        (BseEncoderHandler(_bse_store(settings, root, "v1")), "bse-encoder")], len(events))
+                        (BseEncoderHandler(_bse_store(settings, root, ["v1", "vf"])), "bse-encoder")], len(events))
+    finish(writer)
     return {"root": root, "settings": settings, "events": events}
 
 
@@ -270,3 +281,61 @@ def test_hot_version_swap_under_load_has_zero_errors(world, main_app):
     versions = [v for _, v in results]
     assert n_before > 0 and versions[0] == "v1" and versions[-1] == "v2", versions
     assert set(versions[versions.index("v2"):]) == {"v2"}, "after the swap every answer names the new version"
+
+
+def test_served_features_and_scores_equal_the_offline_join_and_model(world, ray_serve):
+    """Training-serving consistency: for a logged request, the user and item feature vectors the
+    server used equal the Feast offline store's point-in-time join for that user and time, and
+    the served scores equal the model's offline forward pass on those inputs (history and SDIM
+    tables rebuilt from the raw events, not read from Redis) within 1e-4."""
+    import torch
+    from ray import serve
+
+    from features.bse import Behaviour, InMemoryBseStore
+    from features.feast_repo import repo_for_settings
+    from features.model_store import load_artifact
+    from features.vectors import item_feature_matrix, user_vectors_from_raw
+    from models.sdim import sdim_interest_from_tables
+    from pipelines.data.stream_features import join_raw
+
+    ref = lambda name: {"name": name, "version": "vf"}  # noqa: E731
+    cfg = _config(world, user_feature_source="feast",
+                  variants={"A": {"share": 1.0, "retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}})
+    url = _deploy(ray_serve, world, cfg, "feat")
+    try:
+        body = httpx.post(f"{url}/v1/recommend", json={"user_id": "u5", "k": 10}, timeout=60).json()
+    finally:
+        serve.delete("feat")
+    assert body["degraded"] is False, body["degraded_reasons"]
+    s = world["settings"]
+    [log] = [r for r in read_json(s.kafka_bootstrap, s.impressions_topic, 20) if r["request_id"] == body["request_id"]]
+    shown = [x["item_id"] for x in log["slate"]]
+
+    repo = repo_for_settings(s)
+    user_vec = user_vectors_from_raw(join_raw(repo, "user", np.array(["u5"], dtype=object), np.array([log["ts"]])))
+    item_vecs = item_feature_matrix(join_raw(repo, "item", np.array(shown, dtype=object), np.full(len(shown), log["ts"])))
+    np.testing.assert_allclose(log["features"]["user"], user_vec[0], atol=1e-5)
+    np.testing.assert_allclose([log["features"]["items"][i] for i in shown], item_vecs, atol=1e-5)
+    assert user_vec[0, -1] == 0 and not item_vecs[:, -1].any()  # the features were there (missing indicator 0)
+
+    model, _ = load_artifact("ranker", "vf", world["root"])
+    c = model.config
+    history = [e.item_id for e in sorted(world["events"], key=lambda e: e.ts) if e.user_id == "u5"]
+    assert log["features"]["history_tail"] == history[-50:]
+    store = _bse_store(s, world["root"], ["vf"])
+    tv = store.version(store.maintained_versions[0])
+    mem = InMemoryBseStore(versions=[tv])
+    mem.apply_batch([Behaviour("u5", i) for i in history])
+    rows = load_vocabs("ranker", "vf", world["root"])["item"].encode(shown)
+    long = sdim_interest_from_tables(mem.tables(["u5"], tv)[0], SdimHasher(c.sdim).signatures_np(model.item_embedding_table()[rows]))
+    voc = load_vocabs("ranker", "vf", world["root"])
+    hist = np.zeros(c.short_len, dtype=np.int64)
+    tail = voc["item"].encode(history[-c.short_len:])
+    hist[-len(tail):] = tail
+    m = len(shown)
+    batch = {"user": torch.full((m,), voc["user"].index("u5")), "item": torch.as_tensor(rows),
+             "hist": torch.as_tensor(hist).expand(m, -1), "long_interest": torch.as_tensor(long, dtype=torch.float32),
+             "user_feats": torch.as_tensor(user_vec).expand(m, -1), "item_feats": torch.as_tensor(item_vecs)}
+    with torch.no_grad():
+        offline = model(batch)["prob"].numpy()
+    np.testing.assert_allclose([x["score"] for x in log["slate"]], offline, atol=1e-4)

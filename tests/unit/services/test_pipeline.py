@@ -211,3 +211,49 @@ def test_impression_logger_never_blocks_and_counts_drops():
     results = [logger.log(rec) for _ in range(10)]
     assert time.perf_counter() - t0 < 1.0  # correctness: log() returned without waiting on Kafka
     assert results.count(False) >= 7
+
+
+@pytest.fixture(scope="module")
+def feature_artifacts(tmp_path_factory):
+    from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
+
+    root = tmp_path_factory.mktemp("feature-artifacts")
+    feats = {"n_user_feats": len(USER_VECTOR_NAMES), "n_item_feats": len(ITEM_VECTOR_NAMES)}
+    save_stage_models(root, ranker_overrides=feats, hcn_overrides=feats,
+                      feature_vectors={"user_vector_names": list(USER_VECTOR_NAMES),
+                                       "item_vector_names": list(ITEM_VECTOR_NAMES), "source": "test"})
+    return root
+
+
+def test_feature_models_get_vectors_from_the_sources_and_defaults_when_down(feature_artifacts):
+    from features.item_features import ITEM_FEATURE_NAMES
+    from features.vectors import USER_RAW_NAMES
+
+    user_rows = {"u1": {n: 3.0 for n in USER_RAW_NAMES}}
+    item_rows = {f"i{k}": np.full(len(ITEM_FEATURE_NAMES), 2.0, dtype=np.float32) for k in range(300)}
+    inputs = InMemoryInputs(histories=dict(HISTORIES), user_rows=user_rows, item_rows=item_rows)
+    rec, _, logger = _rec(feature_artifacts, inputs=inputs)
+    ok = _run(rec)
+    assert not ok.degraded, ok.degraded_reasons
+    feats = logger.records[-1].features
+    assert feats["user"][-1] == 0.0 and all(v[-1] == 0.0 for v in feats["items"].values())  # present: missing flag 0
+    inputs.fail = {"user_features", "item_features"}
+    down = _run(rec)
+    assert set(down.degraded_reasons) == {"user_features:unavailable", "item_features:unavailable"}
+    feats = logger.records[-1].features
+    assert feats["user"][-1] == 1.0 and all(v[-1] == 1.0 for v in feats["items"].values())  # defaults, flagged missing
+    assert len(down.items) == 10
+
+
+def test_a_model_trained_on_another_feature_layout_is_refused_at_load(tmp_path):
+    from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
+    from services.config import ModelRef
+    from services.errors import ModelLoadError
+    from services.servables import RankerServable
+
+    feats = {"n_user_feats": len(USER_VECTOR_NAMES), "n_item_feats": len(ITEM_VECTOR_NAMES)}
+    renamed = ["old_" + n for n in USER_VECTOR_NAMES]
+    save_stage_models(tmp_path, ranker_overrides=feats, hcn_overrides=feats,
+                      feature_vectors={"user_vector_names": renamed, "item_vector_names": list(ITEM_VECTOR_NAMES)})
+    with pytest.raises(ModelLoadError, match="trained on user vectors"):
+        RankerServable(ModelRef(name="ranker", version="v1"), str(tmp_path))
