@@ -34,10 +34,17 @@ if TYPE_CHECKING:
 
 
 def get_settings() -> "Settings":
-    """The process settings (pydantic-settings loads on first use, not at start-up)."""
+    """The process settings (pydantic-settings loads on first use, not at start-up). Invalid
+    RECSTREAM_* values end the command with their message, not a traceback."""
+    from pydantic import ValidationError
+
     from recstream.settings import get_settings as _get
 
-    return _get()
+    try:
+        return _get()
+    except ValidationError as e:
+        typer.secho(f"error: invalid RECSTREAM_* settings: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
 
 # Sub-commands owned by other packages, imported only when used:
