@@ -70,3 +70,17 @@ def test_a_lazy_command_runs_its_real_implementation():
     assert out.exit_code == 0 and "--model" in out.output
     out = CliRunner().invoke(cli.app, ["bse", "--help"])
     assert out.exit_code == 0 and "rebuild" in out.output
+
+
+def test_invalid_settings_end_with_their_message_not_a_traceback(monkeypatch):
+    from recstream import settings
+
+    monkeypatch.setenv("RECSTREAM_STACK_KAFKA_PORT", "20000")
+    monkeypatch.setenv("RECSTREAM_STACK_REDIS_PORT", "20000")
+    settings.get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(cli.app, ["stack", "status"])
+    finally:
+        settings.get_settings.cache_clear()
+    assert out.exit_code == 2 and "stack ports must differ" in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
