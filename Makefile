@@ -8,17 +8,19 @@ demo: bootstrap
 	.venv/bin/recstream demo $(DEMO_ARGS)
 
 # Unit tests, then integration tests on the real stack (Kafka KRaft, Redis, Ray), which the
-# session fixture starts on test ports and stops afterwards.
+# session fixture starts on ports the OS reports free and stops afterwards. `bootstrap` takes about
+# half a second when uv.lock and pyproject.toml are unchanged (it never recreates .venv).
 test: bootstrap
 	.venv/bin/python -m pytest -m "not bench" $(PYTEST_ARGS)
 
 test-unit: bootstrap
 	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-# Benchmarks write reports/{stream,models}.{json,md}; run them on an otherwise idle machine.
+# Benchmarks write reports/{stream,models,serving}.{json,md}; run them on an otherwise idle machine.
 bench: bootstrap
 	.venv/bin/recstream bench stream
 	.venv/bin/recstream bench models
+	.venv/bin/recstream bench serving
 
 stack-up: bootstrap
 	.venv/bin/recstream stack up
