@@ -368,7 +368,7 @@ DEMO_VERSION = "demo-ml100k"
 @app.command()
 def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", help="exit after the sample requests (tests, CI)"),
          port: int = typer.Option(8000, help="HTTP port"),
-         epochs: int = typer.Option(5, help="training epochs per model when the demo artefacts are not cached"),
+         epochs: int = typer.Option(2, help="training epochs per model when the demo artefacts are not cached"),
          retrain: bool = typer.Option(False, help="train the demo artefacts again even when cached")) -> None:
     """Everything end to end: ML-100k -> Kafka -> processors -> Feast/BSE -> train -> Ray Serve -> impressions."""
     import subprocess

@@ -24,7 +24,7 @@ from recstream.settings import Settings
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 from services.config import ServeConfig
-from services.http import install_http_hardening
+from services.http import install_http_hardening, set_max_body_bytes
 from services.impression_log import ImpressionLogger
 from services.inputs import RedisInputs
 from services.pipeline import Recommender, VariantRuntime
@@ -104,6 +104,7 @@ class Ingress:
     def __init__(self, settings: dict, config: dict, retrieval: Any = None, coarse: Any = None, ranker: Any = None):
         self.settings = Settings(**settings)
         self.config = c = ServeConfig(**config)
+        set_max_body_bytes(c.max_body_bytes)  # this replica's copy of the app enforces this deployment's limit
         torch.set_num_threads(c.torch_threads)
         t = c.deadlines.redis_timeout_ms / 1000
         r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)

@@ -376,6 +376,8 @@ def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concur
     users = list(cases["user_id"])
     targets = dict(zip(cases["user_id"], cases["test_item_id"]))
 
+    degraded: list[str] = []
+
     async def ask_all() -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         sem = asyncio.Semaphore(concurrency)
@@ -387,6 +389,7 @@ def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concur
                     body = r.json()
                     if body["degraded"]:
                         log.warning("served answer for %s degraded: %s", u, body["degraded_reasons"])
+                        degraded.append(u)
                     out[u] = [i["item_id"] for i in body["items"]]
             await asyncio.gather(*(one(u) for u in users))
         return out
@@ -405,4 +408,5 @@ def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concur
     hit = lambda lists: float(np.mean([targets[u] in lists[u] for u in users]))  # noqa: E731
     return {f"served_recall_at_{k}_ml100k": hit(served), f"offline_recall_at_{k}_ml100k": hit(off),
             "ml100k_identical_top_k_share": float(np.mean([served[u] == off[u] for u in users])),
-            "ml100k_users": len(users), "ml100k_served_requests_s": served_s}
+            "ml100k_users": len(users), "ml100k_served_requests_s": served_s,
+            "ml100k_degraded_share": len(degraded) / max(1, len(users))}

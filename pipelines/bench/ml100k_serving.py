@@ -56,15 +56,16 @@ def _wait(procs: list[subprocess.Popen], timeout_s: float = 1800) -> None:
 
 
 def stream_ml100k(s: Settings, root: Path, split: str = "train_valid", produce: bool = True,
-                  progress: Callable[[str], None] = print) -> float:
-    """Produce the split's interactions (unless `produce` is false: already in the topic) and let the
-    popularity and feature-writer processors (offline history on) apply them; returns seconds."""
+                  progress: Callable[[str], None] = print, events=None) -> float:
+    """Produce the split's interactions (or `events`; nothing when `produce` is false: already in
+    the topic) and let the popularity and feature-writer processors (offline history on) apply
+    them; returns seconds."""
     from features.feast_repo import repo_for_settings
     from pipelines.data.movielens import ml100k_events
     from pipelines.produce import produce_events
 
     t = time.perf_counter()
-    n = produce_events(ml100k_events(split=split), s, progress=False) if produce else 0
+    n = produce_events(events if events is not None else ml100k_events(split=split), s, progress=False) if produce else 0
     repo_for_settings(s)  # applied before the writer publishes to it
     env = {"RECSTREAM_ARTIFACTS_DIR": str(root)}
     _wait([_process(s, env, "popularity"), _process(s, env, "feature-writer", "--offline-history")])
