@@ -277,11 +277,14 @@ def run(settings, work_dir: Path, base_url: str, n_items: int = 100_000, duratio
             "inputs_timeout_ms": 1000, "candidates_timeout_ms": 2000, "coarse_timeout_ms": 2000, "ranker_timeout_ms": 3000},
             variants={"A": {"share": 1.0, "retrieval": {"name": "two_tower", "version": "bench"},
                             "coarse": {"name": "hcn", "version": "bench"}, "ranker": {"name": "ranker", "version": "bench"}}})
-        for name, layout in (("fused", "fused"), ("split", "split")):
-            serve.run(build_app(s, ServeConfig(layout=layout, **common)), name=name, route_prefix=f"/{name}")
+        for name, layout, ranker_deployment in (("fused", "fused", True), ("fused_inproc_ranker", "fused", False),
+                                                ("split", "split", True)):
+            cfg = ServeConfig(layout=layout, ranker_deployment=ranker_deployment, **common)
+            serve.run(build_app(s, cfg), name=name, route_prefix=f"/{name}")
             results[name] = {"max": measure(f"{base}/{name}", "closed", concurrency, duration_s)}
-            if name == "fused":
+            if name.startswith("fused"):
                 results[name]["half"] = measure(f"{base}/{name}", "open", concurrency, duration_s, half)
+            if name == "fused":
                 out["ranker_mean_batch"] = _ranker_batch_mean(name)
                 out["fused_degraded_sample"] = _sample(f"{base}/{name}")
             progress(f"{name}: {results[name]['max']['rps']:.0f} req/s closed-loop")
@@ -298,6 +301,9 @@ def run(settings, work_dir: Path, base_url: str, n_items: int = 100_000, duratio
     out["half_load_rps"] = half
     out["fused_p99_ratio_vs_bare"] = out["fused_p99_ms_at_half_load"] / out["bare_single_p99_ms_at_half_load"]
     out["fused_max_rps_ratio_vs_bare"] = out["fused_max_rps"] / out["bare_single_max_rps"]
+    out["fused_inproc_ranker_p99_ratio_vs_bare"] = (out["fused_inproc_ranker_p99_ms_at_half_load"]
+                                                     / out["bare_single_p99_ms_at_half_load"])
+    out["fused_inproc_ranker_max_rps_ratio_vs_bare"] = out["fused_inproc_ranker_max_rps"] / out["bare_single_max_rps"]
     return out
 
 
@@ -328,7 +334,8 @@ def markdown(res: dict) -> str:
 
 def _throughput_markdown(res: dict) -> list[str]:
     rows = [("bare single deployment", "bare_single"), ("bare three hops", "bare_three_hop"),
-            ("real pipeline, fused", "fused"), ("real pipeline, split", "split")]
+            ("real pipeline, fused (ranker deployment)", "fused"),
+            ("real pipeline, fused, ranker in the ingress", "fused_inproc_ranker"), ("real pipeline, split", "split")]
     lines = [f"Catalogue {res['n_items']:,} items, {res['candidate_top_k']} -> {res['coarse_top_k']} -> {res['k']}; "
              f"{res['concurrency']} closed-loop clients for {res['duration_s']:.0f} s; open loop at "
              f"{res['half_load_rps']:.0f} req/s (half the bare deployment's maximum). Loopback, one machine.", "",
@@ -343,6 +350,8 @@ def _throughput_markdown(res: dict) -> list[str]:
     lines += ["", "| measure | value |", "|---|---:|",
               f"| fused max throughput / bare (goal >= 0.5) | {res['fused_max_rps_ratio_vs_bare']:.2f} |",
               f"| fused p99 at half load / bare (goal <= 2) | {res['fused_p99_ratio_vs_bare']:.2f} |",
+              f"| fused, ranker in the ingress: max throughput / bare | {res['fused_inproc_ranker_max_rps_ratio_vs_bare']:.2f} |",
+              f"| fused, ranker in the ingress: p99 at half load / bare | {res['fused_inproc_ranker_p99_ratio_vs_bare']:.2f} |",
               f"| ranker mean batch (requests) | {res['ranker_mean_batch']:.2f} |",
               f"| ranker, 200 candidates, one thread | {res['ranker_ms_per_request_200']:.2f} ms "
               f"({res['ranker_us_per_candidate']:.1f} us/candidate) |",
