@@ -26,11 +26,11 @@ from services.api import RecommendRequest, RecommendResponse, ScoreRequest, Scor
 from services.config import ServeConfig
 from services.http import install_http_hardening, set_max_body_bytes
 from services.impression_log import ImpressionLogger
-from services.inputs import RedisInputs
+from services.inputs import PopularItems, RedisInputs
 from services.pipeline import Recommender, VariantRuntime
 from services.runtime import load_stage, make_stage, parse_variants, variant_runtimes, vectors_for
 from services.servables import pick_device
-from services.stages import PopularityCandidates, StageRequest, StageResult
+from services.stages import StageRequest, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Ingress:
         t = c.deadlines.redis_timeout_ms / 1000
         r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
         self.inputs = RedisInputs(r, self.settings.redis_prefix, feast_repo=self._feast(), item_cache_ttl_s=c.item_feature_cache_ttl_s)
-        popular = PopularityCandidates(r, prefix=self.settings.redis_prefix, pool_size=c.popular_pool_size,
+        popular = PopularItems(r, prefix=self.settings.redis_prefix, pool_size=c.popular_pool_size,
                                        refresh_s=c.popular_refresh_s)
         self.impressions = ImpressionLogger(self.settings.kafka_bootstrap, self.settings.impressions_topic,
                                             buffer_max=c.impression_buffer_max)

@@ -14,6 +14,7 @@ The interface is small so unit tests use `InMemoryInputs` and integration tests 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Sequence
@@ -160,3 +161,36 @@ class InMemoryInputs(InputSources):
         self._maybe_fail("seen")
         hist = set(self.histories.get(user_id, []))
         return np.fromiter((i in hist for i in item_ids), dtype=bool, count=len(item_ids))
+
+
+class PopularItems:
+    """The most popular items (the popularity processor's `<prefix>:pop`), cached in the replica:
+    the retrieval fallback and the popular items merged into the candidates.
+
+    Args:
+        pool_size: items cached; refresh_s: how often the cache is refreshed.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "rs", pool_size: int = 1000, refresh_s: float = 2.0):
+        self.r = client
+        self.prefix = prefix
+        self.pool_size = pool_size
+        self.refresh_s = refresh_s
+        self._pool: list[tuple[str, float]] = []
+        self._pool_at = 0.0
+        self._lock = threading.Lock()
+
+    def popular(self, n: int) -> list[tuple[str, float]]:
+        """The n most popular (item, score); the last pool when Redis is down (stale popularity beats
+        none), ConnectionError when there never was one."""
+        if time.monotonic() - self._pool_at >= self.refresh_s or not self._pool:
+            with self._lock:
+                try:
+                    raw = self.r.zrevrange(f"{self.prefix}:pop", 0, self.pool_size - 1, withscores=True)
+                    self._pool = [(i.decode() if isinstance(i, bytes) else i, float(s)) for i, s in raw]
+                    self._pool_at = time.monotonic()
+                except redis.RedisError as e:
+                    if not self._pool:
+                        raise redis.ConnectionError(f"popular items unavailable and none cached: {e}") from e
+                    log.warning("popular items: refresh failed (%s); serving the cached %d", e, len(self._pool))
+        return self._pool[:n]

@@ -96,7 +96,7 @@ class Recommender:
 
     Args:
         inputs: request-time sources (services/inputs.py).
-        popular: fallback and merge source: `popular(n)` -> [(item, score)] and `__call__(user, k, exclude)`.
+        popular: fallback and merge source with `popular(n)` -> [(item, score)] (services.inputs.PopularItems).
         retrieval / coarse / ranker: stage objects or deployment handles (services/stages.py).
         variants: name -> VariantRuntime (set again on reconfigure).
         vectors: features.vectors-like module (user_feature_matrix, item_feature_matrix,

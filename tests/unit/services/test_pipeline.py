@@ -257,3 +257,28 @@ def test_a_model_trained_on_another_feature_layout_is_refused_at_load(tmp_path):
                       feature_vectors={"user_vector_names": renamed, "item_vector_names": list(ITEM_VECTOR_NAMES)})
     with pytest.raises(ModelLoadError, match="trained on user vectors"):
         RankerServable(ModelRef(name="ranker", version="v1"), str(tmp_path))
+
+
+def test_popular_items_serve_the_cached_pool_through_an_outage():
+    import redis as redis_lib
+
+    from services.inputs import PopularItems
+
+    class FlakyRedis:
+        down = False
+
+        def zrevrange(self, key, start, end, withscores):
+            if self.down:
+                raise redis_lib.ConnectionError("down (test)")
+            return [(b"i1", 5.0), (b"i2", 3.0)]
+
+    r = FlakyRedis()
+    never = PopularItems(r, refresh_s=0.0)
+    r.down = True
+    with pytest.raises(redis_lib.ConnectionError):
+        never.popular(2)
+    r.down = False
+    items = PopularItems(r, refresh_s=0.0)
+    assert items.popular(1) == [("i1", 5.0)]
+    r.down = True
+    assert items.popular(2) == [("i1", 5.0), ("i2", 3.0)]  # stale popularity beats none
