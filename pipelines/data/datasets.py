@@ -12,7 +12,8 @@ Builders:
   the rating is >= 4 (0 below), plus one random item the user had not rated before as an unexposed
   negative (label 0) per rating.
 - `ml100k_test_cases`: per user, the training history (train + valid, time order) and the held-out
-  test item, for comparing a live service with the offline evaluation.
+  test item, for comparing a live service with the offline evaluation; `test_as_streamed` gives
+  the test samples with that same history (same-instant interactions included).
 
 Samples may carry dense stream features (`user_feats`, `item_feats`, from the Feast offline store:
 `pipelines/data/stream_features.py`), which `batch()` emits under the same keys.
@@ -255,6 +256,23 @@ def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str =
                   meta={"dataset": "ml100k", "split": "leave-last-out", "negatives": negatives,
                         "label": "rating >= 4 (ratings below 4 and unseen items: 0)" if label == "rating_ge_4"
                         else "any rating (unseen items: 0)"})
+
+
+def test_as_streamed(splits: Splits) -> Splits:
+    """The leave-last-out test samples with the history a live service holds after the stream
+    processed `ml100k_events(split="train_valid")`: all the user's other interactions, including
+    those at the test event's own instant, which the offline samples leave out ("strictly before";
+    44% of ML-100k test users rated other items in the same second as their test item). Compare a
+    live service with `evaluate_retrieval` on these, not on `splits.test`.
+
+    Valid because each user's test interaction is its last row in the SequenceStore (time order,
+    ties in load order, and the test one is the last in load order).
+    """
+    t = splits.test
+    end = t.store.user_ptr[t.user + 1] - 1  # (n,) the test event's own row: everything before it
+    if not (t.store.items[end] == t.item).all():
+        raise ValueError("test samples are not each user's last interaction (not a leave-last-out split)")
+    return replace(splits, test=replace(t, end=end))
 
 
 def ml100k_test_cases(data=None) -> pd.DataFrame:
