@@ -194,4 +194,15 @@ def save_job(job: TrainJob, result: JobResult, name: str | None = None, version:
     return save_artifact(name or job.model, version, result.model, result.model.config, result.splits.vocabs,
                          {"valid": result.valid_metrics, "test": result.test_metrics}, result.splits.data_window,
                          root=root, extra={"job": job.to_dict(), "fit_history": result.fit.history, **(extra or {})},
-                         feature_vectors=result.splits.meta.get("features") if job.features != "none" else None)
+                         feature_vectors=_used_vectors(job, result))
+
+
+def _used_vectors(job: TrainJob, result: JobResult) -> dict[str, Any] | None:
+    """The feature vector names the trained model takes (an override may switch one side off)."""
+    meta = result.splits.meta.get("features")
+    if job.features == "none" or meta is None:
+        return None
+    cfg = result.model.config
+    return {"source": meta["source"],
+            "user_vector_names": meta["user_vector_names"] if getattr(cfg, "n_user_feats", 0) else [],
+            "item_vector_names": meta["item_vector_names"] if getattr(cfg, "n_item_feats", 0) else []}

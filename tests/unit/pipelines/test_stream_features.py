@@ -183,22 +183,24 @@ def test_ml100k_events_split_is_all_but_each_users_last(monkeypatch, stream):
         list(ml100k_events(split="nope"))
 
 
-@pytest.mark.parametrize("model", ["ranker", "hcn"])
+@pytest.mark.parametrize("model", ["ranker", "hcn", "hcn_user_only"])
 def test_train_with_stream_features_and_manifest_names_them(stream, tmp_path, model):
     data, _, repo = stream
+    user_only = model == "hcn_user_only"
+    model = "hcn" if user_only else model
     base = build_ml100k_ctr(hist_len=10, data=data) if model == "ranker" else build_ml100k_retrieval(10, data)
     splits = attach_stream_features(base, repo)
     overrides = ({"dim": 16, "sdim": SdimConfig(dim=16), "long_len": 10, "short_len": 5, "mlp_hidden": (16,)}
-                 if model == "ranker" else {"dim": 16})
+                 if model == "ranker" else {"dim": 16, **({"n_item_feats": 0} if user_only else {})})
     job = TrainJob(model=model, data="ml100k", features="feast", model_overrides=overrides,
                    train=TrainConfig(epochs=1, batch_size=16, progress=False))
     result = run_job(job, splits=splits)
     assert result.model.config.n_user_feats == len(USER_VECTOR_NAMES)
-    assert result.model.config.n_item_feats == len(ITEM_VECTOR_NAMES)
+    assert result.model.config.n_item_feats == (0 if user_only else len(ITEM_VECTOR_NAMES))
     path = save_job(job, result, version="v1", root=tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["user_vector_names"] == list(USER_VECTOR_NAMES)
-    assert manifest["item_vector_names"] == list(ITEM_VECTOR_NAMES)
+    assert manifest["item_vector_names"] == ([] if user_only else list(ITEM_VECTOR_NAMES))
     assert manifest["feature_source"] == "feast_offline"
     assert manifest["extra"]["job"]["features"] == "feast"
     from pipelines.training.artifacts import load_artifact
