@@ -198,7 +198,9 @@ class Recommender:
 
     async def _candidates(self, tr: _Trace, user_id: str, history: list[str], exclude: list[str],
                           v: VariantRuntime) -> list[tuple[str, float]]:
-        """Retrieval top-N + popular items, seen and excluded removed; popular items on failure."""
+        """N candidates: retrieval's best N - P and P popular items retrieval did not find (P =
+        popular_merge_k: new and trending items the two-tower may miss), seen and excluded items
+        removed; N popular items when retrieval failed."""
         c = self.config
         n = c.candidate_top_k
         # over-fetch by what filtering may remove, so N candidates remain
@@ -207,23 +209,28 @@ class Recommender:
                                 StageRequest(user_id, history, v.model_names["retrieval"], v.versions["retrieval"], top_k=want),
                                 c.deadlines.candidates_timeout_ms)
         pool: list[tuple[str, float]] = []
-        if self.popular is not None and (res is None or c.popular_merge_k):
+        n_pop = c.popular_merge_k if res is not None else n  # popular items only, when retrieval failed
+        if self.popular is not None and n_pop:
             try:
-                pool = await asyncio.to_thread(self.popular.popular, max(c.popular_merge_k, n if res is None else 0))
+                pool = await asyncio.to_thread(self.popular.popular, n_pop + c.history_len + len(exclude))
             except Exception as e:
                 log.warning("popular items unavailable: %s", e)
                 tr.degrade("popular", "unavailable")
-        retrieved = res.items if res is not None else []
-        have = {i for i, _ in retrieved}
-        floor = min((s for _, s in retrieved), default=0.0)
-        # popular items join below the retrieved ones, in popularity order
-        merged = retrieved + [(i, floor) for i, _ in pool[: (c.popular_merge_k if res is not None else n)] if i not in have]
         banned = set(exclude) | set(history)
-        merged = [(i, s) for i, s in merged if i not in banned]
-        seen, ok = await self._source(tr, "seen", self.inputs.seen, user_id, [i for i, _ in merged])
-        if ok:
-            merged = [p for p, s in zip(merged, seen) if not s]
-        return merged[:n]
+        retrieved = [(i, s) for i, s in (res.items if res is not None else []) if i not in banned]
+        floor = min((s for _, s in retrieved), default=0.0)
+        popular = [(i, floor) for i, _ in pool if i not in banned]  # scored below every retrieved item
+        seen, ok = await self._source(tr, "seen", self.inputs.seen, user_id, [i for i, _ in retrieved + popular])
+        if ok:  # one round trip for both lists
+            n_r = len(retrieved)
+            retrieved = [p for p, s in zip(retrieved, seen[:n_r]) if not s]
+            popular = [p for p, s in zip(popular, seen[n_r:]) if not s]
+        head = retrieved[: n - n_pop]
+        in_head = {i for i, _ in head}
+        popular = [p for p in popular if p[0] not in in_head][:n_pop]
+        in_popular = {i for i, _ in popular}
+        rest = [p for p in retrieved[len(head):] if p[0] not in in_popular]  # fills the slots popular could not
+        return head + popular + rest[: n - len(head) - len(popular)]
 
     async def warm_up(self) -> None:
         """One request through every stage without logging it: the first call over a deployment

@@ -11,7 +11,7 @@ from services.api import RecommendRequest, ScoreRequest
 from services.config import ServeConfig
 from services.impression_log import ImpressionLogger
 from services.inputs import InMemoryInputs
-from services.pipeline import assign_variant
+from services.pipeline import _Trace, assign_variant
 from services.runtime import local_recommender
 from services.stages import StageResult
 from tests.serving_fixtures import save_stage_models
@@ -282,3 +282,16 @@ def test_popular_items_serve_the_cached_pool_through_an_outage():
     assert items.popular(1) == [("i1", 5.0)]
     r.down = True
     assert items.popular(2) == [("i1", 5.0), ("i2", 3.0)]  # stale popularity beats none
+
+
+def test_candidates_keep_room_for_popular_items_retrieval_missed(artifacts):
+    """popular_merge_k slots go to popular items (here: one the two-tower has never seen) even when
+    retrieval alone could fill all N; seen popular items are not merged."""
+    popular = ["new-item", "i3", "i299", "i1"] + [f"i{k}" for k in range(290, 299)]  # i3: seen by u1
+    rec, _, _ = _rec(artifacts, popular=_Popular(popular))
+    c = rec.config
+    cands = asyncio.run(rec._candidates(_Trace(), "u1", HISTORIES["u1"], [], rec.variants["A"]))
+    ids = [i for i, _ in cands]
+    assert len(ids) == c.candidate_top_k == len(set(ids))
+    assert "new-item" in ids[-c.popular_merge_k:]
+    assert not set(ids) & set(HISTORIES["u1"])
