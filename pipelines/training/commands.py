@@ -52,6 +52,8 @@ def train(
     features: str = typer.Option("none", help="none | feast: ranker/hcn user and item feature inputs from the Feast "
                                  "offline store the feature-writer filled (ml100k; joined point-in-time at t - 1 ms; "
                                  "stream with `recstream process feature-writer --offline-history` first)"),
+    feature_sides: str = typer.Option("user,item", help="with --features feast: which inputs to feed, user | item | "
+                                      "user,item (HCN on ML-100k did best with user only: see the README)"),
     progress: bool = typer.Option(True, help="tqdm progress bars"),
 ) -> None:
     """Train one model and save it under artifacts/models/<name>/<version>/."""
@@ -64,6 +66,11 @@ def train(
     overrides = {}
     if MODELS.get(model) and MODELS[model].task == "ranking":
         overrides["use_user_id"] = use_user_id if use_user_id is not None else data != "synthetic"
+    sides = {x.strip() for x in feature_sides.split(",") if x.strip()}
+    if not sides or not sides <= {"user", "item"}:
+        raise typer.BadParameter(f"--feature-sides ({feature_sides!r}) must be user, item or user,item")
+    if features != "none":
+        overrides.update({f"n_{side}_feats": 0 for side in ("user", "item") if side not in sides})
     try:
         job = TrainJob(
             model=model, data=data, model_overrides=overrides,

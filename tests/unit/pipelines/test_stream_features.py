@@ -211,3 +211,14 @@ def test_train_with_stream_features_and_manifest_names_them(stream, tmp_path, mo
         TrainJob(model=model, data="synthetic", features="feast")
     with pytest.raises(ValueError, match="two_tower"):
         TrainJob(model="two_tower", data="ml100k", features="feast")
+
+
+def test_cli_rejects_bad_feature_options():
+    from typer.testing import CliRunner
+
+    from pipelines.training.commands import app
+
+    bad = CliRunner().invoke(app, ["train", "--model", "ranker", "--features", "feast", "--feature-sides", "users"])
+    assert bad.exit_code != 0 and "feature-sides" in bad.output
+    bad = CliRunner().invoke(app, ["train", "--model", "two_tower", "--features", "feast"])
+    assert bad.exit_code != 0 and "two_tower" in bad.output
