@@ -12,8 +12,9 @@ Builders:
   the rating is >= 4 (0 below), plus one random item the user had not rated before as an unexposed
   negative (label 0) per rating.
 - `ml100k_test_cases`: per user, the training history (train + valid, time order) and the held-out
-  test item, for comparing a live service with the offline evaluation; `test_as_streamed` gives
-  the test samples with that same history (same-instant interactions included).
+  test item, for comparing a live service with the offline evaluation;
+  `with_streamed_test_history` gives the test samples with that same history (same-instant
+  interactions included).
 
 Samples may carry dense stream features (`user_feats`, `item_feats`, from the Feast offline store:
 `pipelines/data/stream_features.py`), which `batch()` emits under the same keys.
@@ -258,7 +259,7 @@ def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str =
                         else "any rating (unseen items: 0)"})
 
 
-def test_as_streamed(splits: Splits) -> Splits:
+def with_streamed_test_history(splits: Splits) -> Splits:
     """The leave-last-out test samples with the history a live service holds after the stream
     processed `ml100k_events(split="train_valid")`: all the user's other interactions, including
     those at the test event's own instant, which the offline samples leave out ("strictly before";

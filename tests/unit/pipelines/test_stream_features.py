@@ -23,7 +23,13 @@ from features.vectors import (
     user_vectors_from_raw,
 )
 from models.sdim_hash import SdimConfig
-from pipelines.data.datasets import Samples, build_ml100k_ctr, build_ml100k_retrieval, ml100k_test_cases, test_as_streamed
+from pipelines.data.datasets import (
+    Samples,
+    build_ml100k_ctr,
+    build_ml100k_retrieval,
+    ml100k_test_cases,
+    with_streamed_test_history,
+)
 from pipelines.data.movielens import Ml100k, ml100k_events, split_mask
 from pipelines.data.stream_features import attach_stream_features
 from pipelines.stream.feature_writer import HOUR_MS, _kinds, item_features, user_features
@@ -158,7 +164,7 @@ def test_test_cases_are_the_training_history_and_the_held_out_item(stream):
         # the training history, except events in the test event's own millisecond (samples see "strictly before")
         same_ms = sum(t == row["test_ts_ms"] for t in row["history_ts_ms"])
         assert items.encode(row["history"][: len(row["history"]) - same_ms]).tolist() == hist.tolist()
-    streamed = test_as_streamed(r).test  # what a live service holds: the same-instant ones too
+    streamed = with_streamed_test_history(r).test  # what a live service holds: the same-instant ones too
     for k, row in cases.iterrows():
         test_k = int(np.flatnonzero(streamed.user == r.vocabs["user"].index(row["user_id"]))[0])
         assert items.encode(row["history"]).tolist() == streamed.store.history(streamed.user[test_k], streamed.end[test_k]).tolist()
