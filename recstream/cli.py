@@ -531,6 +531,13 @@ def bench_serving(out_dir: str = typer.Option("reports", help="where serving.jso
         ray.shutdown()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    res.update({f"{part}_measured_at": stamp for part, ran in (("throughput", throughput), ("ml100k", ml100k)) if ran})
+    previous = out / "serving.json"
+    if previous.exists() and not (throughput and ml100k):
+        # A part not re-run keeps its numbers (and its own measured_at) from the last run.
+        old = json.loads(previous.read_text())
+        res = {**{k: v for k, v in old.items() if k not in res}, **res}
     (out / "serving.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
     (out / "serving.md").write_text(markdown(res))
     typer.echo((out / "serving.md").read_text())
@@ -566,6 +573,7 @@ def _ml100k_served_vs_offline(s: Settings, work, base_url: str, epochs: int = 10
     finally:
         serve.delete("ml100k")
     res["ml100k_two_tower_only_offline_recall_at_20"] = world.offline_recall_two_tower
+    res["ml100k_epochs"] = epochs
     res.update({f"ml100k_{k}_s": round(v, 1) for k, v in world.seconds.items()})
     typer.echo(f"ML-100k Recall@20 served {res['served_recall_at_20_ml100k']:.4f} vs offline "
                f"{res['offline_recall_at_20_ml100k']:.4f} (identical top-20 for {res['ml100k_identical_top_k_share']:.1%})")
