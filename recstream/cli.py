@@ -407,7 +407,10 @@ def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", 
 
     ref = lambda name: {"name": name, "version": DEMO_VERSION}  # noqa: E731
     models = {"retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}
-    config = ServeConfig(port=port, artifacts_dir=str(root), variants={
+    # Deadlines for a small shared machine (the production defaults are tens of ms; see deploy/serve/).
+    deadlines = {"inputs_timeout_ms": 300, "candidates_timeout_ms": 300, "coarse_timeout_ms": 300, "ranker_timeout_ms": 1000,
+                 "redis_timeout_ms": 200}
+    config = ServeConfig(port=port, artifacts_dir=str(root), deadlines=deadlines, variants={
         "A": {"share": 0.5, **models},
         "B": {"share": 0.5, **models, "exploration": {"policy": "epsilon_slot", "epsilon": 0.1, "pool_size": 20}}})
     url = _start_serve(s, config)
