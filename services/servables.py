@@ -72,16 +72,25 @@ def _hist_rows(vocab: Vocab, hist: Sequence[str], length: int) -> torch.Tensor:
     return torch.from_numpy(rows)[None, :]
 
 
-class RetrievalServable:
+class _Servable:
+    """One loaded model version: the model on `device`, its manifest and vocabularies."""
+
+    stage = ""
+
+    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
+        self.model, self.manifest, self.vocabs = _load(ref, root, device)
+        self.name, self.version = ref.name, self.manifest["version"]
+        self.device = device
+
+
+class RetrievalServable(_Servable):
     """Two-tower: user vector from the live history, exact or HNSW top-N over the item matrix."""
 
     stage = "retrieval"
 
     def __init__(self, ref: ModelRef, root: str | None, index: str = "exact", hnsw_m: int = 32,
                  hnsw_ef_search: int = 1200, device: str = "cpu"):
-        self.model, self.manifest, self.vocabs = _load(ref, root, device)
-        self.name, self.version = ref.name, self.manifest["version"]
-        self.device = device
+        super().__init__(ref, root, device)
         self.hist_len = self.model.config.hist_len
         items = self.vocabs["item"]
         self.item_ids = np.asarray(items.tokens, dtype=object)  # (V,) catalogue = the known items
@@ -118,15 +127,13 @@ class RetrievalServable:
         return self.item_ids[idx], scores / self.model.config.temperature
 
 
-class CoarseServable:
+class CoarseServable(_Servable):
     """HCN: the user's interests once per request, then K dot products per candidate."""
 
     stage = "coarse"
 
     def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
-        self.model, self.manifest, self.vocabs = _load(ref, root, device)
-        self.name, self.version = ref.name, self.manifest["version"]
-        self.device = device
+        super().__init__(ref, root, device)
         self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
 
     def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], user_feats: np.ndarray | None,
@@ -145,15 +152,13 @@ class CoarseServable:
             return self.model.score(u, v)[0].float().cpu().numpy()  # (N,)
 
 
-class RankerServable:
+class RankerServable(_Servable):
     """SDIM + DIN + DCNv2: long-term interest from the user's BSE tables, DIN over the last 50."""
 
     stage = "ranker"
 
     def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
-        self.model, self.manifest, self.vocabs = _load(ref, root, device)
-        self.name, self.version = ref.name, self.manifest["version"]
-        self.device = device
+        super().__init__(ref, root, device)
         c = self.model.config
         self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
         self.long_term = c.long_term
@@ -162,7 +167,6 @@ class RankerServable:
         self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
         # signatures of every item row, once: candidates gather theirs by row
         self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
-        self._lock = threading.Lock()
 
     def long_interest(self, rows: np.ndarray, tables: np.ndarray | None) -> np.ndarray | None:
         """(M, d) SDIM interest from the user's bucket tables (S, B, d); None -> the block is empty."""

@@ -20,7 +20,6 @@ from typing import Callable, Generic, TypeVar
 import numpy as np
 
 from services.config import ModelRef
-from services.servables import CoarseServable, RankerServable, RetrievalServable
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +91,24 @@ class _Versioned(Generic[S]):
         return model
 
 
+class _ModelStage:
+    """A stage over the model versions its variants name; subclasses score one StageRequest."""
+
+    name = ""
+
+    def __init__(self, factory: Callable[[ModelRef], S]):
+        self.versions: _Versioned[S] = _Versioned(factory)
+
+
 def _top(items: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
     order = np.argsort(-scores, kind="stable")[:k]
     return [(items[i], float(scores[i])) for i in order]
 
 
-class RetrievalStage:
+class RetrievalStage(_ModelStage):
     """Two-tower candidate generation (exact or HNSW top-N)."""
 
     name = "retrieval"
-
-    def __init__(self, factory: Callable[[ModelRef], RetrievalServable]):
-        self.versions: _Versioned[RetrievalServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
@@ -111,13 +116,10 @@ class RetrievalStage:
         return StageResult(items=[(str(i), float(s)) for i, s in zip(ids, scores)], version=model.version)
 
 
-class CoarseStage:
+class CoarseStage(_ModelStage):
     """HCN coarse ranking, N -> M."""
 
     name = "coarse"
-
-    def __init__(self, factory: Callable[[ModelRef], CoarseServable]):
-        self.versions: _Versioned[CoarseServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
@@ -125,13 +127,10 @@ class CoarseStage:
         return StageResult(items=_top(req.items, scores, req.top_k), version=model.version)
 
 
-class RankerStage:
+class RankerStage(_ModelStage):
     """SDIM + DIN + DCNv2 fine ranking: every candidate scored, best first."""
 
     name = "ranker"
-
-    def __init__(self, factory: Callable[[ModelRef], RankerServable]):
-        self.versions: _Versioned[RankerServable] = _Versioned(factory)
 
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
