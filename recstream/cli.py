@@ -145,6 +145,18 @@ def _stack(settings: Settings):
                                   redis_port=settings.stack_redis_port))
 
 
+def _ensure_stack(s: Settings) -> None:
+    from recstream.errors import StackError
+    from recstream.kafka_io import ensure_topics
+
+    try:
+        if not _external_servers():
+            _stack(s).up()
+        ensure_topics(s)
+    except StackError as e:
+        _fail(e)
+
+
 def _external_servers() -> bool:
     """True when the user pointed us at their own Kafka and Redis."""
     return bool(os.environ.get("RECSTREAM_KAFKA_BOOTSTRAP") and os.environ.get("RECSTREAM_REDIS_URL"))
@@ -469,31 +481,12 @@ def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json 
     from pathlib import Path
 
     from pipelines.bench_stream import run
-    from recstream.errors import StackError
-    from recstream.kafka_io import ensure_topics
 
     s = get_settings()
-    try:
-        if not _external_servers():
-            _stack(s).up()
-        ensure_topics(s)
-    except StackError as e:
-        _fail(e)
+    _ensure_stack(s)
     res = run(s, Path(out_dir), n_events=events)
     typer.echo((Path(out_dir) / "stream.md").read_text())
     typer.echo(json.dumps(res, indent=2))
-
-
-def _ensure_stack(s: Settings) -> None:
-    from recstream.errors import StackError
-    from recstream.kafka_io import ensure_topics
-
-    try:
-        if not _external_servers():
-            _stack(s).up()
-        ensure_topics(s)
-    except StackError as e:
-        _fail(e)
 
 
 @bench_app.command("serving")
