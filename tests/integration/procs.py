@@ -38,3 +38,27 @@ def finish(proc: subprocess.Popen, timeout_s: float = 120) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def all_handlers(settings) -> dict:
+    """The three Kafka-consuming processors' handlers on one settings' Redis (no Feast), by name."""
+    import redis
+
+    from features.bse import RedisBseStore, TableVersion
+    from features.item_features import RedisItemFeatures
+    from models.sdim_hash import SdimConfig, SdimHasher
+    from pipelines.stream import PopularityHandler
+    from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+    from pipelines.stream.feature_publisher import FeaturePublisher
+    from pipelines.stream.feature_writer import FeatureWriterHandler
+
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    emb = load_item_embeddings("random:100:0")
+    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
+                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)])
+    return {
+        "popularity": PopularityHandler(r, settings.redis_prefix),
+        "bse-encoder": BseEncoderHandler(store),
+        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
+            r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
+    }

@@ -8,16 +8,11 @@ import threading
 import pytest
 import redis
 
-from features.bse import RedisBseStore, TableVersion
-from features.item_features import RedisItemFeatures
-from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.produce import produce_raw
-from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
-from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
-from pipelines.stream.feature_publisher import FeaturePublisher
-from pipelines.stream.feature_writer import FeatureWriterHandler
+from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
 from tests.integration.kafka_utils import read_json
+from tests.integration.procs import all_handlers
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +42,6 @@ CORPUS: list[bytes] = [
 ]
 
 
-def _handlers(settings):
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    emb = load_item_embeddings("random:100:0")
-    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
-                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)])
-    return {
-        "popularity": PopularityHandler(r, settings.redis_prefix),
-        "bse-encoder": BseEncoderHandler(store),
-        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
-            r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
-    }
-
-
 def test_malformed_corpus_goes_to_dlq_and_processors_live(settings):
     goods = [Event(**{**GOOD, "event_id": f"g{n}", "item_id": f"i{n}", "ts": GOOD["ts"] + n}) for n in range(len(CORPUS))]
     records = []
@@ -67,7 +49,7 @@ def test_malformed_corpus_goes_to_dlq_and_processors_live(settings):
         records += [("u1", good.to_bytes()), ("u1", bad)]
     produce_raw(records, settings)
 
-    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in _handlers(settings).items()}
+    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
     threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
     for t in threads:
         t.start()

@@ -14,16 +14,11 @@ import threading
 import pytest
 import redis
 
-from features.bse import RedisBseStore, TableVersion
-from features.item_features import RedisItemFeatures
-from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.produce import produce_raw
-from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
-from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
-from pipelines.stream.feature_publisher import FeaturePublisher
-from pipelines.stream.feature_writer import FeatureWriterHandler
+from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
 from tests.integration.kafka_utils import read_json
+from tests.integration.procs import all_handlers
 
 pytestmark = pytest.mark.integration
 
@@ -51,19 +46,6 @@ HOSTILE: dict[str, list[bytes | None]] = {
 }
 
 
-def _handlers(settings):
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    emb = load_item_embeddings("random:100:0")
-    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
-                                   versions=[TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)])
-    return {
-        "popularity": PopularityHandler(r, settings.redis_prefix),
-        "bse-encoder": BseEncoderHandler(store),
-        "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
-            r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
-    }
-
-
 def _run(procs: dict[str, StreamProcessor]) -> None:
     threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
     for t in threads:
@@ -88,7 +70,7 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
     records.append(("u1", goods[-1]))
     produce_raw(records, settings)
 
-    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in _handlers(settings).items()}
+    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
     _run(procs)
     for name, p in procs.items():
         assert p.applied_total == len(goods), name  # not one good event lost
@@ -115,7 +97,7 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
     assert r.scard(f"{settings.redis_prefix}:seen:u1") == len(goods)
 
     # A restart starts past the hostile records: nothing dies, nothing new is applied or dead-lettered.
-    again = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in _handlers(settings).items()}
+    again = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
     _run(again)
     assert all(p.applied_total == 0 and p.dlq_total == 0 for p in again.values())
 
