@@ -62,3 +62,15 @@ def all_handlers(settings) -> dict:
         "feature-writer": FeatureWriterHandler(r, settings.redis_prefix, publisher=FeaturePublisher(
             r, settings.redis_prefix, repo=None, item_blobs=RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix))),
     }
+
+
+def run_until_idle(procs: dict, timeout_s: float = 240) -> None:
+    """Run in-process StreamProcessors side by side until each has been idle for 3 s."""
+    import threading
+
+    threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+        assert not t.is_alive(), "a processor hung"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import redis
@@ -12,7 +11,7 @@ from pipelines.produce import produce_raw
 from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
 from tests.integration.kafka_utils import read_json
-from tests.integration.procs import all_handlers
+from tests.integration.procs import all_handlers, run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +49,7 @@ def test_malformed_corpus_goes_to_dlq_and_processors_live(settings):
     produce_raw(records, settings)
 
     procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
-    threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-        assert not t.is_alive(), "a processor hung"
+    run_until_idle(procs, timeout_s=180)
 
     for name, p in procs.items():
         assert p.dlq_total == len(CORPUS), name

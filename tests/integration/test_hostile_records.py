@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import threading
 
 import pytest
 import redis
@@ -18,7 +17,7 @@ from pipelines.produce import produce_raw
 from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
 from tests.integration.kafka_utils import read_json
-from tests.integration.procs import all_handlers
+from tests.integration.procs import all_handlers, run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +45,6 @@ HOSTILE: dict[str, list[bytes | None]] = {
 }
 
 
-def _run(procs: dict[str, StreamProcessor]) -> None:
-    threads = [threading.Thread(target=p.run, kwargs={"max_idle_s": 3.0}) for p in procs.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-        assert not t.is_alive(), "a processor hung"
-
-
 def _original(d: dict) -> bytes:
     return base64.b64decode(d["original"]) if d["original_encoding"] == "base64" else d["original"].encode("utf-8")
 
@@ -71,7 +61,7 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
     produce_raw(records, settings)
 
     procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
-    _run(procs)
+    run_until_idle(procs)
     for name, p in procs.items():
         assert p.applied_total == len(goods), name  # not one good event lost
         assert p.dlq_total == len(hostile), name
@@ -98,7 +88,7 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
 
     # A restart starts past the hostile records: nothing dies, nothing new is applied or dead-lettered.
     again = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for name, h in all_handlers(settings).items()}
-    _run(again)
+    run_until_idle(again)
     assert all(p.applied_total == 0 and p.dlq_total == 0 for p in again.values())
 
     print("\nhostile records -> DLQ reason (popularity processor)")
