@@ -95,7 +95,7 @@ class RedisInputs(InputSources):
         tv = hit[0] if hit else TableVersion(SdimHasher(sdim), None, model_version=ranker_version, item_bits=DEFAULT_ITEM_BITS)
         if hit is None:
             self.bse.register_version(tv, maintain=False)
-        held = bool(self.r.exists(f"{self.prefix}:bse:ver:{tv.name}"))  # a writer registered (maintains) it
+        held = self.bse.holds_version(tv)
         self._versions[ranker_version] = (tv, held, now)
         return tv, held
 

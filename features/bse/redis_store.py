@@ -199,8 +199,16 @@ class RedisBseStore(BseStore):
 
     # ---- backend primitives -------------------------------------------------------------------
 
+    def _k_ver(self, version: str) -> str:
+        return f"{self.prefix}:bse:ver:{version}"
+
+    def holds_version(self, version: str | TableVersion) -> bool:
+        """Whether a writer registered (and so maintains or rebuilt) tables of this version here."""
+        name = version.name if isinstance(version, TableVersion) else version
+        return bool(self.r.exists(self._k_ver(name)))
+
     def _check_params(self, version: str, params: dict[str, str]) -> None:
-        key = f"{self.prefix}:bse:ver:{version}"
+        key = self._k_ver(version)
         pipe = self.r.pipeline(transaction=True)
         for f, v in params.items():
             pipe.hsetnx(key, f, v)
