@@ -144,6 +144,14 @@ class SlateItem(BaseModel):
     propensity: float = Field(gt=0.0, le=1.0, description="P(policy showed this item at this position)")
 
 
+class LoggedRequest(BaseModel):
+    """The request as the client sent it, so the replay tool can send it again."""
+
+    k: int
+    context: dict[str, str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+
 class ImpressionLog(BaseModel):
     """One served request, logged to `recstream.impressions` keyed by user_id."""
 
@@ -158,6 +166,10 @@ class ImpressionLog(BaseModel):
     timings_ms: dict[str, float]
     degraded: bool = False
     policy: str = Field("deterministic", description="slate policy that drew the propensities")
+    exploration: dict | None = Field(None, description="the slate policy's parameters (epsilon, pool_size)")
+    request: LoggedRequest | None = Field(None, description="the request, for traffic replay")
+    support: list[str] | None = Field(None, description="the final ranking's head the slate was drawn from (top "
+                                      "k + pool_size): what an evaluated policy may re-rank with full coverage")
     slate: list[SlateItem]
     features: dict | None = Field(None, description="what the ranker saw (history tail, user and shown items' "
                                   "feature vectors, whether long-term interest was present), so training can "

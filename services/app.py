@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 import torch
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, Header, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
@@ -148,7 +148,9 @@ class Ingress:
         log.info("serving variants %s", self.recommender.model_versions)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest,
+                        x_recstream_replay: str | None = Header(None, description="replay tool only: serve this variant "
+                                                                "and do not log the impression")) -> RecommendResponse:
         c = self.config
         if req.k > c.max_k:
             raise HTTPException(422, detail=[{"loc": ["body", "k"], "msg": f"k ({req.k}) must be <= max_k ({c.max_k})",
@@ -156,6 +158,12 @@ class Ingress:
         if len(req.exclude) > c.max_exclude:
             raise HTTPException(413, detail=[{"loc": ["body", "exclude"], "type": "too_long",
                                               "msg": f"exclude has {len(req.exclude)} items, max_exclude is {c.max_exclude}"}])
+        if x_recstream_replay is not None:
+            if not c.replay_header or x_recstream_replay not in self.recommender.variants:
+                raise HTTPException(422, detail=[{"loc": ["header", "x-recstream-replay"], "type": "invalid",
+                                                  "msg": f"replay requests are off or the variant is unknown; variants: "
+                                                         f"{sorted(self.recommender.variants)[:16]}"}])
+            return await self.recommender.recommend(req, variant=x_recstream_replay, log_impression=False)
         return await self.recommender.recommend(req)
 
     @api.post("/v1/score", response_model=ScoreResponse)

@@ -35,12 +35,16 @@ class ExplorationConfig(BaseModel):
     """epsilon_slot: each slot independently shows, with probability epsilon, an item drawn
     uniformly from the `pool_size` items ranked just below the slate instead of its greedy item.
     Every shown item's marginal probability at its slot is then exact: 1 - epsilon for a greedy
-    item, epsilon / pool_size for a pool item (see services/exploration.py)."""
+    item, epsilon / pool_size for a pool item. epsilon_slate: with probability epsilon the whole
+    slate is a random ordered draw from the top k + pool_size, so every one of those items can
+    appear at every slot (what off-policy evaluation of a re-ranking needs); see
+    services/exploration.py for the exact propensities."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    policy: Literal["deterministic", "epsilon_slot"] = Field("deterministic", description="slate policy")
-    epsilon: float = Field(0.1, gt=0, lt=1, description="per-slot exploration probability (epsilon_slot)")
+    policy: Literal["deterministic", "epsilon_slot", "epsilon_slate"] = Field("deterministic", description="slate policy")
+    epsilon: float = Field(0.1, gt=0, lt=1, description="exploration probability: per slot (epsilon_slot) or per "
+                                                        "request (epsilon_slate)")
     pool_size: int = Field(20, ge=1, le=1000, description="items below the slate that exploration draws from")
 
 
@@ -98,6 +102,8 @@ class ServeConfig(BaseModel):
     item_feature_cache_ttl_s: float = Field(1.0, ge=0, le=3600, description="in-replica cache of item feature blobs")
     user_feature_source: Literal["feast", "none"] = Field("feast", description="feast: Feast online store; none: defaults")
     experiment_salt: str = Field("exp-0", min_length=1, description="salt of the stable user -> variant hash")
+    replay_header: bool = Field(True, description="honour the X-Recstream-Replay: <variant> header (the replay tool "
+                                "re-sending logged requests to a chosen variant); such requests are not impression-logged")
     variants: dict[str, VariantConfig] = Field(default_factory=_default_variants, description="variant -> config")
     impression_buffer_max: int = Field(10_000, ge=1, le=10_000_000, description="impression records buffered before dropping")
     deadlines: StageDeadlines = Field(default_factory=StageDeadlines)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recstream.events import ImpressionLog, SlateItem
+from recstream.events import ImpressionLog, LoggedRequest, SlateItem
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
 from services.config import ServeConfig, VariantConfig
@@ -243,10 +243,13 @@ class Recommender:
 
     # ---- the two endpoints --------------------------------------------------------------------
 
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest, variant: str | None = None,
+                        log_impression: bool = True) -> RecommendResponse:
+        """variant: serve this variant instead of the user's (replay); log_impression False: a
+        replayed request, which must not enter the impression log as served traffic."""
         tr = _Trace()
         request_id = uuid.uuid4().hex
-        variant = assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
+        variant = variant or assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
         v = self.variants[variant]
         c = self.config
         history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
@@ -278,15 +281,18 @@ class Recommender:
             request_id=request_id, items=[ScoredItem(item_id=s.item_id, score=s.score) for s in slots], variant=variant,
             model_versions=dict(v.versions), degraded=bool(tr.reasons), degraded_reasons=tr.reasons,
             timings_ms=tr.timings)
-        if self.impressions is not None:
+        if self.impressions is not None and log_impression:
             shown = [s.item_id for s in slots]
+            ex = v.config.exploration
+            support = [i for i, _ in ranked[: req.k + (ex.pool_size if ex.policy != "deterministic" else 0)]]
             self.impressions.log(ImpressionLog(
                 request_id=request_id, user_id=req.user_id, ts=int(time.time() * 1000), variant=variant,
                 model_versions=resp.model_versions, timings_ms=resp.timings_ms, degraded=resp.degraded,
-                policy=v.config.exploration.policy,
+                policy=ex.policy, exploration=ex.model_dump(),
+                request=LoggedRequest(k=req.k, context=req.context, exclude=list(req.exclude)), support=support,
                 slate=[SlateItem(item_id=s.item_id, position=p, score=s.score, propensity=s.propensity)
                        for p, s in enumerate(slots)],
-                features=self._served_features(history, user_vec, item_vecs, row, shown, tables is not None),
+                features=self._served_features(history, user_vec, item_vecs, row, support, tables is not None),
             ))
         return resp
 
