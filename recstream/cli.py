@@ -57,6 +57,7 @@ _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
         "evaluate": ("pipelines.training.commands", "evaluate",
                      "Evaluate a saved model on the split of the data it was trained on (rebuilt from its manifest)."),
         "bse": ("pipelines.bse_commands", None, "BSE tables: rebuild for a new model version, inspect a user."),
+        "feast": ("pipelines.feast_commands", None, "Feast repository: apply the definitions for this deployment's Redis."),
     },
     "bench": {
         "models": ("pipelines.training.commands", "bench",

@@ -9,7 +9,9 @@ Everything comes from the Go module proxy, built with the machine's Go toolchain
   module that requires it, repeats those replaces with the published v0.x versions, and calls
   `app.NewAPIServerCommand()` (3-4 minutes on 2 cores).
 - etcd: `deploy/k8s/etcd/` requires `go.etcd.io/etcd/server/v3` and calls `etcdmain.Main`.
-- KubeRay CRDs: `config/crd/bases/*.yaml` of the Go module `github.com/ray-project/kuberay/ray-operator`.
+- KubeRay CRDs: `config/crd/bases/*.yaml` of the Go module `github.com/ray-project/kuberay/ray-operator`;
+  the ServiceMonitor and PrometheusRule CRDs from `github.com/prometheus-operator/prometheus-operator`
+  (`example/prometheus-operator-crd/`), for the chart's optional monitoring objects.
 
 Each lands in `<home>/cache/<tool>-<version>[-<wrapper hash>]/` (home: $RECSTREAM_HOME, default
 ~/.cache/recstream, as the Kafka jars), published with one rename after a successful build, so
@@ -18,8 +20,8 @@ builds each once. A lock file serialises concurrent builders (parallel test sess
 second waits for the first and then finds the binary. Builds print their progress (packages
 compiled, elapsed seconds) to stderr.
 
-    python -m deploy.k8s.tools            # build/fetch all four, print their paths
-    python -m deploy.k8s.tools helm       # one of: helm kube-apiserver etcd crds
+    python -m deploy.k8s.tools            # build/fetch all, print their paths
+    python -m deploy.k8s.tools helm       # one of: helm kube-apiserver etcd crds monitoring-crds
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ KUBERNETES_VERSION = "v1.32.4"  # deploy/k8s/kube-apiserver/go.mod requires this
 ETCD_VERSION = "v3.5.21"  # deploy/k8s/etcd/go.mod
 KUBERAY_VERSION = "v1.4.0"
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
+# ServiceMonitor and PrometheusRule, for the chart's optional monitoring objects.
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 MIN_GO = (1, 23)  # the wrappers' go directive; helm v3.19 asks for more, which a Go >= 1.21 fetches itself
 
-TOOLS = ("helm", "kube-apiserver", "etcd", "crds")
+TOOLS = ("helm", "kube-apiserver", "etcd", "crds", "monitoring-crds")
 
 
 def _default_home() -> Path:
@@ -99,11 +105,17 @@ class K8sTools:
     def kuberay_crds(self) -> Path:
         """The folder holding the KubeRay CRD files (ray.io_rayclusters/rayjobs/rayservices.yaml)."""
         d = self.cache / f"kuberay-crds-{KUBERAY_VERSION}"
-        return self._cached(d, "", self._fetch_crds)
+        return self._cached(d, "", lambda tmp: self._fetch_crds(KUBERAY_MODULE, KUBERAY_VERSION, "config/crd/bases", None, tmp))
+
+    def monitoring_crds(self) -> Path:
+        """The folder holding the prometheus-operator's ServiceMonitor and PrometheusRule CRDs."""
+        d = self.cache / f"prometheus-operator-crds-{PROMETHEUS_OPERATOR_VERSION}"
+        return self._cached(d, "", lambda tmp: self._fetch_crds(PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION,
+                                                                "example/prometheus-operator-crd", MONITORING_CRDS, tmp))
 
     def all(self) -> dict[str, Path]:
         return {"helm": self.helm(), "kube-apiserver": self.kube_apiserver(), "etcd": self.etcd(),
-                "crds": self.kuberay_crds()}
+                "crds": self.kuberay_crds(), "monitoring-crds": self.monitoring_crds()}
 
     # ------------------------------------------------------------------ cache
 
@@ -184,10 +196,11 @@ class K8sTools:
     def _go_build(self, src: Path, out_file: Path, label: str) -> None:
         self._run_go(["build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(out_file), "."], src, label)
 
-    def _fetch_crds(self, dest: Path) -> None:
+    def _fetch_crds(self, module: str, version: str, subdir: str, names: tuple[str, ...] | None, dest: Path) -> None:
+        """Copy the CRD files under `subdir` of a Go module (all, or those in `names`) into dest."""
         go, env = self._go()
-        spec = f"{KUBERAY_MODULE}@{KUBERAY_VERSION}"
-        _log(self.out, f"fetching the KubeRay CRDs ({spec}, config/crd/bases)")
+        spec = f"{module}@{version}"
+        _log(self.out, f"fetching CRDs from the Go module {spec} ({subdir})")
         r = subprocess.run([go, "mod", "download", "-json", spec], cwd=dest, env=env, capture_output=True, text=True)
         try:
             info = json.loads(r.stdout)
@@ -195,10 +208,10 @@ class K8sTools:
             info = {}
         if r.returncode != 0 or "Dir" not in info:
             raise StackError(f"go mod download {spec} failed: {info.get('Error') or r.stderr[-2000:]}")
-        bases = Path(info["Dir"]) / "config" / "crd" / "bases"
-        files = sorted(bases.glob("*.yaml"))
-        if not files:
-            raise StackError(f"{spec}: no CRD files under {bases}")
+        folder = Path(info["Dir"]) / subdir
+        files = sorted(f for f in folder.glob("*.yaml") if names is None or f.name in names)
+        if not files or (names is not None and len(files) != len(names)):
+            raise StackError(f"{spec}: expected CRD files {names or '*.yaml'} under {folder}, found {[f.name for f in files]}")
         for f in files:
             shutil.copyfile(f, dest / f.name)
 
@@ -229,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown tool(s) {unknown}; choose from {', '.join(TOOLS)}", file=sys.stderr)
         return 2
-    get = {"helm": tools.helm, "kube-apiserver": tools.kube_apiserver, "etcd": tools.etcd, "crds": tools.kuberay_crds}
+    get = {"helm": tools.helm, "kube-apiserver": tools.kube_apiserver, "etcd": tools.etcd, "crds": tools.kuberay_crds,
+           "monitoring-crds": tools.monitoring_crds}
     try:
         for name in wanted:
             print(f"{name}\t{get[name]()}")
