@@ -156,3 +156,51 @@ class SimulatedLog:
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---- the same log as the platform's records, for the replay tool's full path ----------------
+
+def to_records(lg: SimulatedLog, start_ms: int = 1_750_000_000_000):
+    """(impressions, click events) as the serving log and the events topic would hold them."""
+    from recstream.events import Event, ImpressionLog, SlateItem
+
+    sim, c = lg.sim, lg.sim.config
+    k = c.k
+    exploration = c.exploration.model_dump()
+    imps, events = [], []
+    for i, u in enumerate(lg.users.tolist()):
+        rows = slice(i * k, (i + 1) * k)
+        support = [f"i{a}" for a in sim.support[u].tolist()]
+        slate = [SlateItem(item_id=support[s], position=p, score=0.0, propensity=float(q))
+                 for p, s, q in zip(lg.position[rows].tolist(), lg.support_index[rows].tolist(), lg.pscore[rows].tolist())]
+        ts = start_ms + 10 * i
+        imps.append(ImpressionLog(request_id=f"sim-{i}", user_id=f"u{u}", ts=ts, variant="A", model_versions={},
+                                  timings_ms={}, policy=c.policy, exploration=exploration, support=support, slate=slate))
+        for p, r in zip(lg.position[rows].tolist(), lg.reward[rows].tolist()):
+            if r:
+                events.append(Event(event_id=f"c-{i}-{p}", user_id=f"u{u}", item_id=slate[p].item_id, type="click",
+                                    ts=ts + 1000, request_id=f"sim-{i}", position=p))
+    return imps, events
+
+
+class SimPolicy:
+    """A simulator policy (its (U, k, M) marginals) answering the replay tool's policy interface."""
+
+    def __init__(self, sim: Simulator, marginals: np.ndarray, name: str = "target"):
+        self.sim, self.m, self.name = sim, marginals, name
+
+    def marginals(self, imp) -> list[dict[str, float]]:
+        u = int(imp.user_id[1:])
+        ids = [f"i{a}" for a in self.sim.support[u].tolist()]
+        return [{ids[s]: float(q) for s, q in enumerate(row) if q > 0} for row in self.m[u]]
+
+
+class SimScorer:
+    """The simulator's direct model behind the replay tool's scorer interface."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+
+    def scores(self, imp) -> dict[str, float]:
+        u = int(imp.user_id[1:])
+        return {f"i{a}": float(q) for a, q in zip(self.sim.support[u].tolist(), self.sim.dm_rel[u].tolist())}

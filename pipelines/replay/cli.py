@@ -1,0 +1,137 @@
+"""`recstream replay ...` and `recstream bench replay` (heavy imports inside the commands)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Offline A/B from the impression log: off-policy estimates with intervals, traffic replay.",
+                         no_args_is_help=True, rich_markup_mode=None)
+
+
+def _ms(x: Optional[str]) -> Optional[int]:
+    """Epoch milliseconds, or an ISO-8601 time (UTC when it names no zone)."""
+    if x is None:
+        return None
+    if x.isdigit():
+        return int(x)
+    try:
+        t = datetime.fromisoformat(x)
+    except ValueError:
+        raise typer.BadParameter(f"{x!r} is neither epoch ms nor an ISO-8601 time") from None
+    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def _ref(spec: str, option: str):
+    """'ranker:VERSION' or 'VERSION' -> ModelRef."""
+    from services.config import ModelRef
+
+    name, _, version = spec.rpartition(":")
+    if not version:
+        raise typer.BadParameter(f"{option} {spec!r}: want [MODEL:]VERSION, e.g. ranker:20261202-0930")
+    return ModelRef(name=name or "ranker", version=version)
+
+
+def load_log(s, parquet: Optional[str], since_ms: Optional[int], until_ms: Optional[int], window_s: float):
+    from tqdm import tqdm
+
+    from pipelines.replay.data import read_kafka, read_parquet
+
+    if parquet:
+        return read_parquet(parquet).in_range(since_ms, until_ms)
+    return read_kafka(s.kafka_bootstrap, s.impressions_topic, s.events_topic, since_ms, until_ms, window_s,
+                      progress=lambda **kw: tqdm(unit="rec", **kw))
+
+
+@app.command("run")
+def run(out_dir: str = typer.Option("reports/replay", "--out", help="where report.{md,json} and the plots go"),
+        candidate: list[str] = typer.Option([], help="NAME=[MODEL:]VERSION: a ranker version to evaluate by re-ranking "
+                                                     "the logged support (repeatable)"),
+        direct_model: Optional[str] = typer.Option(None, help="[MODEL:]VERSION of the ranker DR uses as its direct "
+                                                              "model (default: the first candidate's)"),
+        from_parquet: Optional[str] = typer.Option(None, help="read an exported log instead of Kafka"),
+        since: Optional[str] = typer.Option(None, help="impressions from (epoch ms or ISO time)"),
+        until: Optional[str] = typer.Option(None, help="impressions before (epoch ms or ISO time)"),
+        window_s: float = typer.Option(3600.0, help="outcomes count within this many seconds of the impression"),
+        reward_types: str = typer.Option("click,like,purchase", help="event types that count as an outcome"),
+        clip: Optional[float] = typer.Option(None, help="clip importance weights at this value"),
+        n_boot: int = typer.Option(500, help="bootstrap resamples"),
+        seed: int = typer.Option(0, help="bootstrap seed"),
+        artifacts_dir: Optional[str] = typer.Option(None, help="model artefacts root"),
+        traffic_url: Optional[str] = typer.Option(None, help="also re-send the logged requests to this server"),
+        traffic_variants: str = typer.Option("A,B", help="variants to replay to (X-Recstream-Replay header)"),
+        rate_per_s: float = typer.Option(20.0, help="replayed requests per second at most"),
+        max_in_flight: int = typer.Option(4, help="replayed requests outstanding at most"),
+        k: int = typer.Option(10, help="cutoff of the traffic replay's ranking metrics")) -> None:
+    """Evaluate candidate rankers against the logging policy (IPS, SNIPS, DR, DM with bootstrap
+    intervals) and optionally replay the traffic to two variants; writes a Markdown report, JSON
+    and PNG plots."""
+    from tqdm import tqdm
+
+    from pipelines.replay.policies import RankerPolicy, RankerScorer
+    from pipelines.replay.report import TrafficResult, run_replay
+    from pipelines.replay.traffic import replay_requests
+    from features.model_store import artifacts_root
+    from recstream.cli import get_settings
+
+    s = get_settings()
+    root = str(artifacts_root(artifacts_dir))
+    types = tuple(t.strip() for t in reward_types.split(",") if t.strip())
+    rlog = load_log(s, from_parquet, _ms(since), _ms(until), window_s)
+    typer.echo(f"{len(rlog.impressions)} impressions, {len(rlog.events)} events read; skipped {rlog.skipped}")
+    scorers: dict = {}
+
+    def scorer(ref):
+        key = (ref.name, ref.version)
+        if key not in scorers:
+            scorers[key] = RankerScorer(ref, root)
+        return scorers[key]
+
+    policies = []
+    for spec in candidate:
+        name, eq, ref = spec.partition("=")
+        if not eq or not name:
+            raise typer.BadParameter(f"--candidate {spec!r}: want NAME=[MODEL:]VERSION")
+        policies.append(RankerPolicy(name, scorer(_ref(ref, "--candidate"))))
+    dm = scorer(_ref(direct_model, "--direct-model")) if direct_model else (policies[0].scorer if policies else None)
+    traffic = None
+    if traffic_url:
+        variants = [v.strip() for v in traffic_variants.split(",") if v.strip()]
+        answers = replay_requests(traffic_url, rlog.impressions, variants, rate_per_s, max_in_flight,
+                                  progress=lambda **kw: tqdm(**kw))
+        traffic = TrafficResult(variants, answers, k)
+    res = run_replay(rlog, policies, out_dir, dm, window_s, types, clip, n_boot, seed, traffic,
+                     progress=lambda xs, **kw: tqdm(xs, **kw))
+    typer.echo((Path(out_dir) / "report.md").read_text())
+    typer.echo(f"wrote {out_dir}/report.json, report.md and plots ({len(res['policies'])} policies)")
+
+
+@app.command("export")
+def export(out: str = typer.Option(..., "--out", help="parquet file to write"),
+           since: Optional[str] = typer.Option(None, help="impressions from (epoch ms or ISO time)"),
+           until: Optional[str] = typer.Option(None, help="impressions before (epoch ms or ISO time)"),
+           window_s: float = typer.Option(3600.0, help="events up to this long after `until` come along")) -> None:
+    """Copy impressions and the events that followed from Kafka into one parquet file."""
+    from pipelines.replay.data import write_parquet
+    from recstream.cli import get_settings
+
+    rlog = load_log(get_settings(), None, _ms(since), _ms(until), window_s)
+    write_parquet(out, rlog)
+    typer.echo(f"wrote {out}: {len(rlog.impressions)} impressions, {len(rlog.events)} events")
+
+
+@app.command("bench")
+def bench(out_dir: str = typer.Option("reports", help="where replay.json and replay.md go"),
+          impressions: int = typer.Option(100_000, help="simulated impressions per log"),
+          reps: int = typer.Option(50, help="independent logs for the error and coverage figures"),
+          n_boot: int = typer.Option(200, help="bootstrap resamples per log")) -> None:
+    """Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."""
+    from pipelines.replay.bench import run as run_bench
+
+    res = run_bench(out_dir, n=impressions, reps=reps, n_boot=n_boot)
+    typer.echo((Path(out_dir) / "replay.md").read_text())
+    typer.echo(json.dumps(res, indent=2))
