@@ -57,11 +57,15 @@ _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
         "evaluate": ("pipelines.training.commands", "evaluate",
                      "Evaluate a saved model on the split of the data it was trained on (rebuilt from its manifest)."),
         "bse": ("pipelines.bse_commands", None, "BSE tables: rebuild for a new model version, inspect a user."),
+        "replay": ("pipelines.replay.cli", None, "Offline A/B from the impression log: off-policy estimates with "
+                   "intervals, traffic replay to two variants, a report with plots."),
         "feast": ("pipelines.feast_commands", None, "Feast repository: apply the definitions for this deployment's Redis."),
     },
     "bench": {
         "models": ("pipelines.training.commands", "bench",
                    "Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."),
+        "replay": ("pipelines.replay.cli", "bench",
+                   "Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."),
     },
 }
 
