@@ -8,7 +8,7 @@ import torch
 
 from recstream.events import ImpressionLog
 from services.api import RecommendRequest, ScoreRequest
-from services.config import ServeConfig
+from services.config import ExplorationConfig, ServeConfig
 from services.impression_log import ImpressionLogger
 from services.inputs import InMemoryInputs
 from services.pipeline import _Trace, assign_variant
@@ -295,3 +295,28 @@ def test_candidates_keep_room_for_popular_items_retrieval_missed(artifacts):
     assert len(ids) == c.candidate_top_k == len(set(ids))
     assert "new-item" in ids[-c.popular_merge_k:]
     assert not set(ids) & set(HISTORIES["u1"])
+
+
+def test_impression_carries_the_request_and_the_support_the_slate_was_drawn_from(artifacts):
+    """What replay needs: the request to send again, and the ranked head exploration drew from,
+    whose marginals reproduce every logged propensity."""
+    from services.exploration import marginals
+
+    variants = {"A": {"share": 1.0, "exploration": {"policy": "epsilon_slate", "epsilon": 0.5, "pool_size": 6}}}
+    rec, _, logger = _rec(artifacts, variants=variants)
+    for _ in range(10):
+        _run(rec, k=4, exclude=["i7"], context={"page": "home"})
+    for r in logger.records:
+        assert r.request.k == 4 and r.request.exclude == ["i7"] and r.request.context == {"page": "home"}
+        assert len(r.support) == 10 and r.exploration["policy"] == "epsilon_slate"
+        m = marginals(r.support, 4, ExplorationConfig(**r.exploration))
+        assert [s.propensity for s in r.slate] == pytest.approx([m[s.position][s.item_id] for s in r.slate])
+        assert not r.features.get("items") or set(r.features["items"]) == set(r.support)
+
+
+def test_a_replayed_request_serves_the_chosen_variant_and_is_not_logged(artifacts):
+    variants = {"A": {"share": 1.0}, "B": {"share": 0.0}}
+    rec, _, logger = _rec(artifacts, variants=variants)
+    resp = asyncio.run(rec.recommend(RecommendRequest(user_id="u1", k=5), variant="B", log_impression=False))
+    assert resp.variant == "B" and logger.records == []
+    assert _run(rec).variant == "A" and len(logger.records) == 1
