@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ def _visible_build(pytestconfig, build):
 def k8s_tools(pytestconfig):
     from deploy.k8s.tools import K8sTools
 
-    return K8sTools(out=sys.stderr)
+    return K8sTools()  # progress to the terminal: _visible_build turns pytest's capture off around builds
 
 
 @pytest.fixture(scope="session")

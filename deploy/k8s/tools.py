@@ -66,8 +66,9 @@ def _default_home() -> Path:
     return Path(os.environ.get("RECSTREAM_HOME", Path.home() / ".cache" / "recstream"))
 
 
-def _log(out: TextIO, msg: str) -> None:
-    print(f"[k8s-tools] {msg}", file=out, flush=True)
+def _log(out: TextIO | None, msg: str) -> None:
+    # sys.stderr looked up at each call: pytest swaps it while its capture is off.
+    print(f"[k8s-tools] {msg}", file=out or sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,14 @@ class K8sTools:
 
     Args:
         home: cache root (the tools go under home/cache/).
-        out: where progress lines go (stderr by default; pytest passes its terminal).
+        out: where progress lines go (None: the current sys.stderr).
     """
 
     home: Path = None  # type: ignore[assignment]  # filled in __post_init__: $RECSTREAM_HOME or ~/.cache/recstream
-    out: TextIO = None  # type: ignore[assignment]
+    out: TextIO | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home) if self.home else _default_home())
-        object.__setattr__(self, "out", self.out or sys.stderr)
 
     @property
     def cache(self) -> Path:
