@@ -56,9 +56,11 @@ def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Pa
         estimates[pol.name] = ests
         ess = E.effective_sample_size(built.rows, clip)
         warnings = []
-        if len(ess) and ess.min() < ESS_WARN:
+        if len(ess) and ess.min() < ESS_WARN and ess.min() < 0.5 * len(imps):
             warnings.append(f"effective sample size {ess.min():.0f} < {ESS_WARN} in slot {int(ess.argmin())}: the "
                             "estimate rests on a few heavily weighted slots (log more exploration traffic)")
+        elif len(imps) < ESS_WARN:
+            warnings.append(f"only {len(imps)} logged requests: the intervals are wide")
         if built.unsupported_mass > 0.01:
             warnings.append(f"{built.unsupported_mass:.1%} of this policy's slot probability is on items the logging "
                             "policy never shows there: IPS/SNIPS miss that reward (DR's model covers it)")
