@@ -308,7 +308,9 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
             publish: str = typer.Option("inline", help="feature-writer: inline (one process) | separate (run "
                                                        "`process feature-publisher` too; for 20k+ events/s)"),
             offline_history: bool = typer.Option(False, help="feature-writer: an offline row per entity and distinct "
-                                                 "event time, for training on a dataset streamed in bulk (backfill)")) -> None:
+                                                 "event time, for training on a dataset streamed in bulk (backfill)"),
+            exit_after_writes: Optional[int] = typer.Option(None, hidden=True, help="test hook: exit right after this "
+                                                            "many state writes, before their Kafka commit")) -> None:
     """Run a stream processor (consumer group, manual commits, DLQ, exactly-once effect on Redis).
 
     feature-publisher is not a Kafka consumer: it publishes the feature-writer's outbox to Feast.
@@ -328,7 +330,8 @@ def process(name: str = typer.Argument("popularity", help="processor: " + " | ".
         typer.echo(f"{name}: stopped")
         return
     handler = _make_handler(name, s, embeddings, model_version, max_seq_len, feast, publish, offline_history)
-    proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records), s)
+    proc = StreamProcessor(handler, ProcessorConfig(name=name, batch_max_records=batch_max_records,
+                                                    exit_after_writes=exit_after_writes), s)
     proc.install_signal_handlers()
     proc.run(max_idle_s=max_idle_s)
     typer.echo(f"{name}: applied {proc.applied_total} events, {proc.dlq_total} to the DLQ")

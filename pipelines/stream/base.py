@@ -4,7 +4,16 @@ Exactly-once effect: a handler stores, in the same Redis transaction as its stat
 next offset of every partition it applied (`<prefix>:offsets:<processor>`). A redelivered record
 at or below that offset is skipped, and on (re)assignment the consumer seeks to the stored offset,
 so a process killed between the write and the Kafka commit neither loses nor double-applies an
-event. The Kafka commit after the write is only a hint for tools that read group lag.
+event. The Kafka commit after the write is only a hint for tools that read group lag. Both places
+are counted: records the seek skipped past the group's committed offset on assignment
+(`recstream_processor_resume_skipped_total`) and redelivered records the handler skipped
+(`recstream_processor_duplicates_total`).
+
+State restored older (Redis back from an older snapshot or a little behind in its append-only
+file): offsets roll back with the state, so the consumer seeks back to them and reads the records
+again (`recstream_processor_rewinds_total`). It is noticed before each batch is applied and, while
+no records arrive, every `idle_state_check_s` by comparing the stored offsets with what this
+process applied, so a quiet partition is repaired too.
 
 Bad records go to the DLQ (original bytes, reason, source topic/partition/offset) before the batch
 is applied; a crash in between may write a DLQ record twice (at-least-once on the DLQ, which
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -41,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # Longest record key copied to a DLQ record (keys are user ids; a hostile one may be huge).
 _DLQ_MAX_KEY_BYTES = 1024
+
+# Exit status of a processor stopped by the `exit_after_writes` test hook.
+EXIT_AFTER_WRITES_RC = 70
 
 # Dependency errors worth waiting out (Redis restarting, loading its append-only file).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
@@ -67,6 +80,14 @@ class ProcessorConfig(BaseModel):
     lag_every_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
     fetch_wait_max_ms: int = Field(20, ge=1, le=10_000,
                                    description="longest the broker holds a fetch for more data (bounds freshness at low rates)")
+    idle_state_check_s: float = Field(1.0, gt=0, le=3600,
+                                      description="while no records arrive, how often the stored offsets are compared "
+                                                  "with what this process applied (finds a Redis restored older)")
+    exit_after_writes: int | None = Field(None, ge=1,
+                                          description="test hook for crash-window tests: after this many batches are "
+                                                      "written to the state, and before that batch's Kafka commit, the "
+                                                      f"process exits at once (os._exit({EXIT_AFTER_WRITES_RC})), as a "
+                                                      "crash in that window would; None in production")
 
     @property
     def group_id(self) -> str:
@@ -162,6 +183,12 @@ class StreamProcessor:
         self.producer = None
         self.applied_total = 0
         self.dlq_total = 0
+        self.rewinds_total = 0  # times the state was found older and the consumer sought back
+        self.resume_skipped_total = 0  # records the stored offsets skipped past the group's commits
+        # partition -> next offset of the last batch this process applied (the idle state check)
+        self._applied_next: dict[int, int] = {}
+        self._writes = 0
+        self._last_state_check = time.monotonic()
         # One writer thread: batches apply in order, one at a time, while the next one is parsed.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-apply")
         self._pending: tuple[Future, _Batch] | None = None
@@ -179,7 +206,7 @@ class StreamProcessor:
         self.consumer = KafkaSource(self.settings.kafka_bootstrap, self.topic, self.config.group_id,
                                     client_id=f"recstream-{self.config.name}",
                                     start_offsets=lambda: self.handler.stored_offsets(self.topic),
-                                    fetch_wait_max_ms=self.config.fetch_wait_max_ms)
+                                    fetch_wait_max_ms=self.config.fetch_wait_max_ms, resumed=self._resumed)
         self.producer = make_producer(self.settings, client_id=f"recstream-{self.config.name}-dlq")
 
     def run(self, max_idle_s: float | None = None, max_events: int | None = None) -> None:
@@ -244,6 +271,8 @@ class StreamProcessor:
             return 0  # the state was rewound: this batch was read before the seek back, drop it
         if batch is not None:
             self._pending = (self._writer.submit(self._apply_with_retry, batch), batch)
+        elif not done:
+            self._check_state_while_idle()
         return done
 
     def flush(self, also_dropped: "_Batch | None" = None) -> int | None:
@@ -268,17 +297,57 @@ class StreamProcessor:
             for p, o in (also_dropped.first_offsets.items() if also_dropped else ()):
                 targets.setdefault(p, o)
             targets.update(stored)
-            for partition in self.consumer.assignment():
-                if partition in targets:
-                    self.consumer.seek(partition, targets[partition])
-            log.warning("processor %s: state restored older than the consumer position; rewound to %s",
-                        self.config.name, targets)
+            self._rewind(targets)
             return None
+        self._writes += 1
+        if self.config.exit_after_writes is not None and self._writes >= self.config.exit_after_writes:
+            log.warning("processor %s: exit_after_writes=%d reached: exiting after the state write, before the "
+                        "Kafka commit of %s", self.config.name, self._writes, batch.next_offsets)
+            os._exit(EXIT_AFTER_WRITES_RC)
         if batch.good and not getattr(self.handler, "measures_own_freshness", False):  # e.g. visible once published
             m.observe_freshness(self.config.name, time.time() * 1000 - np.fromiter(
                 (se.kafka_ts_ms for se in batch.good), np.float64, len(batch.good)))
         self.consumer.commit(batch.next_offsets)
+        self._applied_next.update(batch.next_offsets)
         return batch.n_records
+
+    def _rewind(self, targets: dict[int, int]) -> None:
+        """Seek the assigned partitions named in targets back to them (the state is older)."""
+        for partition in self.consumer.assignment():
+            if partition in targets:
+                self.consumer.seek(partition, targets[partition])
+                self._applied_next[partition] = targets[partition]
+        self.rewinds_total += 1
+        m.REWINDS.labels(self.config.name).inc()
+        log.warning("processor %s: state restored older than the consumer position; rewound to %s",
+                    self.config.name, targets)
+
+    def _check_state_while_idle(self) -> None:
+        """No records arrive, so no batch will find a rolled-back state: compare the stored
+        offsets with what this process applied, at most every idle_state_check_s. A partition
+        with no stored offset is left where it is, as in _state_lost."""
+        now = time.monotonic()
+        if now - self._last_state_check < self.config.idle_state_check_s or not self._applied_next:
+            return
+        self._last_state_check = now
+        try:
+            stored = self.handler.stored_offsets(self.topic)
+        except _TRANSIENT as e:  # Redis away: checked again on a later idle poll
+            log.debug("processor %s: idle state check failed: %s", self.config.name, e)
+            return
+        assigned = set(self.consumer.assignment())
+        behind = {p: stored[p] for p, o in self._applied_next.items() if p in assigned and p in stored and stored[p] < o}
+        if behind:
+            self._rewind(behind)
+
+    def _resumed(self, skipped: dict[int, int]) -> None:
+        """Assignment callback (see KafkaSource): records the stored offsets skipped."""
+        n = sum(skipped.values())
+        if n:
+            self.resume_skipped_total += n
+            m.RESUME_SKIPPED.labels(self.config.name).inc(n)
+            log.info("processor %s: resuming past the group's committed offsets: %d records already applied "
+                     "(stopped before their Kafka commit) skipped, per partition %s", self.config.name, n, skipped)
 
     def _parse(self, polled: dict[int, list[Record]]) -> "_Batch":
         """Parse a poll; invalid records go to the DLQ (flushed, so durable before any apply).

@@ -10,6 +10,16 @@ BATCH_LATENCY = Histogram("recstream_processor_batch_write_seconds", "state writ
 FRESHNESS = Histogram("recstream_processor_freshness_seconds", "Kafka record timestamp -> state visible in Redis",
                       ["processor"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAG = Gauge("recstream_processor_consumer_lag", "records behind the log end, per partition", ["processor", "partition"])
+# Both count records the exactly-once scheme kept from being applied twice, at the two places it
+# can: RESUME_SKIPPED at (re)assignment (the group's committed offset lags the offset stored with
+# the state: a stop between the state write and the Kafka commit), REWINDS when the state turns
+# out older than what this process applied (Redis restored from an older snapshot or AOF).
+RESUME_SKIPPED = Counter("recstream_processor_resume_skipped_total",
+                         "records past the group's committed offset that the stored offset skips on assignment "
+                         "(applied before a stop that did not commit them)", ["processor"])
+REWINDS = Counter("recstream_processor_rewinds_total",
+                  "times the state was found older than the consumer position and re-read from the stored offsets",
+                  ["processor"])
 RETRIES = Counter("recstream_processor_retries_total", "state writes retried after a dependency error", ["processor"])
 
 # Observing every event costs a few microseconds under the metric's lock: a real share of a

@@ -53,15 +53,21 @@ class KafkaSource:
     Args:
         start_offsets: called on every (re)assignment; partitions it names start there instead
             of at the group's committed offset (processors store offsets with their state).
+        resumed: called on (re)assignment with partition -> records between where the group
+            would have resumed (its committed offset, else the log start) and the start offset
+            given by `start_offsets`: records applied before a stop that did not commit them,
+            which Kafka would redeliver and the seek skips. Observability only (one committed-
+            offset request per assignment); a failure to measure is logged, never raised.
         fetch_wait_max_ms: how long the broker may hold a fetch waiting for more data. librdkafka's
             default (500 ms) would add up to half a second of latency at low rates.
     """
 
     def __init__(self, bootstrap: str, topic: str, group_id: str, client_id: str,
                  start_offsets: Callable[[], dict[int, int]] | None = None, fetch_wait_max_ms: int = 20,
-                 session_timeout_ms: int = 10_000):
+                 session_timeout_ms: int = 10_000, resumed: Callable[[dict[int, int]], None] | None = None):
         self.topic = topic
         self._start_offsets = start_offsets
+        self._resumed = resumed
         self._assigned: list[int] = []
         try:
             self._c = Consumer({
@@ -87,10 +93,28 @@ class KafkaSource:
         for tp in partitions:
             if tp.partition in stored:
                 tp.offset = stored[tp.partition]
+        if self._resumed is not None and stored:
+            skipped = self._past_committed(consumer, [tp.partition for tp in partitions if tp.partition in stored], stored)
+            if skipped:
+                self._resumed(skipped)
         consumer.assign(partitions)
         self._assigned = sorted(tp.partition for tp in partitions)
         log.info("assigned %s partitions %s (stored offsets %s)", self.topic, self._assigned,
                  {p: stored[p] for p in self._assigned if p in stored})
+
+    def _past_committed(self, consumer: Consumer, partitions: list[int], stored: dict[int, int]) -> dict[int, int]:
+        """partition -> stored offset minus where the group would resume (see `resumed`)."""
+        if not partitions:
+            return {}
+        try:
+            out = {}
+            for tp in consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=5.0):
+                start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)[0]
+                out[tp.partition] = max(0, stored[tp.partition] - start)
+            return out
+        except KafkaException as e:
+            log.debug("committed offsets of %s unavailable: %s", self.topic, e)
+            return {}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.unassign()

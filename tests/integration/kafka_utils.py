@@ -25,3 +25,16 @@ def read_topic(bootstrap: str, topic: str, min_records: int, timeout_s: float = 
 
 def read_json(bootstrap: str, topic: str, min_records: int, timeout_s: float = 30.0) -> list[dict]:
     return [json.loads(r.value) for r in read_topic(bootstrap, topic, min_records, timeout_s)]
+
+
+def group_committed(bootstrap: str, group_id: str, topic: str, partitions) -> dict[int, int]:
+    """partition -> the consumer group's committed offset (partitions it never committed left out).
+    Reads without joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        return {tp.partition: tp.offset for tp in c.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+                if tp.offset >= 0}
+    finally:
+        c.close()

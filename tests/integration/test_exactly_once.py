@@ -1,29 +1,27 @@
-"""Processors killed with SIGKILL mid-stream, or facing a Redis restart, end exactly where a
-from-scratch computation ends: no event lost, none applied twice."""
+"""A processor stopped between its state write and its Kafka commit, or facing a Redis restart,
+ends exactly where a from-scratch computation ends: no event lost, none applied twice. (Redis
+restored from an older snapshot: test_older_snapshot.py; random SIGKILLs: test_feature_writer.py.)"""
 
 from __future__ import annotations
 
 import itertools
-import signal
 
 import numpy as np
 import pytest
-import redis
 
 from features.bse import Behaviour, InMemoryBseStore, RedisBseStore, TableVersion
 from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.data.synthetic import SyntheticConfig, generate_events
 from pipelines.produce import produce_events
+from pipelines.stream.base import EXIT_AFTER_WRITES_RC
 from pipelines.stream.bse_encoder import load_item_embeddings
-from tests.integration.procs import spawn_processor, wait_for
+from tests.integration.kafka_utils import group_committed
+from tests.integration.procs import N_EVENTS, finish, resume_skipped, spawn_processor, stream_100k, wait_for
 
 pytestmark = pytest.mark.integration
 
-N_EVENTS = 100_000
 EMB_SPEC = "random:3000:0"
 MAX_SEQ_LEN = 300  # below the per-user sequence length, so evictions happen
-# 220 users x (450 views + 8 impressions + clicks) is a little over 100k events.
-SYN = SyntheticConfig(n_users=220, n_items=3000, seq_len=450, short_len=50, seed=11)
 
 
 def _spawn(settings, *args: str):
@@ -56,30 +54,26 @@ def _assert_same_state(store: RedisBseStore, ref: InMemoryBseStore, users: list[
     np.testing.assert_array_equal(store.tables(users, v.name), ref.tables(users, v.name))
 
 
-def test_bse_encoder_killed_mid_stream_ends_equal_to_from_scratch(settings, stack_endpoints):
-    events = list(itertools.islice(generate_events(SYN), N_EVENTS))
-    assert len(events) == N_EVENTS
+def test_bse_encoder_stopped_between_state_write_and_commit_resumes_without_reapplying(settings):
+    """The crash window by construction: the first run exits right after its 60th state write,
+    before that batch's Kafka commit (the --exit-after-writes test hook), so the group's committed
+    offsets lag the offsets stored with the state. The restarted run must skip exactly those
+    records (it reports how many), and the end state must equal a from-scratch computation."""
+    events = stream_100k()
     produce_events(events, settings, progress=False)
     store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, versions=[_version()],
                                    max_seq_len=MAX_SEQ_LEN)
 
-    first = _spawn(settings)
-    try:
-        reached = _wait_offsets(store, settings.events_topic, N_EVENTS // 3, first)
-        first.send_signal(signal.SIGKILL)  # no chance to commit, flush or close
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert reached < N_EVENTS, "killed too late to test anything"
+    finish(_spawn(settings, "--exit-after-writes", "60"), timeout_s=300, rc=EXIT_AFTER_WRITES_RC)
+    stored = {p: o for (t, p), o in store.committed_offsets("bse-encoder").items() if t == settings.events_topic}
+    committed = group_committed(settings.kafka_bootstrap, "recstream.bse-encoder", settings.events_topic, stored)
+    in_window = sum(o - committed.get(p, 0) for p, o in stored.items())  # applied, never committed
+    assert 0 < in_window and sum(stored.values()) < N_EVENTS, (stored, committed)
 
     second = _spawn(settings, "--max-idle-s", "5")
-    try:
-        _wait_offsets(store, settings.events_topic, N_EVENTS, second)
-        assert second.wait(timeout=120) == 0
-    finally:
-        if second.poll() is None:
-            second.kill()
+    _wait_offsets(store, settings.events_topic, N_EVENTS, second)
+    out = finish(second)
+    assert resume_skipped(out, "bse-encoder") == in_window, out[-3000:]
 
     ref = _expected(events)
     users = sorted({e.user_id for e in events})

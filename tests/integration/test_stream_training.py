@@ -28,11 +28,11 @@ from pipelines.data.datasets import build_ml100k_ctr
 from pipelines.data.movielens import Ml100k, load_ml100k, ml100k_events, split_mask
 from pipelines.data.stream_features import attach_stream_features
 from pipelines.produce import produce_events
-from pipelines.stream.feature_writer import HOUR_MS, _kinds, item_features, user_features
 from pipelines.training.artifacts import load_artifact
 from pipelines.training.jobs import TrainJob, run_job, save_job
 from pipelines.training.loop import TrainConfig
 from recstream.kafka_io import ensure_topics
+from tests.feature_oracle import item_row, user_row
 from tests.integration.procs import finish, spawn_processor, wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,17 +41,12 @@ N_EVENTS = 5_000
 
 
 def _state_before(events_by_entity: dict[str, list], kind: str, entity: str, before_ms: int) -> np.ndarray:
-    """The entity's raw features over its events strictly before `before_ms`, from scratch (NaN: none)."""
+    """The entity's raw features over its events strictly before `before_ms`, by the oracle (NaN: none)."""
     evs = [e for e in events_by_entity.get(entity, []) if e.ts < before_ms]
     names = USER_RAW_NAMES if kind == "user" else ITEM_RAW_NAMES
     if not evs:
         return np.full(len(names), np.nan, dtype=np.float32)
-    h: dict[str, int] = defaultdict(int)
-    for e in evs:
-        for k in _kinds(e):
-            h[f"{k}:{e.ts // HOUR_MS}"] += 1
-    fields = {**{k: str(v) for k, v in h.items()}, "ts": str(max(e.ts for e in evs)), "first": str(min(e.ts for e in evs))}
-    row = user_features(fields, []) if kind == "user" else item_features(fields)
+    row = user_row(evs) if kind == "user" else item_row(evs)
     return np.array([row[n] for n in names], dtype=np.float32)
 
 

@@ -2,77 +2,26 @@
 
 from __future__ import annotations
 
-import json
-from pipelines.stream.base import ProcessorConfig, SourcedEvent, StreamProcessor
+import pytest
+
+from pipelines.stream import base
 from pipelines.stream.source import Record
-from recstream.events import Event
-from recstream.settings import Settings
+from tests.builders import event_bytes
+from tests.stream_fakes import MemoryHandler, fake_processor
 
 TOPIC = "recstream.events"
 
 
 def _ev(i: int) -> bytes:
-    return Event(event_id=f"e{i}", user_id="u", item_id=f"i{i}", type="click", ts=1_700_000_000_000 + i).to_bytes()
+    return event_bytes(i, user="u")
 
 
 def Rec(key, value, offset, ts):
     return Record(key.encode(), value, offset, ts)
 
 
-class FakeSource:
-    """The pipelines.stream.source.Source interface over a list of polls."""
-
-    def __init__(self, batches):
-        self.batches = list(batches)
-        self.commits, self.seeks = [], []
-
-    def poll(self, max_records, timeout_s):
-        return self.batches.pop(0) if self.batches else {}
-
-    def commit(self, next_offsets):
-        self.commits.append(dict(next_offsets))
-
-    def assignment(self):
-        return [0, 1]
-
-    def seek(self, partition, offset):
-        self.seeks.append((partition, offset))
-
-
-class FakeProducer:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, topic, key=None, value=None):
-        self.sent.append((topic, json.loads(value)))
-
-    def flush(self):
-        pass
-
-
-class MemoryHandler:
-    """Offsets stored with the state, like the Redis handlers."""
-
-    name = "mem"
-
-    def __init__(self):
-        self.items: list[str] = []
-        self.offsets: dict[int, int] = {}
-
-    def stored_offsets(self, topic):
-        return dict(self.offsets)
-
-    def apply(self, topic, events: list[SourcedEvent], next_offsets):
-        fresh = [e for e in events if e.offset >= self.offsets.get(e.partition, 0)]
-        self.items += [e.event.item_id for e in fresh]
-        self.offsets.update({p: max(o, self.offsets.get(p, 0)) for p, o in next_offsets.items()})
-        return len(fresh)
-
-
-def _proc(handler, batches):
-    p = StreamProcessor(handler, ProcessorConfig(name="mem"), Settings())
-    p.consumer, p.producer = FakeSource(batches), FakeProducer()
-    return p
+def _proc(handler, batches, **config):
+    return fake_processor(batches, handler=handler, **config)
 
 
 def test_bad_records_go_to_dlq_and_good_ones_apply_then_commit():
@@ -82,7 +31,7 @@ def test_bad_records_go_to_dlq_and_good_ones_apply_then_commit():
     assert p.step() == 0  # parsed and handed to the writer thread
     assert p.flush() == 3
     assert h.items == ["i0", "i2"] and h.offsets == {0: 3}
-    [(topic, dlq)] = p.producer.sent
+    [(topic, _, dlq)] = p.producer.sent
     assert topic == "recstream.events.dlq" and dlq["source"] == {"topic": TOPIC, "partition": 0, "offset": 1}
     assert dlq["original"] == "garbage" and dlq["processor"] == "mem"
     assert p.consumer.commits == [{0: 3}]
@@ -127,3 +76,88 @@ def test_a_rewind_rereads_dropped_records_of_partitions_the_state_has_no_offset_
     p.step()
     assert p.step() == 0
     assert sorted(p.consumer.seeks) == [(0, 5), (1, 3)]
+
+
+def _metric(name: str, processor: str = "mem") -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"processor": processor}) or 0.0
+
+
+def test_applied_dlq_and_skipped_records_are_counted_in_the_metrics():
+    before = {n: _metric(n) for n in ("recstream_processor_events_total", "recstream_processor_dlq_total")}
+    h = MemoryHandler()
+    p = _proc(h, [{0: [Rec("u", _ev(0), 0, 0), Rec("u", b"garbage", 1, 0), Rec("u", _ev(2), 2, 0)]},
+                  {0: [Rec("u", _ev(2), 2, 0), Rec("u", _ev(3), 3, 0)]}])  # 2 redelivered
+    p.step(), p.step()
+    p.flush()
+    assert _metric("recstream_processor_events_total") - before["recstream_processor_events_total"] == 3
+    assert _metric("recstream_processor_dlq_total") - before["recstream_processor_dlq_total"] == 1
+    assert h.skipped == 1 and p.applied_total == 3 and p.dlq_total == 1
+
+
+def test_a_state_rolled_back_while_no_records_arrive_is_rewound():
+    """Redis restored from an older snapshot while the topic is quiet: no batch will find it, so the
+    idle check compares the stored offsets with what this process applied and seeks back."""
+    h = MemoryHandler()
+    p = _proc(h, [{0: [Rec("u", _ev(k), k, 0) for k in range(4)], 1: [Rec("u", _ev(10), 0, 0)]}, {}, {}, {}],
+              idle_state_check_s=1e-6)
+    before = _metric("recstream_processor_rewinds_total")
+    p.step(), p.step()  # applied and committed
+    p.step()  # idle, state consistent: nothing to do
+    assert p.consumer.seeks == [] and p.rewinds_total == 0
+    h.offsets, h.items = {0: 1, 1: 1}, h.items[:1] + h.items[4:]  # the snapshot knew partition 0 up to offset 1
+    p.step()
+    assert p.consumer.seeks == [(0, 1)] and p.rewinds_total == 1
+    assert _metric("recstream_processor_rewinds_total") - before == 1
+    p.consumer.batches = [{0: [Rec("u", _ev(k), k, 0) for k in range(1, 4)]}, {}, {}]
+    p.step(), p.step(), p.step()
+    assert h.items == ["i0", "i10", "i1", "i2", "i3"] and p.consumer.seeks == [(0, 1)]
+
+
+def test_a_quiet_processor_does_not_rewind_partitions_it_never_applied():
+    h = MemoryHandler()
+    h.offsets = {0: 7}  # written by an earlier run; this one has applied nothing yet
+    p = _proc(h, [{}, {}], idle_state_check_s=1e-6)
+    p.step(), p.step()
+    assert p.consumer.seeks == [] and p.rewinds_total == 0
+
+
+def test_exit_after_writes_stops_between_the_state_write_and_the_commit(monkeypatch):
+    """The crash-window test hook: the state holds the batch, Kafka never hears of it."""
+    def exit_now(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(base.os, "_exit", exit_now)
+    h = MemoryHandler()
+    p = _proc(h, [{0: [Rec("u", _ev(0), 0, 0)]}, {0: [Rec("u", _ev(1), 1, 0)]}, {}], exit_after_writes=2)
+    p.step(), p.step()
+    with pytest.raises(SystemExit) as e:
+        p.step()
+    assert e.value.code == base.EXIT_AFTER_WRITES_RC
+    assert h.offsets == {0: 2} and p.consumer.commits == [{0: 1}]
+
+
+def test_records_the_stored_offsets_skip_on_assignment_are_counted():
+    p = _proc(MemoryHandler(), [])
+    before = _metric("recstream_processor_resume_skipped_total")
+    p._resumed({0: 120, 1: 0})
+    assert p.resume_skipped_total == 120
+    assert _metric("recstream_processor_resume_skipped_total") - before == 120
+
+
+def test_the_kafka_source_measures_the_gap_between_committed_and_stored_offsets():
+    from confluent_kafka import TopicPartition
+
+    from pipelines.stream.source import KafkaSource
+
+    class Consumer:  # committed: partition 0 at 40, partition 1 never (the log starts at 5)
+        def committed(self, tps, timeout):
+            return [TopicPartition(tp.topic, tp.partition, 40 if tp.partition == 0 else -1001) for tp in tps]
+
+        def get_watermark_offsets(self, tp, timeout, cached):
+            return (5, 500)
+
+    src = object.__new__(KafkaSource)
+    src.topic = "t"
+    assert src._past_committed(Consumer(), [0, 1], {0: 100, 1: 5, 2: 9}) == {0: 60, 1: 0}

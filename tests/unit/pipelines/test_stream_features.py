@@ -1,12 +1,11 @@
 """Training on stream features without servers: a SQLite-online Feast repo whose offline store holds
 the rows a feature-writer with offline history writes (one per entity and event time, computed here
-by the writer's reference functions), joined point-in-time into ML-100k-style CTR and retrieval
+by the feature oracle, tests/feature_oracle.py), joined point-in-time into ML-100k-style CTR and retrieval
 samples, trained, saved with the feature vector names."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import numpy as np
 import pandas as pd
@@ -32,10 +31,11 @@ from pipelines.data.datasets import (
 )
 from pipelines.data.movielens import Ml100k, ml100k_events, split_mask
 from pipelines.data.stream_features import attach_stream_features
-from pipelines.stream.feature_writer import HOUR_MS, _kinds, item_features, user_features
 from pipelines.training.jobs import TrainJob, run_job, save_job
 from pipelines.training.loop import TrainConfig
 from recstream.events import Event, EventType
+from tests.builders import HOUR_MS
+from tests.feature_oracle import item_row, user_row
 
 torch.set_num_threads(1)
 T0 = 880_000_000_000
@@ -66,16 +66,11 @@ def _events(data: Ml100k) -> list[Event]:
 
 
 def _state(events: list[Event], kind: str, entity: str, before_ms: int | None = None) -> dict | None:
-    """The writer's feature row of one entity over its events (before `before_ms`), from scratch."""
+    """The entity's feature row over its events (before `before_ms`), by the oracle."""
     evs = [e for e in events if getattr(e, f"{kind}_id") == entity and (before_ms is None or e.ts < before_ms)]
     if not evs:
         return None
-    h: dict[str, int] = defaultdict(int)
-    for e in evs:
-        for k in _kinds(e):
-            h[f"{k}:{e.ts // HOUR_MS}"] += 1
-    fields = {**{k: str(v) for k, v in h.items()}, "ts": str(max(e.ts for e in evs)), "first": str(min(e.ts for e in evs))}
-    return user_features(fields, []) if kind == "user" else item_features(fields)
+    return user_row(evs) if kind == "user" else item_row(evs)
 
 
 def _offline_history(events: list[Event], kind: str) -> pd.DataFrame:

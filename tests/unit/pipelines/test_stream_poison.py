@@ -10,14 +10,10 @@ import json
 import pytest
 
 import pipelines.stream.base as base
-from pipelines.stream.base import ProcessorConfig, SourcedEvent, StreamProcessor
 from pipelines.stream.source import Record
 from recstream.errors import StackError
-from recstream.events import Event
-from recstream.kafka_io import DLQ_MAX_BYTES
-from recstream.settings import Settings
-
-GOOD = {"event_id": "e", "user_id": "u1", "item_id": "i", "type": "click", "ts": 1_700_000_000_000}
+from tests.builders import GOOD, event_bytes
+from tests.stream_fakes import FakeProducer, FakeSource, fake_processor
 
 HOSTILE = {
     "deep nesting": b"[" * 100_000,
@@ -33,72 +29,11 @@ HOSTILE = {
 
 
 def _ev(i: int) -> bytes:
-    return Event(**{**GOOD, "event_id": f"g{i}", "item_id": f"i{i}", "ts": GOOD["ts"] + i}).to_bytes()
-
-
-class FakeSource:
-    def __init__(self, batches):
-        self.batches = list(batches)
-        self.commits = []
-
-    def poll(self, max_records, timeout_s):
-        return self.batches.pop(0) if self.batches else {}
-
-    def commit(self, next_offsets):
-        self.commits.append(dict(next_offsets))
-
-    def assignment(self):
-        return [0]
-
-    def seek(self, partition, offset):
-        raise AssertionError("no rewind expected")
-
-
-class FakeFuture:
-    def __init__(self, exc=None):
-        self.exception = exc
-
-    def failed(self):
-        return self.exception is not None
-
-
-class FakeProducer:
-    """Acknowledges every send, except the first `fail_first` which fail after the flush."""
-
-    def __init__(self, fail_first: int = 0):
-        self.sent, self.attempts, self.fail_first = [], 0, fail_first
-
-    def send(self, topic, key=None, value=None):
-        self.attempts += 1
-        if self.attempts <= self.fail_first:
-            return FakeFuture(RuntimeError("broker unavailable"))
-        assert len(value) <= DLQ_MAX_BYTES
-        self.sent.append((topic, key, json.loads(value)))
-        return FakeFuture()
-
-    def flush(self):
-        pass
-
-
-class MemoryHandler:
-    name = "mem"
-
-    def __init__(self):
-        self.items, self.offsets = [], {}
-
-    def stored_offsets(self, topic):
-        return dict(self.offsets)
-
-    def apply(self, topic, events: list[SourcedEvent], next_offsets):
-        self.items += [e.event.item_id for e in events]
-        self.offsets.update(next_offsets)
-        return len(events)
+    return event_bytes(i, item=f"i{i}")
 
 
 def _proc(batches, producer=None):
-    p = StreamProcessor(MemoryHandler(), ProcessorConfig(name="mem", retry_backoff_ms=1), Settings())
-    p.consumer, p.producer = FakeSource(batches), producer or FakeProducer()
-    return p
+    return fake_processor(batches, producer=producer, source=FakeSource(batches, partitions=(0,), allow_seek=False))
 
 
 def _original(d: dict) -> bytes:
