@@ -10,7 +10,8 @@ signatures is served exactly by the BSE's bucket tables:
 - `build_bucket_tables` (numpy, BSE side): per signature j and bucket value s, the sum and count of
   the behaviour embeddings hashing there; tables (S, 2**tau, d).
 - `sdim_interest_from_tables` (numpy or torch, ranker side): O(S * d) per candidate, independent of L.
-- `sdim_interest_naive`: the definition as a plain loop, for tests.
+
+Tests check both paths against an independent plain loop, tests/sdim_reference.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = [
     "build_bucket_tables",
     "normalize_tables",
     "sdim_interest_from_tables",
-    "sdim_interest_naive",
 ]
 
 
@@ -115,26 +115,3 @@ def sdim_interest_from_tables(tables, cand_sigs, normalized: bool = False):
         # fused gather + mean over the S signatures (no (N, S, d) intermediate)
         return F.embedding_bag(flat, normed.reshape(n_sig * n_buckets, -1), mode="mean")  # (N, d)
     return normed[np.arange(n_sig), np.asarray(cand_sigs)].mean(1)  # (N, S, d) -> (N, d)
-
-
-def sdim_interest_naive(seq_emb: np.ndarray, cand_emb: np.ndarray, hasher: SdimHasher) -> np.ndarray:
-    """The definition, one candidate and one signature at a time (tests only).
-
-    Args:
-        seq_emb: (L, d); cand_emb: (N, d). Returns (N, d).
-    """
-    seq_sig = hasher.signatures_np(seq_emb)
-    cand_sig = hasher.signatures_np(cand_emb)
-    n, s = cand_sig.shape
-    out = np.zeros((n, seq_emb.shape[1]), dtype=np.float64)
-    for i in range(n):
-        for j in range(s):
-            acc = np.zeros(seq_emb.shape[1], dtype=np.float64)
-            for b in range(seq_emb.shape[0]):
-                if seq_sig[b, j] == cand_sig[i, j]:
-                    acc += seq_emb[b]
-            norm = np.linalg.norm(acc)
-            if norm > 0:
-                out[i] += acc / norm
-        out[i] /= s
-    return out

@@ -12,7 +12,6 @@ from features.bse.store import (
     RebuildResult,
     TableVersion,
     interest_from_table,
-    naive_interest,
 )
 
 SequenceStore = BseStore  # the name issue 4 uses for the same interface
@@ -31,6 +30,5 @@ __all__ = [
     "SequenceStore",
     "TableVersion",
     "interest_from_table",
-    "naive_interest",
     "stable_bucket",
 ]

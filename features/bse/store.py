@@ -46,7 +46,6 @@ from features.errors import (
     MissingEmbeddings,
     UnknownTableVersion,
 )
-from models.sdim import sdim_interest_naive
 from models.sdim_hash import SdimHasher
 
 log = logging.getLogger(__name__)
@@ -210,10 +209,6 @@ def interest_from_table(table: np.ndarray, sigs: np.ndarray) -> np.ndarray:
     for j in range(n_sig):  # S gathers of (N, d): no (N, S, d) temporary
         out += unit[j, sigs[:, j]]
     return out / np.float32(n_sig)
-
-
-# The SDIM definition as a plain loop (tests, drift checks); one copy, in models/sdim.py.
-naive_interest = sdim_interest_naive
 
 
 class BseStore(ABC):

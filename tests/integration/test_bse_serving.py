@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.bse import Behaviour, RedisBseStore, TableVersion, naive_interest
+from features.bse import Behaviour, RedisBseStore, TableVersion
 from features.bse_deployment import BseLookup, bse_lookup_deployment
 from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.stream.bse_encoder import load_item_embeddings
+from tests.sdim_reference import naive_sdim
 
 pytestmark = pytest.mark.integration
 
@@ -40,5 +41,5 @@ def test_lookup_deployment_matches_in_process_and_naive(settings, ray_serve):
 
     np.testing.assert_allclose(remote, in_process, rtol=0, atol=0)
     # The stored tables are 7-bit quantised sums: close to the float64 naive computation, not equal.
-    np.testing.assert_allclose(in_process, naive_interest(emb.lookup(seq), cands, hasher), atol=5e-3)
+    np.testing.assert_allclose(in_process, naive_sdim(emb.lookup(seq), cands, hasher), atol=5e-3)
     assert not np.any(cold)  # unknown user: zero interest, not an error

@@ -1,11 +1,13 @@
-"""SDIM: the training path and the served bucket path both equal the naive definition."""
+"""SDIM: the training path and the served bucket path both equal the definition, computed by an
+independent plain loop (tests/sdim_reference.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from models.sdim import SdimInterest, build_bucket_tables, normalize_tables, sdim_interest_from_tables, sdim_interest_naive
+from models.sdim import SdimInterest, build_bucket_tables, normalize_tables, sdim_interest_from_tables
 from models.sdim_hash import SdimConfig, SdimHasher
+from tests.sdim_reference import naive_sdim
 
 torch.set_num_threads(1)
 
@@ -23,7 +25,7 @@ def test_bucket_tables_path_equals_naive(setup):
     assert tables.shape == (4, 8, 16) and counts.shape == (4, 8)
     assert (counts.sum(1) == len(seq)).all()  # every behaviour lands in exactly one bucket per signature
     got = sdim_interest_from_tables(tables, hasher.signatures_np(cands))
-    np.testing.assert_allclose(got, sdim_interest_naive(seq, cands, hasher), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, naive_sdim(seq, cands, hasher), rtol=1e-5, atol=1e-6)
     # torch tables give the same answer
     got_t = sdim_interest_from_tables(torch.from_numpy(tables), torch.from_numpy(hasher.signatures_np(cands)))
     np.testing.assert_allclose(got_t.numpy(), got, rtol=1e-5, atol=1e-6)
@@ -36,7 +38,7 @@ def test_normalisation_is_not_skipped(setup):
     hasher, seq, cands = setup
     tables, _ = build_bucket_tables(seq, hasher)
     unnormalised = tables[np.arange(4), hasher.signatures_np(cands)].mean(1)
-    assert not np.allclose(unnormalised, sdim_interest_naive(seq, cands, hasher), atol=1e-3)
+    assert not np.allclose(unnormalised, naive_sdim(seq, cands, hasher), atol=1e-3)
 
 
 def test_training_path_equals_naive_and_masks_padding(setup):
@@ -47,7 +49,7 @@ def test_training_path_equals_naive_and_masks_padding(setup):
     mask = torch.tensor([False] * 5 + [True] * L)
     seq_t = torch.from_numpy(padded).expand(len(cands), -1, -1)  # (N, 5+L, d)
     got = layer(torch.from_numpy(cands), seq_t, mask.expand(len(cands), -1))
-    np.testing.assert_allclose(got.numpy(), sdim_interest_naive(seq, cands, hasher), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), naive_sdim(seq, cands, hasher), rtol=1e-5, atol=1e-6)
 
 
 def test_empty_bucket_gives_zero_vector():
