@@ -6,6 +6,7 @@ controller-manager runs, so no pod ever starts and no controller acts on an obje
 ones the OS reports free; all state (etcd data, certificates, the service-account key, the token
 file and a kubeconfig) lives under one folder that the caller owns (a pytest temp dir).
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop() runs on `kill` too, not only on Ctrl-C
     with LocalApiServer(tools, workdir) as api:
         api.apply_crds(folder)            # CRDs, then waits until they are served
         api.create(obj, dry_run=True)     # one object with fieldValidation=Strict
@@ -45,6 +46,17 @@ class ApiError(StackError):
         super().__init__(f"{what}: HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when the process that started it dies (a killed test session
+    leaves no API server behind). Linux only; elsewhere the caller's stop() is all there is."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class LocalApiServer:
@@ -132,7 +144,8 @@ class LocalApiServer:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         logf = open(self.dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
 
     def log_tail(self, name: str, n: int = 40) -> str:
         f = self.dir / f"{name}.log"
@@ -319,6 +332,7 @@ def main() -> int:
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else tools.home / "k8s-local"
     if workdir.exists():
         shutil.rmtree(workdir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop() runs on `kill` too, not only on Ctrl-C
     with LocalApiServer(tools, workdir) as api:
         api.apply_crds([tools.kuberay_crds(), tools.monitoring_crds()])
         print(f"kube-apiserver on {api.url} (no nodes: pods never start)\nexport KUBECONFIG={api.kubeconfig}", flush=True)
