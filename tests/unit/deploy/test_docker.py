@@ -124,9 +124,11 @@ def test_cpu_image_leaves_out_exactly_the_cuda_packages():
     lock = (REPO / "uv.lock").read_text()
     cuda = set(re.findall(r'^name = "(nvidia-[a-z0-9-]+|triton)"$', lock, re.MULTILINE))
     assert cuda, "uv.lock has no CUDA packages any more: revisit deploy/docker/Dockerfile"
-    for word, rest in _instructions(DOCKERFILES["cpu"]):
-        if word == "RUN" and "uv sync" in rest:
-            assert set(re.findall(r"--no-install-package (\S+)", rest)) == cuda, rest
+    ins = _instructions(DOCKERFILES["cpu"])
+    (no_cuda,) = [r for w, r in ins if w == "ARG" and r.startswith("NO_CUDA=")]
+    assert set(re.findall(r"--no-install-package ([\w.-]+)", no_cuda)) == cuda, no_cuda
+    syncs = [r for w, r in ins if w == "RUN" and "uv sync" in r]
+    assert len(syncs) == 2 and all(r.endswith("$NO_CUDA") for r in syncs), syncs
     assert "--no-install-package" not in DOCKERFILES["cuda"].read_text()
 
 
