@@ -11,7 +11,6 @@ A slot's reward is 1 when at least one outcome is attributed to it, else 0 (clic
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -72,7 +71,7 @@ def read_kafka(bootstrap: str, impressions_topic: str, events_topic: str, since_
 
 def _read_topic(bootstrap: str, topic: str, since_ms: int | None, until_ms: int | None, idle_ms: int,
                 progress=None) -> list[bytes]:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"recstream-replay-{topic}", "enable.auto.commit": False,
                   "auto.offset.reset": "earliest", "enable.partition.eof": True, "log_level": 3})
@@ -101,7 +100,7 @@ def _read_topic(bootstrap: str, topic: str, since_ms: int | None, until_ms: int 
                 break
             for m in msgs:
                 if m.error() is not None:
-                    if m.error().code() == -191:  # _PARTITION_EOF
+                    if m.error().code() == KafkaError._PARTITION_EOF:
                         todo.discard(m.partition())
                     continue
                 if m.offset() >= ends[m.partition()]:
@@ -192,6 +191,3 @@ def interactions_after(rlog: ReplayLog, window_s: float = 3600.0,
         out[i.request_id] = {item for _, item in evs[lo:hi]}
     return out
 
-
-def dumps(rlog: ReplayLog) -> str:
-    return json.dumps({"impressions": len(rlog.impressions), "events": len(rlog.events), "skipped": rlog.skipped})

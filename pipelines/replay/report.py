@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,7 @@ def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Pa
 
 
 def _count(xs) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for x in xs:
-        out[x] = out.get(x, 0) + 1
-    return out
+    return dict(Counter(xs))
 
 
 def _traffic(rlog: ReplayLog, tr: TrafficResult, window_s: float, reward_types, n_boot: int, seed: int) -> dict:
