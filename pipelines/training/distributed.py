@@ -4,12 +4,16 @@ Each worker builds the data itself (no large objects through the object store), 
 shard (`Samples.shard(rank, world_size)`) with the model wrapped by `ray.train.torch.prepare_model`
 (DistributedDataParallel when world_size > 1, moved to the worker's GPU when use_gpu), and reports
 each epoch's validation metrics. Rank 0 reports the final weights as a Ray checkpoint, which the
-driver loads back into a fresh model, so the caller gets the same `JobResult` as `run_job`.
+driver loads back into a fresh model, so the caller gets the same `JobResult` as `run_job`, plus
+`workers`: what each worker did (rank, training samples in its shard, its own per-epoch training
+loss, a digest of its initial and final weights), gathered to rank 0. Data parallelism keeps the
+replicas identical, so every worker ends with the same weight digest, different from the initial one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -20,6 +24,14 @@ from pipelines.training.jobs import JobResult, TrainJob, build, evaluator, load_
 from pipelines.training.loop import FitResult
 
 log = logging.getLogger(__name__)
+
+
+def _weights_digest(model) -> str:
+    """sha256 of the model's parameters and buffers, in state_dict order."""
+    h = hashlib.sha256()
+    for v in model.state_dict().values():
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -35,16 +47,28 @@ def _train_loop_per_worker(config: dict) -> None:
     def report(epoch: int, record: dict) -> None:
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
 
+    initial: dict[str, str] = {}
+
     def wrap(model):
+        initial["digest"] = _weights_digest(model)
         # some configurations leave parameters unused (e.g. the user embedding with use_user_id=False)
         return rt.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     result = run_job(job, rank=rank, world_size=world, wrap=wrap, epoch_callback=report, evaluate_test=False)
+    mine = {"rank": rank, "n_train": len(result.splits.train.shard(rank, world)) if world > 1 else len(result.splits.train),
+            "train_loss": [h["train_loss"] for h in result.fit.history],
+            "initial_digest": initial["digest"], "final_digest": _weights_digest(result.model)}
+    workers = [mine]
+    if world > 1:
+        import torch.distributed as dist
+
+        workers = [None] * world
+        dist.all_gather_object(workers, mine)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
             torch.save({"state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
-                        "fit": result.fit.to_dict()}, Path(tmp) / "model.pt")
+                        "fit": result.fit.to_dict(), "workers": workers}, Path(tmp) / "model.pt")
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({"done": 1, "best_epoch": result.fit.best_epoch}, checkpoint=ckpt)
 
@@ -79,4 +103,5 @@ def fit_distributed(job: TrainJob, num_workers: int = 2, use_gpu: bool = False,
     model.load_state_dict(state["state_dict"])
     model.eval()
     fit = FitResult(**state["fit"])
-    return JobResult(model, splits, fit, fit.best_metrics, evaluator(job, splits, "test")(model))
+    return JobResult(model, splits, fit, fit.best_metrics, evaluator(job, splits, "test")(model),
+                     workers=sorted(state["workers"], key=lambda w: w["rank"]))

@@ -162,6 +162,8 @@ class JobResult:
     fit: FitResult
     valid_metrics: dict[str, float]
     test_metrics: dict[str, float]
+    # distributed runs only (pipelines/training/distributed.py): one record per worker
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_job(job: TrainJob, rank: int = 0, world_size: int = 1,

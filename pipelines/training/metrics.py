@@ -48,13 +48,23 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 def recall_ndcg_at_k(scores: np.ndarray, target_col: np.ndarray, k: int) -> tuple[float, float]:
     """One held-out target per row: Recall@K = hit rate, NDCG@K = 1/log2(rank+2) on a hit.
 
+    Ties are broken at random, in expectation: the target's 0-based rank is uniform over
+    [g, g + t], g items scoring higher and t others scoring the same. (Resolving ties in the
+    target's favour gave a constant model a recall of 1.0.)
+
     Args:
         scores: (B, N) with already-excluded columns set to -inf; target_col: (B,) column of the target.
     """
     target_score = scores[np.arange(len(scores)), target_col]
-    rank = (scores > target_score[:, None]).sum(1)  # 0-based; ties resolved in the target's favour
-    hit = rank < k
-    return float(hit.mean()), float((hit / np.log2(rank + 2)).mean())
+    greater = (scores > target_score[:, None]).sum(1)  # (B,)
+    tied = (scores == target_score[:, None]).sum(1) - 1  # (B,) others with the target's score
+    hit = np.clip((k - greater) / (tied + 1), 0.0, 1.0)  # P(rank < k)
+    # sum of 1/log2(r + 2) over the ranks r in [greater, min(greater + tied, k - 1)], / (tied + 1)
+    disc = np.r_[0.0, np.cumsum(1.0 / np.log2(np.arange(k) + 2))]  # disc[j] = sum over r < j
+    hi = np.minimum(greater + tied + 1, k)
+    lo = np.minimum(greater, k)
+    ndcg = (disc[hi] - disc[lo]) / (tied + 1)
+    return float(hit.mean()), float(ndcg.mean())
 
 
 @torch.no_grad()

@@ -40,6 +40,18 @@ def test_recall_ndcg():
     assert nd == pytest.approx((1.0 + 0 + 1 / np.log2(3)) / 3)
 
 
+def test_recall_ndcg_break_ties_at_random_in_expectation():
+    """A model that scores everything the same learned nothing: it gets the random recall k/N."""
+    rec, nd = recall_ndcg_at_k(np.zeros((4, 10)), np.array([0, 3, 5, 9]), k=2)
+    assert rec == pytest.approx(2 / 10) and nd == pytest.approx((1.0 + 1 / np.log2(3)) / 10)
+    # one item above the target, the target tied with two others: rank 1, 2 or 3, each with p = 1/3
+    rec, nd = recall_ndcg_at_k(np.array([[0.9, 0.5, 0.5, 0.5, 0.1]]), np.array([2]), k=3)
+    assert rec == pytest.approx(2 / 3) and nd == pytest.approx((1 / np.log2(3) + 1 / np.log2(4)) / 3)
+    # excluded (-inf) columns never tie with a real target
+    rec, _ = recall_ndcg_at_k(np.array([[-np.inf, -np.inf, 0.0]]), np.array([2]), k=1)
+    assert rec == 1.0
+
+
 def test_retrieval_eval_excludes_seen_items_per_user_only():
     """Popularity returns one broadcast score row; excluding user A's seen items must not touch user B."""
     import torch
