@@ -236,7 +236,11 @@ def produce(dataset: str = typer.Argument("ml100k", help="ml100k | synthetic"),
     elif dataset == "synthetic":
         from pipelines.data.synthetic import SyntheticConfig, generate_events
 
-        cfg = SyntheticConfig(n_users=users, n_items=items, seq_len=seq_len, seed=seed)
+        try:  # the recent window (50 behaviours by default) never longer than the history
+            cfg = SyntheticConfig(n_users=users, n_items=items, seq_len=seq_len, seed=seed,
+                                  short_len=min(SyntheticConfig.short_len, seq_len))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
         total = users * seq_len if limit is None else min(limit, users * seq_len)
         events = itertools.islice(generate_events(cfg), total)
     else:

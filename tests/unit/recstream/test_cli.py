@@ -84,3 +84,41 @@ def test_invalid_settings_end_with_their_message_not_a_traceback(monkeypatch):
         settings.get_settings.cache_clear()
     assert out.exit_code == 2 and "stack ports must differ" in out.output
     assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_a_bad_environment_variable_stops_the_real_command_at_start_up(tmp_path):
+    """The installed entry point, as a user runs it: the message names the variable's value, no traceback."""
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")},
+           "RECSTREAM_REDIS_URL": "http://not-redis:6379", "RECSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    out = subprocess.run([sys.executable, "-m", "recstream.cli", "topics"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "invalid RECSTREAM_* settings" in out.stderr and "redis_url ('http://not-redis:6379')" in out.stderr
+    assert "Traceback" not in out.stderr
+    env["RECSTREAM_REDIS_URL"], env["RECSTREAM_TOPIC_PARTITIONS"] = "redis://127.0.0.1:1/0", "many"
+    out = subprocess.run([sys.executable, "-m", "recstream.cli", "stack", "status"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "topic_partitions" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_console_script_prints_help():
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("recstream")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Usage: recstream" in out.stdout
+    for name in ("stack", "topics", "produce", "process", "serve", "demo", "train"):
+        assert f"  {name} " in out.stdout, name
+
+
+def test_serve_rejects_a_bad_layout_before_starting_anything():
+    out = CliRunner().invoke(cli.app, ["serve", "--layout", "diagonal"])
+    assert out.exit_code == 1 and "layout" in out.output and "diagonal" in out.output
+
+
+def test_produce_synthetic_checks_its_options_before_connecting():
+    # a short history used to fail deep in SyntheticConfig with a traceback (short_len 50 > seq_len)
+    out = CliRunner().invoke(cli.app, ["produce", "synthetic", "--users", "0"])
+    assert out.exit_code == 2 and "n_users (0)" in out.output, out.output

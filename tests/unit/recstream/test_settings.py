@@ -39,3 +39,18 @@ def test_unset_endpoints_follow_the_stack_ports(monkeypatch):
 def test_explicit_endpoints_win_over_the_stack_ports():
     s = Settings(stack_kafka_port=29092, kafka_bootstrap="k1:9092", redis_url="redis://r:1/0")
     assert s.kafka_bootstrap == "k1:9092" and s.redis_url == "redis://r:1/0"
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("RECSTREAM_REDIS_URL", "http://x", "redis_url ('http://x')"),
+    ("RECSTREAM_KAFKA_BOOTSTRAP", "nohost", "kafka_bootstrap ('nohost')"),
+    ("RECSTREAM_TOPIC_PARTITIONS", "zero", "topic_partitions"),
+    ("RECSTREAM_TOPIC_PARTITIONS", "0", "topic_partitions"),
+    ("RECSTREAM_STACK_REDIS_PORT", "80", "stack_redis_port"),
+    ("RECSTREAM_DLQ_TOPIC", "recstream.events", "topics must differ"),
+])
+def test_bad_environment_variables_fail_at_load_with_the_value(monkeypatch, var, value, needle):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError) as ei:
+        Settings()
+    assert needle in str(ei.value)

@@ -320,3 +320,37 @@ def test_a_replayed_request_serves_the_chosen_variant_and_is_not_logged(artifact
     resp = asyncio.run(rec.recommend(RecommendRequest(user_id="u1", k=5), variant="B", log_impression=False))
     assert resp.variant == "B" and logger.records == []
     assert _run(rec).variant == "A" and len(logger.records) == 1
+
+
+def _sample(name: str, **labels) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_impression_record_carries_what_was_served(artifacts):
+    rec, _, logger = _rec(artifacts)
+    before = int(time.time() * 1000)
+    resp = _run(rec, user_id="u2", k=7)
+    after = int(time.time() * 1000)
+    [log] = logger.records
+    assert (log.request_id, log.user_id, log.variant) == (resp.request_id, "u2", resp.variant)
+    assert log.model_versions == resp.model_versions == {"retrieval": "v1", "coarse": "v1", "ranker": "v1"}
+    assert log.timings_ms == resp.timings_ms and log.degraded is resp.degraded is False
+    assert before <= log.ts <= after  # serving time, epoch ms
+    assert [(s.item_id, s.position, s.score) for s in log.slate] == [(i.item_id, k, i.score) for k, i in enumerate(resp.items)]
+    assert ImpressionLog.model_validate_json(log.to_bytes()) == log  # what goes to Kafka reads back the same
+
+
+def test_stage_latency_and_degraded_reasons_are_counted(artifacts):
+    stages = ("inputs", "retrieval", "coarse", "ranker", "total")
+    latency = {s: _sample("recstream_stage_latency_seconds_count", stage=s) for s in stages}
+    degraded = {r: _sample("recstream_degraded_total", stage="coarse", reason=r) for r in ("error", "deadline")}
+    rec, _, _ = _rec(artifacts)
+    _run(rec)
+    rec.coarse = _fails("coarse")
+    _run(rec)
+    for s in stages:
+        assert _sample("recstream_stage_latency_seconds_count", stage=s) - latency[s] == 2, s
+    assert _sample("recstream_degraded_total", stage="coarse", reason="error") - degraded["error"] == 1
+    assert _sample("recstream_degraded_total", stage="coarse", reason="deadline") == degraded["deadline"]
