@@ -1,5 +1,6 @@
 """Test data builders shared by unit and integration tests: one valid event, numbered events, a
-seeded stream with every event type, BSE behaviours. Deterministic for a given seed."""
+seeded stream with every event type, BSE behaviours, planted training data; and the reader of a
+DLQ record's original bytes. Deterministic for a given seed."""
 
 from __future__ import annotations
 
@@ -67,3 +68,10 @@ def behaviours(rng: np.random.Generator, n: int, n_users: int, start: int = 0, n
 
     return [Behaviour(f"u{rng.integers(n_users)}", f"i{rng.integers(n_items)}", "events", k % n_partitions, start + k)
             for k in range(n)]
+
+
+def dlq_original(record: dict) -> bytes:
+    """The original bytes a DLQ record carries (text when they were UTF-8, else base64)."""
+    import base64
+
+    return base64.b64decode(record["original"]) if record["original_encoding"] == "base64" else record["original"].encode("utf-8")

@@ -1,23 +1,10 @@
-"""Fixtures for the in-memory feature tests (no servers)."""
+"""Fixtures for the in-memory feature tests (no servers); hasher and item_embeddings: tests/conftest.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from features.bse import ArrayItemEmbeddings, InMemoryBseStore, TableVersion
-from models.sdim_hash import SdimConfig, SdimHasher
-
-
-@pytest.fixture(scope="session")
-def hasher() -> SdimHasher:
-    # small dim keeps the naive loop fast; 16 signatures x 8 buckets as in production
-    return SdimHasher(SdimConfig(dim=16, n_hashes=48, tau=3, seed=7))
-
-
-@pytest.fixture(scope="session")
-def item_embeddings() -> ArrayItemEmbeddings:
-    return ArrayItemEmbeddings.random(n_items=300, dim=16, n_oov=8, seed=3)
+from features.bse import InMemoryBseStore, TableVersion
 
 
 @pytest.fixture

@@ -8,15 +8,12 @@ import pytest
 from features.bse import ArrayItemEmbeddings, Behaviour, InMemoryBseStore, TableVersion, _codec
 from features.bse.store import _UserSnapshot
 from features.errors import CorruptTable, TableVersionMismatch, UnknownTableVersion
+from tests.builders import behaviours
 from tests.sdim_reference import naive_sdim
 
 
-def _events(rng, n: int, n_users: int, start_offset: int = 0, partition: int = 0) -> list[Behaviour]:
-    # ids beyond the 300-item vocabulary exercise hashed OOV rows
-    return [
-        Behaviour(f"u{rng.integers(n_users)}", f"i{rng.integers(330)}", "events", partition, start_offset + k)
-        for k in range(n)
-    ]
+def _events(rng, n: int, n_users: int, start_offset: int = 0) -> list[Behaviour]:
+    return behaviours(rng, n, n_users, start=start_offset)
 
 
 def test_bucket_path_matches_naive_with_eviction(bse_store, hasher, item_embeddings):

@@ -4,7 +4,6 @@ In-memory stand-ins for Kafka and the state (no servers)."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import pipelines.stream.base as base
 from pipelines.stream.source import Record
 from recstream.errors import StackError
-from tests.builders import GOOD, event_bytes
+from tests.builders import GOOD, dlq_original, event_bytes
 from tests.stream_fakes import FakeProducer, FakeSource, fake_processor
 
 HOSTILE = {
@@ -36,10 +35,6 @@ def _proc(batches, producer=None):
     return fake_processor(batches, producer=producer, source=FakeSource(batches, partitions=(0,), allow_seek=False))
 
 
-def _original(d: dict) -> bytes:
-    return base64.b64decode(d["original"]) if d["original_encoding"] == "base64" else d["original"].encode()
-
-
 def test_hostile_records_go_to_the_dlq_and_every_good_one_applies():
     records, offset = [], 0
     for n, raw in enumerate(HOSTILE.values()):  # good, hostile, good, hostile, ..., good
@@ -60,9 +55,9 @@ def test_hostile_records_go_to_the_dlq_and_every_good_one_applies():
         assert d["error"], kind
         if kind == "oversize":  # cut to fit the DLQ's record size, with the full length and hash
             assert d["original_truncated"] and d["original_bytes"] == len(raw)
-            assert raw.startswith(_original(d))
+            assert raw.startswith(dlq_original(d))
         else:
-            assert _original(d) == (raw or b""), kind
+            assert dlq_original(d) == (raw or b""), kind
     assert "user_id: must not contain control characters" in by_offset[9]["error"]
 
 

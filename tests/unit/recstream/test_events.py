@@ -4,8 +4,8 @@ import pytest
 
 from recstream.errors import InvalidEvent
 from recstream.events import MAX_EVENT_BYTES, Event, EventType, ImpressionLog, SlateItem, parse_event
+from tests.builders import GOOD
 
-GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
 
 
 def test_round_trip():

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from recstream.errors import InvalidEvent
 from recstream.events import MAX_EVENT_BYTES, Event, parse_event
+from tests.builders import GOOD
 
 # Enough to find the old failures within a unit-test budget; RECSTREAM_FUZZ_EXAMPLES=5000 for a
 # longer run (reports/hardening.md quotes one).
@@ -25,7 +26,6 @@ EXAMPLES = int(os.environ.get("RECSTREAM_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.data_too_large])
 
-GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
 
 ids = st.text(min_size=1, max_size=20, alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zs")))
 valid_events = st.builds(
