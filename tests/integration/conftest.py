@@ -12,7 +12,6 @@ Nothing is skipped for a missing server: if none can be had, the fixture fails l
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,17 +78,20 @@ def kafka_bootstrap(stack_endpoints) -> str:
     return stack_endpoints.kafka_bootstrap
 
 
-@pytest.fixture
-def settings(stack_endpoints) -> Settings:
-    """Settings with topics and a Redis prefix unique to one test, so tests never see each other's data."""
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
-                 events_topic=f"t{tag}.events", dlq_topic=f"t{tag}.events.dlq", impressions_topic=f"t{tag}.impressions",
-                 topic_partitions=2, redis_prefix=f"t{tag}")
-    from recstream.kafka_io import ensure_topics
+@pytest.fixture(scope="session")
+def scratch_home(tmp_path_factory) -> Path:
+    """RECSTREAM_HOME of the tests' settings (Feast repositories): the session's temp dir, not ~/.cache."""
+    return tmp_path_factory.mktemp("home")
 
-    ensure_topics(s)
-    return s
+
+@pytest.fixture
+def settings(stack_endpoints, scratch_home) -> Settings:
+    """Settings with topics and a Redis prefix unique to one test, so tests never see each other's
+    data; removed from the servers afterwards (tests/integration/scratch.py)."""
+    from tests.integration.scratch import scratch
+
+    with scratch(stack_endpoints, scratch_home) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

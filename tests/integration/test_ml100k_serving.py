@@ -10,8 +10,6 @@ does the same with trained models on all 943 users: reports/serving.md)."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import torch
 
@@ -21,7 +19,6 @@ from models import build_model
 from pipelines.bench.ml100k_serving import Ml100kWorld, build_bse, offline_inputs, stream_ml100k
 from pipelines.data.datasets import build_ml100k_retrieval, ml100k_test_cases
 from pipelines.data.movielens import ml100k_events
-from recstream.kafka_io import ensure_topics
 from services.bench import served_vs_offline
 from services.config import ServeConfig
 
@@ -45,17 +42,12 @@ def _save_models(root) -> None:
                       feature_vectors=fv if uses else None)
 
 
-def test_live_api_top20_equals_the_offline_request_path(stack_endpoints, ray_serve, tmp_path):
+def test_live_api_top20_equals_the_offline_request_path(settings, ray_serve, tmp_path):
     from ray import serve
 
-    from recstream.settings import Settings
     from services.app import build_app
 
-    tag = f"ml{uuid.uuid4().hex[:6]}"
-    s = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
-                 events_topic=f"{tag}.events", dlq_topic=f"{tag}.dlq", impressions_topic=f"{tag}.impressions",
-                 topic_partitions=2, redis_prefix=tag)
-    ensure_topics(s)
+    s, tag = settings, settings.redis_prefix
     root = tmp_path / "artifacts"
     _save_models(root)
     users = {str(u) for u in range(1, N_USERS + 1)}
