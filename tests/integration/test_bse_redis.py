@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from features.bse import ArrayItemEmbeddings, Behaviour, InMemoryBseStore, RedisBseStore, TableVersion
-from models.sdim_hash import SdimConfig, SdimHasher
+from models.sdim_hash import SdimHasher
+from tests.builders import behaviours
 from tests.sdim_reference import naive_sdim
 
 pytestmark = pytest.mark.integration
@@ -27,18 +28,13 @@ def client(redis_url):
     c.close()
 
 
-@pytest.fixture(scope="module")
-def hasher() -> SdimHasher:
-    return SdimHasher(SdimConfig(dim=16, n_hashes=48, tau=3, seed=7))
-
-
-@pytest.fixture(scope="module")
-def emb() -> ArrayItemEmbeddings:
-    return ArrayItemEmbeddings.random(n_items=300, dim=16, n_oov=8, seed=3)
+@pytest.fixture
+def emb(item_embeddings):
+    return item_embeddings
 
 
 def _events(rng, n, n_users, start=0):
-    return [Behaviour(f"u{rng.integers(n_users)}", f"i{rng.integers(330)}", "events", int(k % 2), start + k) for k in range(n)]
+    return behaviours(rng, n, n_users, start=start, n_partitions=2)
 
 
 def test_redis_bucket_path_matches_naive_and_memory_store(client, hasher, emb):

@@ -10,12 +10,12 @@ import redis
 from pipelines.produce import produce_raw
 from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
+from tests.builders import GOOD
 from tests.integration.kafka_utils import read_json
 from tests.integration.procs import all_handlers, run_until_idle
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"event_id": "e", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
 
 CORPUS: list[bytes] = [
     b"", b" ", b"null", b"true", b"42", b'"a string"', b"[]", b"{}", b"{", b"\x00\x01\x02", b"\xff\xfe\xfd",

@@ -5,7 +5,6 @@ them is applied, and a restarted processor goes on from past them."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -16,12 +15,12 @@ import redis
 from pipelines.produce import produce_raw
 from pipelines.stream import ProcessorConfig, StreamProcessor
 from recstream.events import Event
+from tests.builders import GOOD, dlq_original
 from tests.integration.kafka_utils import read_json
 from tests.integration.procs import all_handlers, run_until_idle
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"event_id": "e", "user_id": "u1", "item_id": "i", "type": "click", "ts": 1_700_000_000_000}
 HEAD = json.dumps(GOOD)[:-1].encode()  # a valid event without its closing brace
 
 # kind -> records of that kind
@@ -43,10 +42,6 @@ HOSTILE: dict[str, list[bytes | None]] = {
     "random bytes": [os.urandom(n) for n in (1, 17, 256, 4096)],
     "tombstone": [None],
 }
-
-
-def _original(d: dict) -> bytes:
-    return base64.b64decode(d["original"]) if d["original_encoding"] == "base64" else d["original"].encode("utf-8")
 
 
 def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings):
@@ -76,9 +71,9 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
         raw = raw or b""
         if d.get("original_truncated"):
             assert d["original_bytes"] == len(raw) and d["original_sha256"] == hashlib.sha256(raw).hexdigest()
-            assert raw.startswith(_original(d))
+            assert raw.startswith(dlq_original(d))
         else:
-            assert _original(d) == raw, kind
+            assert dlq_original(d) == raw, kind
         if d["processor"] == "popularity":
             summary.setdefault(kind, []).append(d["error"][:90])
     assert {p: sorted(d["source"]["offset"] for d in dlq if d["processor"] == p) for p in procs} == \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -26,12 +27,13 @@ from pipelines.stream.bse_encoder import BseEncoderHandler
 from recstream.events import Event, EventType
 from services.config import ServeConfig
 from tests.integration.kafka_utils import read_json
-from tests.integration.procs import finish, spawn_processor
+from tests.builders import TS
+from tests.integration.procs import finish, running, spawn_processor, wait_until
+from tests.integration.scratch import scratch
 from tests.serving_fixtures import save_stage_models
 
 pytestmark = pytest.mark.integration
 
-TS = 1_700_000_000_000
 N_USERS, N_ITEMS = 40, 300
 
 
@@ -56,30 +58,15 @@ def _bse_store(settings, root, versions: list[str]) -> RedisBseStore:
 
 
 def _process(settings, handlers_and_names, n_records: int, timeout_s: float = 120) -> None:
-    procs = [StreamProcessor(h, ProcessorConfig(name=name), settings) for h, name in handlers_and_names]
-    threads = [threading.Thread(target=p.run, daemon=True) for p in procs]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            if all(sum(h.stored_offsets(settings.events_topic).values()) >= n_records for h, _ in handlers_and_names):
-                return
-            time.sleep(0.2)
-        raise AssertionError("processors did not catch up")
-    finally:
-        for p in procs:
-            p.stop()
-        for t in threads:
-            t.join(timeout=30)
+    procs = {name: StreamProcessor(h, ProcessorConfig(name=name), settings) for h, name in handlers_and_names}
+    with running(procs):
+        wait_until(lambda: all(sum(h.stored_offsets(settings.events_topic).values()) >= n_records
+                               for h, _ in handlers_and_names), "processors caught up", timeout_s)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, stack_endpoints):
+def world(tmp_path_factory, stack_endpoints, scratch_home):
     """Artefacts v1 and v2; the stream's state for them in one Redis prefix (BSE holds only v1)."""
-    from recstream.kafka_io import ensure_topics
-    from recstream.settings import Settings
-
     root = tmp_path_factory.mktemp("artifacts")
     save_stage_models(root, N_USERS, N_ITEMS, version="v1", seed=0)
     save_stage_models(root, N_USERS, N_ITEMS, version="v2", seed=1)
@@ -87,19 +74,15 @@ def world(tmp_path_factory, stack_endpoints):
     save_stage_models(root, N_USERS, N_ITEMS, version="vf", seed=2, ranker_overrides=feats, hcn_overrides=feats,
                       feature_vectors={"user_vector_names": list(USER_VECTOR_NAMES),
                                        "item_vector_names": list(ITEM_VECTOR_NAMES), "source": "test"})
-    tag = f"srv{int(time.time() * 1000) % 10**8}"
-    settings = Settings(kafka_bootstrap=stack_endpoints.kafka_bootstrap, redis_url=stack_endpoints.redis_url,
-                        events_topic=f"{tag}.events", dlq_topic=f"{tag}.dlq", impressions_topic=f"{tag}.impressions",
-                        topic_partitions=2, redis_prefix=tag)
-    ensure_topics(settings)
-    events = _events()
-    produce_events(events, settings, progress=False)
-    r = redis.Redis.from_url(settings.redis_url)
-    writer = spawn_processor(settings, "feature-writer", "--offline-history", "--max-idle-s", "3")
-    _process(settings, [(PopularityHandler(r, settings.redis_prefix), "popularity"),
-                        (BseEncoderHandler(_bse_store(settings, root, ["v1", "vf"])), "bse-encoder")], len(events))
-    finish(writer)
-    return {"root": root, "settings": settings, "events": events}
+    with scratch(stack_endpoints, scratch_home, tag=f"srv{uuid.uuid4().hex[:8]}") as settings:
+        events = _events()
+        produce_events(events, settings, progress=False)
+        r = redis.Redis.from_url(settings.redis_url)
+        writer = spawn_processor(settings, "feature-writer", "--offline-history", "--max-idle-s", "3")
+        _process(settings, [(PopularityHandler(r, settings.redis_prefix), "popularity"),
+                            (BseEncoderHandler(_bse_store(settings, root, ["v1", "vf"])), "bse-encoder")], len(events))
+        finish(writer)
+        yield {"root": root, "settings": settings, "events": events}
 
 
 def _variants(ranker: str = "v1", b_ranker: str | None = None) -> dict:
@@ -238,7 +221,9 @@ def test_redis_outage_and_late_ranker_degrade_instead_of_failing(world, ray_serv
     cfg = _config(world, variants=_variants("v1"), deadlines={"ranker_timeout_ms": 0.01, "redis_timeout_ms": 100})
     url = _deploy(ray_serve, world, cfg, "broken", settings=broken)
     try:
+        before = httpx.get(f"{url}/metrics", timeout=30).text  # this app's ingress replica, which serves it
         resp = httpx.post(f"{url}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60)
+        after = httpx.get(f"{url}/metrics", timeout=30).text
     finally:
         serve.delete("broken")
     assert resp.status_code == 200, resp.text
@@ -246,6 +231,26 @@ def test_redis_outage_and_late_ranker_degrade_instead_of_failing(world, ray_serv
     assert body["degraded"] is True
     assert {"history:unavailable", "seen:unavailable", "ranker:deadline"} <= set(body["degraded_reasons"]), body
     assert len(body["items"]) == 5  # the models still rank from what they know: coarse order here
+    # the request counted every reason of its answer once, by stage and reason, and every stage's latency
+    def moved(name, **labels):
+        return (_sample(after, name, **labels) or 0.0) - (_sample(before, name, **labels) or 0.0)
+
+    for reason in body["degraded_reasons"]:
+        stage, _, why = reason.partition(":")
+        assert moved("recstream_degraded_total", stage=stage, reason=why) == 1.0, reason
+    for stage in ("inputs", "retrieval", "coarse", "ranker", "total"):
+        assert moved("recstream_stage_latency_seconds_count", stage=stage) == 1.0, stage
+
+
+def _sample(text: str, name: str, **labels) -> float | None:
+    """The value of the sample `name` with exactly these labels in a Prometheus text page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def test_hot_version_swap_under_load_has_zero_errors(world, main_app):

@@ -2,39 +2,29 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import redis
 
 from pipelines.data.movielens import ml100k_events
 from pipelines.produce import produce_events, produce_raw
 from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
-from recstream.events import Event, EventType
+from recstream.events import Event
+from tests.builders import TS, dlq_original, event
 from tests.integration.kafka_utils import read_json
+from tests.integration.procs import running, wait_until
 
 pytestmark = pytest.mark.integration
 
-TS = 1_700_000_000_000
-
 
 def _ev(i: int, user: str, item: str, typ: str = "click") -> Event:
-    return Event(event_id=f"e{i}", user_id=user, item_id=item, type=EventType(typ), ts=TS + i)
+    return event(i, user=user, item=item, typ=typ)
 
 
 def _run_until(proc: StreamProcessor, handler, settings, n_records: int, timeout_s: float = 60) -> None:
     """Run the processor in a thread until its stored offsets cover n_records."""
-    t = threading.Thread(target=proc.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if sum(handler.stored_offsets(settings.events_topic).values()) >= n_records:
-            break
-        time.sleep(0.2)
-    proc.stop()
-    t.join(timeout=30)
-    assert sum(handler.stored_offsets(settings.events_topic).values()) >= n_records, "processor did not catch up"
+    with running({"p": proc}):
+        wait_until(lambda: sum(handler.stored_offsets(settings.events_topic).values()) >= n_records,
+                   "processor caught up", timeout_s)
 
 
 def test_events_reach_redis(settings):
@@ -69,8 +59,9 @@ def test_malformed_events_go_to_dlq_and_processing_continues(settings):
     dlq = read_json(settings.kafka_bootstrap, settings.dlq_topic, len(bad))
     assert len(dlq) == len(bad)
     assert {d["source"]["topic"] for d in dlq} == {settings.events_topic}
-    assert sorted(d["original"] for d in dlq if d["original_encoding"] == "utf-8") == sorted(
-        b.decode() for b in bad if b != b"\xff\xfe")
+    # the original bytes come back exactly: as text when UTF-8, base64 otherwise
+    assert sorted(dlq_original(d) for d in dlq) == sorted(bad)
+    assert [d["original_encoding"] for d in dlq if dlq_original(d) == b"\xff\xfe"] == ["base64"]
     assert any("ts" in d["error"] for d in dlq)  # the reason names the field
 
 
