@@ -54,9 +54,9 @@ class KafkaSource:
         start_offsets: called on every (re)assignment; partitions it names start there instead
             of at the group's committed offset (processors store offsets with their state).
         resumed: called on (re)assignment with partition -> records between where the group
-            would have resumed (its committed offset, else the log start) and the start offset
-            given by `start_offsets`: records applied before a stop that did not commit them,
-            which Kafka would redeliver and the seek skips. Observability only (one committed-
+            would have resumed (its committed offset, else the log start) and where this member
+            starts (the offset `start_offsets` gave): records applied before a stop that did not
+            commit them, which Kafka would redeliver and the seek skips. Observability only (one committed-
             offset request per assignment); a failure to measure is logged, never raised.
         fetch_wait_max_ms: how long the broker may hold a fetch waiting for more data. librdkafka's
             default (500 ms) would add up to half a second of latency at low rates.
@@ -93,8 +93,9 @@ class KafkaSource:
         for tp in partitions:
             if tp.partition in stored:
                 tp.offset = stored[tp.partition]
-        if self._resumed is not None and stored:
-            skipped = self._past_committed(consumer, [tp.partition for tp in partitions if tp.partition in stored], stored)
+        starts = {tp.partition: tp.offset for tp in partitions if tp.offset >= 0}  # where this member starts
+        if self._resumed is not None and starts:
+            skipped = self._past_committed(consumer, starts)
             if skipped:
                 self._resumed(skipped)
         consumer.assign(partitions)
@@ -102,15 +103,13 @@ class KafkaSource:
         log.info("assigned %s partitions %s (stored offsets %s)", self.topic, self._assigned,
                  {p: stored[p] for p in self._assigned if p in stored})
 
-    def _past_committed(self, consumer: Consumer, partitions: list[int], stored: dict[int, int]) -> dict[int, int]:
-        """partition -> stored offset minus where the group would resume (see `resumed`)."""
-        if not partitions:
-            return {}
+    def _past_committed(self, consumer: Consumer, starts: dict[int, int]) -> dict[int, int]:
+        """partition -> where this member starts minus where the group would resume (see `resumed`)."""
         try:
             out = {}
-            for tp in consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=5.0):
-                start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)[0]
-                out[tp.partition] = max(0, stored[tp.partition] - start)
+            for tp in consumer.committed([TopicPartition(self.topic, p) for p in starts], timeout=5.0):
+                resume = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)[0]
+                out[tp.partition] = max(0, starts[tp.partition] - resume)
             return out
         except KafkaException as e:
             log.debug("committed offsets of %s unavailable: %s", self.topic, e)
