@@ -5,6 +5,10 @@ and a pointer `end` into a `SequenceStore` of that user's behaviours; its histor
 `store[user_start : end]`, where `end` is the first behaviour at or after the sample's time. So a
 sample never sees a behaviour from its own instant or later, whatever order samples are batched in.
 
+The ML-100k builders follow an evaluation protocol (`pipelines.data.movielens.PROTOCOLS`; default
+"standard"): under "standard" a sample's `end` is its own row instead, so its history is every
+earlier interaction in the protocol's order, same-instant ones included (ties in file order).
+
 Builders:
 - `build_ml100k_retrieval`: MovieLens-100k, per user time-ordered; the last interaction is the
   test target, the one before it the validation target, the rest train (leave-last-out).
@@ -14,7 +18,8 @@ Builders:
 - `ml100k_test_cases`: per user, the training history (train + valid, time order) and the held-out
   test item, for comparing a live service with the offline evaluation;
   `with_streamed_test_history` gives the test samples with that same history (same-instant
-  interactions included).
+  interactions included: under "strict_time" the offline samples leave them out, under
+  "standard" they already hold them).
 
 Samples may carry dense stream features (`user_feats`, `item_feats`, from the Feast offline store:
 `pipelines/data/stream_features.py`), which `batch()` emits under the same keys.
@@ -33,7 +38,7 @@ import pandas as pd
 import torch
 
 from models.layers import Vocab
-from pipelines.data.movielens import leave_last_out
+from pipelines.data.movielens import DEFAULT_PROTOCOL, get_protocol, leave_last_out, order_interactions
 from pipelines.data.synthetic import CLICK, IMPRESSION, VIEW, SyntheticConfig, generate_world
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,9 @@ class SequenceStore:
     """
 
     def __init__(self, users: np.ndarray, items: np.ndarray, ts_ms: np.ndarray, n_users: int):
-        order = np.lexsort((ts_ms, users))
+        order = np.lexsort((ts_ms, users))  # stable: same-instant behaviours keep their input order
+        self._own_row = np.empty(len(order), dtype=np.int64)
+        self._own_row[order] = np.arange(len(order))
         self.users = np.asarray(users, dtype=np.int64)[order]
         self.items = np.asarray(items, dtype=np.int64)[order]
         self.ts_ms = np.asarray(ts_ms, dtype=np.int64)[order]
@@ -68,6 +75,12 @@ class SequenceStore:
         """Index one past the user's last behaviour strictly before ts_ms."""
         rel = np.clip(np.asarray(ts_ms, dtype=np.int64) - self._offset, 0, self._span - 1)
         return np.searchsorted(self._key, np.asarray(users, dtype=np.int64) * self._span + rel, side="left")
+
+    def own_rows(self) -> np.ndarray:
+        """(n,) the row of each behaviour as given to the constructor (in that input order). As a
+        sample's `end` its history is every earlier behaviour of the user, same-instant ones that
+        came before it in the input included (the standard ML-100k protocol's history)."""
+        return self._own_row.copy()
 
     def gather(self, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
         """(B, length) the last `length` behaviours before each end, right-aligned, 0-padded."""
@@ -185,13 +198,14 @@ def _item_cat_rows(item_vocab: Vocab, cat_vocab: Vocab, cats_by_token: dict[str,
     return out
 
 
-def _ml100k_parts(hist_len: int, data):
+def _ml100k_parts(hist_len: int, data, protocol: str):
     """Shared by the ML-100k builders: vocabularies, the sequence store, per-split samples and ratings."""
     if data is None:
         from pipelines.data.movielens import load_ml100k
 
         data = load_ml100k()
-    inter = data.interactions  # sorted by ts_ms (stable)
+    history = get_protocol(protocol).history
+    inter = order_interactions(data.interactions, protocol)
     users = Vocab.build("user", sorted(data.users["user_id"], key=int))
     items = Vocab.build("item", sorted(data.items["item_id"], key=int))
     first_genre = {i: (g.split()[0] if g else "none") for i, g in zip(data.items["item_id"], data.items["genres"])}
@@ -202,7 +216,7 @@ def _ml100k_parts(hist_len: int, data):
     rating = inter["rating"].to_numpy(np.float64)
     store = SequenceStore(u, it, ts, users.size)
     from_end = leave_last_out(inter)  # 0 = user's last interaction
-    end = store.end_before(u, ts)
+    end = store.own_rows() if history == "position" else store.end_before(u, ts)
     parts = {}
     for name, mask in (("train", from_end >= 2), ("valid", from_end == 1), ("test", from_end == 0)):
         parts[name] = (Samples(store, u[mask], it[mask], ts[mask], end[mask], hist_len), rating[mask])
@@ -210,11 +224,13 @@ def _ml100k_parts(hist_len: int, data):
     return parts, vocabs, _item_cat_rows(items, cats, first_genre), np.arange(1, len(items) + 1)
 
 
-def build_ml100k_retrieval(hist_len: int = 200, data=None) -> Splits:
-    """MovieLens-100k leave-last-out: per user, last interaction = test, previous = valid."""
-    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data)
+def build_ml100k_retrieval(hist_len: int = 200, data=None, protocol: str = DEFAULT_PROTOCOL) -> Splits:
+    """MovieLens-100k leave-last-out: per user, last interaction = test, previous = valid, in the
+    order of `protocol` (a name in pipelines.data.movielens.PROTOCOLS); retrieval evaluation masks
+    each sample's history, so the protocol also fixes the mask."""
+    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data, protocol)
     return Splits("retrieval", parts["train"][0], parts["valid"][0], parts["test"][0], vocabs, item_cat,
-                  catalogue=catalogue, meta={"dataset": "ml100k", "split": "leave-last-out"})
+                  catalogue=catalogue, meta={"dataset": "ml100k", "split": "leave-last-out", "protocol": protocol})
 
 
 def _with_negatives(s: Samples, n_items: int, seed: int, pos_label: np.ndarray | None = None) -> Samples:
@@ -235,8 +251,9 @@ def _with_negatives(s: Samples, n_items: int, seed: int, pos_label: np.ndarray |
 ML100K_LABELS = ("rating_ge_4", "interaction")
 
 
-def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str = "rating_ge_4") -> Splits:
-    """MovieLens-100k CTR samples on the leave-last-out split.
+def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str = "rating_ge_4",
+                     protocol: str = DEFAULT_PROTOCOL) -> Splits:
+    """MovieLens-100k CTR samples on the leave-last-out split of `protocol`.
 
     Args:
         label: "rating_ge_4" (default): a rating is an exposure, positive when >= 4 (about 55% of
@@ -245,7 +262,7 @@ def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str =
     """
     if label not in ML100K_LABELS:
         raise ValueError(f"label ({label!r}) must be one of {ML100K_LABELS}")
-    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data)
+    parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data, protocol)
     n = len(vocabs["item"])
 
     def ctr(name: str, seed_offset: int) -> Samples:
@@ -254,7 +271,7 @@ def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str =
 
     negatives = "1 random unseen item per rating, label 0"
     return Splits("ranking", ctr("train", 0), ctr("valid", 1), ctr("test", 2), vocabs, item_cat, catalogue=catalogue,
-                  meta={"dataset": "ml100k", "split": "leave-last-out", "negatives": negatives,
+                  meta={"dataset": "ml100k", "split": "leave-last-out", "protocol": protocol, "negatives": negatives,
                         "label": "rating >= 4 (ratings below 4 and unseen items: 0)" if label == "rating_ge_4"
                         else "any rating (unseen items: 0)"})
 
@@ -262,9 +279,10 @@ def build_ml100k_ctr(hist_len: int = 200, seed: int = 0, data=None, label: str =
 def with_streamed_test_history(splits: Splits) -> Splits:
     """The leave-last-out test samples with the history a live service holds after the stream
     processed `ml100k_events(split="train_valid")`: all the user's other interactions, including
-    those at the test event's own instant, which the offline samples leave out ("strictly before";
-    44% of ML-100k test users rated other items in the same second as their test item). Compare a
-    live service with `evaluate_retrieval` on these, not on `splits.test`.
+    those at the test event's own instant, which "strict_time" samples leave out (44% of ML-100k
+    test users rated other items in the same second as their test item). Under the standard
+    protocol the test samples already hold exactly this history (unchanged here). Compare a live
+    service with `evaluate_retrieval` on these.
 
     Valid because each user's test interaction is its last row in the SequenceStore (time order,
     ties in load order, and the test one is the last in load order).
@@ -276,11 +294,11 @@ def with_streamed_test_history(splits: Splits) -> Splits:
     return replace(splits, test=replace(t, end=end))
 
 
-def ml100k_test_cases(data=None) -> pd.DataFrame:
+def ml100k_test_cases(data=None, protocol: str = DEFAULT_PROTOCOL) -> pd.DataFrame:
     """For each ML-100k user: the training history and the held-out test interaction.
 
-    The history is the user's train + valid interactions (all but the last) in the order of
-    `load_ml100k().interactions` (time, ties by user_id then item_id as strings): the order the
+    The history is the user's train + valid interactions (all but the last) in the protocol's
+    order (standard: `load_ml100k().interactions`, time with ties in file order): the order the
     events are produced to Kafka (`ml100k_events(split="train_valid")`), applied by the stream
     and kept by SequenceStore, so a live service holds the same sequence.
 
@@ -292,7 +310,7 @@ def ml100k_test_cases(data=None) -> pd.DataFrame:
         from pipelines.data.movielens import load_ml100k
 
         data = load_ml100k()
-    inter = data.interactions
+    inter = order_interactions(data.interactions, protocol)
     from_end = leave_last_out(inter)
     train = inter[from_end >= 1]
     test = inter[from_end == 0].set_index("user_id")

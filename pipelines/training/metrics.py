@@ -72,7 +72,10 @@ def evaluate_retrieval(model, samples: Samples, catalogue: np.ndarray, ks=(20,),
                        exclude_seen: bool = True, catalogue_item_feats: np.ndarray | None = None) -> dict[str, float]:
     """Rank the whole catalogue for every sample; the sample's item is the one relevant item.
 
-    Items in the user's history before the sample's time are excluded (they are filtered at serving).
+    The items of the sample's history (`store.history(user, end)`, the whole of it, not only the
+    `hist_len` the model reads) are excluded, as serving filters seen items. On ML-100k the
+    protocol fixes that history: "standard", the user's train items for a validation target and
+    train + validation items for a test target; "strict_time", only those strictly earlier in time.
 
     Args:
         catalogue_item_feats: (n_item_rows, Fi) dense features each catalogue item is scored with

@@ -146,24 +146,29 @@ def test_samples_subset_keeps_features_and_checks_lengths(stream):
         Samples(s.store, s.user, s.item, s.ts_ms, s.end, s.hist_len, user_feats=s.user_feats[:1])
 
 
-def test_test_cases_are_the_training_history_and_the_held_out_item(stream):
+@pytest.mark.parametrize("protocol", ["standard", "strict_time"])
+def test_test_cases_are_the_training_history_and_the_held_out_item(stream, protocol):
     data, _, _ = stream
-    cases = ml100k_test_cases(data)
-    r = build_ml100k_retrieval(hist_len=20, data=data)
+    cases = ml100k_test_cases(data, protocol=protocol)
+    r = build_ml100k_retrieval(hist_len=20, data=data, protocol=protocol)
     assert list(cases["user_id"]) == ["1", "2", "3", "4"]
     items = r.vocabs["item"]
     for k, row in cases.iterrows():
         test_k = int(np.flatnonzero(r.test.user == r.vocabs["user"].index(row["user_id"]))[0])
         assert items.index(row["test_item_id"]) == r.test.item[test_k] and row["test_ts_ms"] == r.test.ts_ms[test_k]
         hist = r.test.store.history(r.test.user[test_k], r.test.end[test_k])
-        # the training history, except events in the test event's own millisecond (samples see "strictly before")
-        same_ms = sum(t == row["test_ts_ms"] for t in row["history_ts_ms"])
+        # standard: the whole training history; strict_time: except events in the test event's own
+        # millisecond (its samples see "strictly before")
+        same_ms = 0 if protocol == "standard" else sum(t == row["test_ts_ms"] for t in row["history_ts_ms"])
         assert items.encode(row["history"][: len(row["history"]) - same_ms]).tolist() == hist.tolist()
     streamed = with_streamed_test_history(r).test  # what a live service holds: the same-instant ones too
     for k, row in cases.iterrows():
         test_k = int(np.flatnonzero(streamed.user == r.vocabs["user"].index(row["user_id"]))[0])
         assert items.encode(row["history"]).tolist() == streamed.store.history(streamed.user[test_k], streamed.end[test_k]).tolist()
-    assert (streamed.end >= r.test.end).all() and (streamed.end > r.test.end).any()
+    if protocol == "standard":  # the offline test samples already hold what the service holds
+        np.testing.assert_array_equal(streamed.end, r.test.end)
+    else:
+        assert (streamed.end >= r.test.end).all() and (streamed.end > r.test.end).any()
     # exactly the interactions a stream of split="train_valid" carries, in that order
     i = data.interactions[split_mask(data.interactions, "train_valid")]
     per_user = i.groupby("user_id", sort=False)["item_id"].apply(list)
