@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 from torch import nn
 
+from models.bpr import BprConfig, BprMF
 from models.hcn import HCN, HcnConfig
+from models.itemknn import ItemKNN, ItemKnnConfig
+from models.pop_count import PopCount, PopCountConfig
 from models.popularity import Popularity, PopularityConfig
 from models.ranker import CtrRanker, RankerConfig
 from models.sdim_hash import SdimConfig, SdimHasher
@@ -32,7 +35,11 @@ MODELS: dict[str, ModelSpec] = {
     "two_tower": ModelSpec(TwoTower, TwoTowerConfig, "retrieval"),
     "hcn": ModelSpec(HCN, HcnConfig, "retrieval"),
     "popularity": ModelSpec(Popularity, PopularityConfig, "retrieval"),
+    "pop_count": ModelSpec(PopCount, PopCountConfig, "retrieval"),
+    "itemknn": ModelSpec(ItemKNN, ItemKnnConfig, "retrieval"),
+    "bpr": ModelSpec(BprMF, BprConfig, "retrieval"),
     "ranker": ModelSpec(CtrRanker, RankerConfig, "ranking", {"long_term": "sdim"}),
+    "collision_attention": ModelSpec(CtrRanker, RankerConfig, "ranking", {"long_term": "collision"}),
     "full_attention": ModelSpec(CtrRanker, RankerConfig, "ranking", {"long_term": "attention"}),
     "din_last50": ModelSpec(CtrRanker, RankerConfig, "ranking", {"long_term": "none", "short_len": 50}),
 }
@@ -79,6 +86,12 @@ __all__ = [
     "TwoTowerConfig",
     "Popularity",
     "PopularityConfig",
+    "PopCount",
+    "PopCountConfig",
+    "ItemKNN",
+    "ItemKnnConfig",
+    "BprMF",
+    "BprConfig",
     "SdimConfig",
     "SdimHasher",
 ]

@@ -1,4 +1,5 @@
-"""Shared layers: vocabularies with hashed OOV buckets, embeddings, MLP, target attention, crossing.
+"""Shared layers: vocabularies with hashed OOV buckets, embeddings, MLP, target attention (softmax,
+collision-probability, DIN), crossing.
 
 Every model in `models/` composes these; none re-implements them. Index 0 is padding everywhere,
 known ids are 1..V, unknown ids map to V+1..V+n_oov by a stable hash (serving never fails on a
@@ -147,8 +148,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class DotTargetAttention(nn.Module):
     """Scaled dot-product target attention: softmax(s * q.k) over the sequence, masked.
 
-    The cheapest full attention; the baseline SDIM approximates. The scale s starts at 1/sqrt(d)
-    and is learned (one scalar), so the attention can sharpen as much as the data asks.
+    The usual full target attention (the "softmax attention" baseline). It is not what SDIM
+    approximates: that is CollisionTargetAttention below. The scale s starts at 1/sqrt(d) and is
+    learned (one scalar), so the attention can sharpen as much as the data asks.
 
     With `null_key`, one learned logit joins the softmax as an "attend to nothing" slot, so the
     output's magnitude can say "no behaviour matches" (plain softmax always returns a full-weight
@@ -174,6 +176,31 @@ class DotTargetAttention(nn.Module):
             scores = torch.cat([scores, self.null_logit.expand(len(scores), 1)], dim=1)  # (B, L+1)
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)[:, : keys.shape[1]]  # (B, L); all-masked -> 0
         return torch.einsum("bl,bld->bd", weights, keys)  # (B, D)
+
+
+class CollisionTargetAttention(nn.Module):
+    """The target attention SDIM approximates: behaviour k weighs w_k = (1 - theta_k / pi)^tau,
+    theta_k the angle between query and key, i.e. the probability that a tau-bit SimHash
+    signature of the key equals the query's. Each SDIM signature's bucket sum is an unbiased
+    estimate of sum_k w_k key_k, which SDIM then L2-normalises; here the weights are normalised to
+    sum to one over the real behaviours and the result is L2-normalised the same way (the first
+    step only fixes the scale, which the second removes; it keeps the sum well conditioned).
+    SDIM's output differs by its sampling noise and by averaging the S normalised estimates
+    instead of normalising their mean. No parameters: tau is SDIM's, so only the hashing differs.
+    """
+
+    def __init__(self, tau: int):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # query (B, D), keys (B, L, D), mask (B, L)
+        cos = torch.einsum("bd,bld->bl", l2_normalize(query), l2_normalize(keys))  # (B, L)
+        # acos has an infinite slope at +-1 (a behaviour equal to the query): keep the gradient finite
+        theta = torch.acos(cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6))  # (B, L) in (0, pi)
+        w = (1.0 - theta / math.pi).pow(self.tau) * mask.to(cos.dtype)  # (B, L) collision probabilities
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)  # (B, L); all-masked rows stay 0
+        return l2_normalize(torch.einsum("bl,bld->bd", w, keys))  # (B, D)
 
 
 class DinAttention(nn.Module):

@@ -1,7 +1,7 @@
 """Fine CTR ranker: SDIM long-term interest + DIN short-term attention + DCNv2 crossing, BCE.
 
     item embedding e(i) = id_emb(i) + cat_emb(cat(i))        (the table the BSE hashes; see item_embedding_table)
-    long  = SDIM(e(target), e(hist))                           (or full target attention / nothing, see long_term)
+    long  = SDIM(e(target), e(hist))                           (or a full target attention / nothing, see long_term)
     short = DIN(e(target), e(hist[-short_len:]))
     x0    = [user, e(target), long, short, e(target)*long, e(target)*short]
     logit = w . [CrossNetV2(x0), MLP(x0)]
@@ -9,7 +9,10 @@
 The baselines are this same network with only the long-term block swapped, so AUC differences
 measure the long-term block alone:
 - long_term="sdim": the production model (bucket path at serving, `models/sdim.py`);
-- long_term="attention": scaled dot-product target attention over the whole long sequence;
+- long_term="collision": the attention SDIM approximates, weights (1 - angle/pi)^tau normalised,
+  computed exactly over the whole long sequence (`CollisionTargetAttention`, SDIM's tau);
+- long_term="attention": softmax target attention (cosine scores with a learned scale and a null
+  slot) over the whole long sequence: the usual full attention, not SDIM's;
 - long_term="none": DIN on the last `short_len` behaviours only.
 
 Batch keys: user (B,), item (B,), hist (B, L) right-aligned behaviours before the impression
@@ -39,7 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import MLP, CrossNetV2, DinAttention, DotTargetAttention, HashedEmbedding, ItemEmbeddings, dense_input
+from models.layers import (
+    MLP,
+    CollisionTargetAttention,
+    CrossNetV2,
+    DinAttention,
+    DotTargetAttention,
+    HashedEmbedding,
+    ItemEmbeddings,
+    dense_input,
+)
 from models.sdim import SdimInterest
 from models.sdim_hash import SdimConfig
 
@@ -50,7 +62,7 @@ class RankerConfig:
     n_items: int
     n_item_cats: int = 2
     dim: int = 64  # must equal sdim.dim: the hasher projects these embeddings
-    long_term: Literal["sdim", "attention", "none"] = "sdim"
+    long_term: Literal["sdim", "collision", "attention", "none"] = "sdim"
     long_len: int = 1000  # behaviours the long-term block sees
     short_len: int = 50  # DIN sees the last 50 behaviours
     din_hidden: tuple[int, ...] = (64, 32)
@@ -64,8 +76,8 @@ class RankerConfig:
     n_item_feats: int = 0  # dense item features (features.vectors.ITEM_VECTOR_NAMES); 0 = none
 
     def __post_init__(self) -> None:
-        if self.long_term not in ("sdim", "attention", "none"):
-            raise ValueError(f"long_term ({self.long_term!r}) must be one of sdim, attention, none")
+        if self.long_term not in ("sdim", "collision", "attention", "none"):
+            raise ValueError(f"long_term ({self.long_term!r}) must be one of sdim, collision, attention, none")
         if self.long_term == "sdim" and self.sdim.dim != self.dim:
             raise ValueError(f"sdim.dim ({self.sdim.dim}) must equal dim ({self.dim})")
         if self.short_len > self.long_len:
@@ -82,6 +94,7 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         self._init_item_embeddings(c.n_items, c.n_item_cats, c.dim)
         self.long_block: nn.Module | None = {
             "sdim": lambda: SdimInterest(c.sdim),
+            "collision": lambda: CollisionTargetAttention(c.sdim.tau),
             "attention": lambda: DotTargetAttention(c.dim, null_key=True, cosine=c.attention_cosine),
             "none": lambda: None,
         }[c.long_term]()

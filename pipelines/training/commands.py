@@ -33,10 +33,12 @@ def _setup_logging() -> None:
 def train(
     model: str = typer.Option("two_tower", help=f"one of {', '.join(MODELS)}"),
     data: str = typer.Option("ml100k", help="ml100k or synthetic"),
-    epochs: int = typer.Option(10, min=1),
-    batch_size: int = typer.Option(512, min=1),
-    lr: float = typer.Option(1e-3, min=0.0),
-    patience_epochs: int = typer.Option(2, min=1, help="early stopping patience"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="default: the model's for the data (pipelines/training/defaults.py)"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="default: the model's for the data"),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="default: the model's for the data"),
+    patience_epochs: Optional[int] = typer.Option(None, min=1, help="early stopping patience; default: the model's"),
+    protocol: str = typer.Option("standard", help="ML-100k evaluation protocol: standard (stable time order, ties in "
+                                 "file order, train+valid items masked) or strict_time (the earlier variant)"),
     workers: int = typer.Option(1, min=1, help="1 = in-process; >1 = Ray Train data-parallel workers"),
     gpu: bool = typer.Option(False, help="one GPU per Ray Train worker"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads per worker"),
@@ -59,11 +61,11 @@ def train(
     """Train one model and save it under artifacts/models/<name>/<version>/."""
     from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
     from pipelines.data.synthetic import SyntheticConfig
+    from pipelines.training.defaults import default_train_config, defaults_for
     from pipelines.training.jobs import TrainJob, run_job, save_job
-    from pipelines.training.loop import TrainConfig
 
     _setup_logging()
-    overrides = {}
+    overrides = dict(defaults_for(model, data).model)  # chosen on validation (or fixed), see defaults.py
     if MODELS.get(model) and MODELS[model].task == "ranking":
         overrides["use_user_id"] = use_user_id if use_user_id is not None else data != "synthetic"
     sides = {x.strip() for x in feature_sides.split(",") if x.strip()}
@@ -74,11 +76,11 @@ def train(
     try:
         job = TrainJob(
             model=model, data=data, model_overrides=overrides,
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience_epochs=patience_epochs, seed=seed,
-                              num_threads=threads, checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
-                              progress=progress),
+            train=default_train_config(model, data, epochs=epochs, batch_size=batch_size, lr=lr,
+                                       patience_epochs=patience_epochs, seed=seed, num_threads=threads,
+                                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, progress=progress),
             synthetic=SyntheticConfig(n_users=synthetic_users, seq_len=synthetic_seq_len, n_items=synthetic_items),
-            features=features,
+            features=features, protocol=protocol,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
@@ -101,6 +103,9 @@ def evaluate(
     version: Optional[str] = typer.Option(None, help="default: latest"),
     split: str = typer.Option("test", help="valid or test"),
     artifacts_dir: Optional[Path] = typer.Option(None),
+    protocol: Optional[str] = typer.Option(None, help="ML-100k evaluation protocol (standard | strict_time); default: "
+                                           "the one the model was trained under (strict_time for artefacts saved "
+                                           "before protocols were named)"),
 ) -> None:
     """Evaluate a saved model on the split of the data it was trained on (rebuilt from its manifest)."""
     from pipelines.training.artifacts import load_artifact
@@ -114,8 +119,18 @@ def evaluate(
     if job_dict is None:
         raise typer.BadParameter(f"artefact {name}/{manifest['version']} has no training job in its manifest")
     job = TrainJob.from_dict(job_dict)
+    if protocol is not None and protocol != job.protocol:
+        if job.data == "ml100k":
+            # the protocols split differently: some of one's test items are the other's training items
+            log.warning("evaluating under protocol %s a model trained under %s: its training data may hold test items",
+                        protocol, job.protocol)
+        try:
+            job = dataclasses.replace(job, protocol=protocol)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
     metrics = evaluator(job, load_splits(job), split)(model)
-    typer.echo(json.dumps({"artifact": manifest["path"], "split": split, **metrics}, indent=2, default=float))
+    typer.echo(json.dumps({"artifact": manifest["path"], "split": split, "protocol": job.protocol, **metrics},
+                          indent=2, default=float))
 
 
 @app.command()
@@ -127,16 +142,15 @@ def bench(
     section: Optional[list[str]] = typer.Option(None, help="re-run only these parts (speed, ml100k, synthetic); "
                                                 "other keys are kept from the existing models.json"),
 ) -> None:
-    """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
+    """Run the model benchmark (ML-100k retrieval over seeds, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
     from pipelines import bench_models as b
     from pipelines.data.synthetic import SyntheticConfig
 
     _setup_logging()
     kwargs = {}
     if quick:
-        kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6),
-                      ml100k_train=dataclasses.replace(b.ML100K_TRAIN, epochs=1),
-                      synthetic_train=dataclasses.replace(b.SYNTHETIC_TRAIN, epochs=1), speed_lengths=(1000, 3000))
+        kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6), seeds=(0, 1),
+                      ml100k_epochs_cap=1, synthetic_epochs_cap=1, speed_lengths=(1000, 3000))
     if section:
         kwargs["sections"] = tuple(section)
     results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from pipelines.data.datasets import (
     build_synthetic_ctr,
     build_synthetic_retrieval,
 )
+from pipelines.data.movielens import DEFAULT_PROTOCOL, PROTOCOLS
 from pipelines.data.synthetic import SyntheticConfig
 from pipelines.training.loop import FitResult, TrainConfig, fit, seed_everything
 from pipelines.training.metrics import evaluate_ranking, evaluate_retrieval
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("ml100k", "synthetic")
 FEATURE_SOURCES = ("none", "feast")
-FEATURE_MODELS = ("ranker", "full_attention", "din_last50", "hcn")  # models that take dense stream features
+FEATURE_MODELS = ("ranker", "collision_attention", "full_attention", "din_last50", "hcn")  # take dense stream features
 ML100K_HIST_LEN = 200  # behaviours kept per sample on ML-100k (the median user has ~65 ratings)
 
 
@@ -49,8 +51,12 @@ class TrainJob:
     # "feast": user/item feature inputs from the Feast offline store the stream filled, joined
     # point-in-time (pipelines/data/stream_features.py); "none": ids and sequences only
     features: str = "none"
+    # ML-100k evaluation protocol (pipelines.data.movielens.PROTOCOLS): tie order, history, mask
+    protocol: str = DEFAULT_PROTOCOL
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol ({self.protocol!r}) must be one of {sorted(PROTOCOLS)}")
         if self.model not in MODELS:
             raise ValueError(f"model ({self.model!r}) must be one of {sorted(MODELS)}")
         if self.data not in DATASETS:
@@ -84,43 +90,49 @@ class TrainJob:
             d["synthetic"] = SyntheticConfig(**d["synthetic"])
         if "eval_ks" in d:
             d["eval_ks"] = tuple(d["eval_ks"])
+        # jobs saved before protocols were named ran on what is now "strict_time"
+        d.setdefault("protocol", "strict_time")
         return cls(**d)
 
 
 @lru_cache(maxsize=4)
-def _splits(data: str, task: str, synthetic: SyntheticConfig) -> Splits:
+def _splits(data: str, task: str, synthetic: SyntheticConfig, protocol: str = DEFAULT_PROTOCOL) -> Splits:
     if data == "synthetic":
         return build_synthetic_ctr(synthetic) if task == "ranking" else build_synthetic_retrieval(synthetic, ML100K_HIST_LEN)
-    return build_ml100k_retrieval(ML100K_HIST_LEN) if task == "retrieval" else build_ml100k_ctr(ML100K_HIST_LEN)
+    if task == "retrieval":
+        return build_ml100k_retrieval(ML100K_HIST_LEN, protocol=protocol)
+    return build_ml100k_ctr(ML100K_HIST_LEN, protocol=protocol)
 
 
 @lru_cache(maxsize=2)
-def _feature_splits(data: str, task: str, synthetic: SyntheticConfig, repo_dir: str) -> Splits:
+def _feature_splits(data: str, task: str, synthetic: SyntheticConfig, repo_dir: str, protocol: str) -> Splits:
     from features.feast_repo import open_repo
     from pipelines.data.stream_features import attach_stream_features
 
-    return attach_stream_features(_splits(data, task, synthetic), open_repo(repo_dir))
+    return attach_stream_features(_splits(data, task, synthetic, protocol), open_repo(repo_dir))
 
 
 def load_splits(job: TrainJob, repo=None) -> Splits:
     """The job's data; with features="feast" joined from `repo` (default: the deployment's Feast
     repository, `features.feast_repo.repo_for_settings` of the RECSTREAM_* settings)."""
     if job.features == "none":
-        return _splits(job.data, job.task, job.synthetic)
+        return _splits(job.data, job.task, job.synthetic, job.protocol)
     if repo is None:
         from features.feast_repo import repo_for_settings
         from recstream.settings import get_settings
 
         repo = repo_for_settings(get_settings())
-    return _feature_splits(job.data, job.task, job.synthetic, str(repo.repo_dir))
+    return _feature_splits(job.data, job.task, job.synthetic, str(repo.repo_dir), job.protocol)
 
 
 def model_config(job: TrainJob, splits: Splits) -> Any:
     """The model's config: dimensions from the data, per-data defaults, then the job's overrides."""
     spec = MODELS[job.model]
     cfg: dict[str, Any] = {**spec.defaults, **splits.model_dims()}
-    if job.model == "popularity":
+    if job.model in ("popularity", "pop_count"):
         cfg = {"n_items": splits.vocabs["item"].size}
+    elif job.model == "itemknn":
+        cfg = {"n_items": splits.vocabs["item"].size, "hist_len": ML100K_HIST_LEN}
     elif spec.task == "ranking":
         cfg["long_len"] = job.synthetic.seq_len if job.data == "synthetic" else ML100K_HIST_LEN
     elif job.model == "hcn":
@@ -179,13 +191,30 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1,
     """
     splits = splits if splits is not None else load_splits(job)
     model = build(job, splits)
-    train = splits.train if world_size == 1 else splits.train.shard(rank, world_size)
-    wrapped = wrap(model) if wrap else model
-    result = fit(wrapped, train, job.train, evaluate=evaluator(job, splits), monitor=job.monitor, mode="max",
-                 epoch_callback=epoch_callback)
+    if getattr(model, "closed_form", False):
+        result = _fit_closed_form(model, job, splits, epoch_callback)
+    else:
+        train = splits.train if world_size == 1 else splits.train.shard(rank, world_size)
+        wrapped = wrap(model) if wrap else model
+        result = fit(wrapped, train, job.train, evaluate=evaluator(job, splits), monitor=job.monitor, mode="max",
+                     epoch_callback=epoch_callback)
     model.eval()
     test = evaluator(job, splits, "test")(model) if evaluate_test else {}
     return JobResult(model, splits, result, result.best_metrics, test)
+
+
+def _fit_closed_form(model: nn.Module, job: TrainJob, splits: Splits,
+                     epoch_callback: Callable[[int, dict], None] | None) -> FitResult:
+    """Models with nothing to learn by gradient steps (count popularity, ItemKNN) are fitted from
+    the training interactions in one pass. Every worker of a distributed job fits on all of them:
+    statistics over a shard would be different ones, and the pass is cheap."""
+    t0 = time.perf_counter()
+    model.fit_interactions(torch.as_tensor(splits.train.user), torch.as_tensor(splits.train.item))
+    metrics = evaluator(job, splits)(model)
+    record = {"epoch": 1, "train_loss": float("nan"), "seconds": time.perf_counter() - t0, **metrics}
+    if epoch_callback:
+        epoch_callback(1, record)
+    return FitResult(1, metrics, [record], record["seconds"], False)
 
 
 def save_job(job: TrainJob, result: JobResult, name: str | None = None, version: str | None = None,

@@ -4,7 +4,7 @@ beat a trivial baseline on held-out samples by a margin: a model that learned no
 Measured with these seeds: test AUC 0.83-0.85 against 0.50; Recall@10 0.74-0.80 against 0.26;
 popularity 0.80 against 0.19.
 
-- ranking (ranker, full_attention, din_last50): clicks depend only on whether the item's category
+- ranking (ranker, collision_attention, full_attention, din_last50): clicks depend only on whether the item's category
   is one of the user's interests, seen in the history; items are shown evenly in every kind of
   slot, so the item's training CTR (the trivial baseline) ranks at about chance. Test AUC must be
   at least 0.25 above the better of that baseline and 0.5.
@@ -29,7 +29,8 @@ from tests.builders import planted_synthetic
 torch.set_num_threads(1)
 
 PLANTED = planted_synthetic()
-RANKING, RETRIEVAL = ("din_last50", "full_attention", "ranker"), ("hcn", "two_tower")
+RANKING, RETRIEVAL = ("collision_attention", "din_last50", "full_attention", "ranker"), ("hcn", "two_tower")
+BASELINES = ("pop_count", "itemknn", "bpr")  # checked against plain definitions in test_baselines.py
 
 
 def _config(name: str, dims: dict) -> dict:
@@ -66,7 +67,7 @@ def retrieval():
 
 
 def test_the_models_cover_the_registry():
-    assert set(RANKING) | set(RETRIEVAL) | {"popularity"} == set(MODELS)
+    assert set(RANKING) | set(RETRIEVAL) | {"popularity", *BASELINES} == set(MODELS)
 
 
 @pytest.mark.parametrize("name", RANKING)
