@@ -37,13 +37,10 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import math
 from collections import defaultdict
-from typing import Any
 
 import redis
 
-from features.repo.definitions import TIMESTAMP_FIELD
 from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
 from recstream.events import EventType
 
@@ -89,61 +86,6 @@ def _kinds(e) -> list[str]:
     if e.type is EventType.purchase or (e.type is EventType.rating and e.value >= 4.0):
         kinds.append("lik")
     return kinds
-
-
-def _counts(fields: dict[str, str]) -> tuple[dict[str, dict[int, int]], int, int]:
-    """Parse a counter hash -> ({kind: {hour: count}}, latest ts ms, first ts ms)."""
-    counts: dict[str, dict[int, int]] = defaultdict(dict)
-    for f, v in fields.items():
-        kind, sep, hour = f.partition(":")
-        if sep:
-            counts[kind][int(hour)] = int(v)
-    return counts, int(fields.get("ts", 0)), int(fields.get("first", fields.get("ts", 0)))
-
-
-def _window(counts: dict[int, int], now_h: int, hours: int) -> int:
-    return sum(c for h, c in counts.items() if h > now_h - hours)
-
-
-def user_features(fields: dict[str, str], genres: list[str]) -> dict[str, Any]:
-    """Feature row of one user from its counter hash and recent genres (most recent first)."""
-    counts, ts, _ = _counts(fields)
-    now_h = ts // HOUR_MS
-    row: dict[str, Any] = {}
-    for kind, name in (("imp", "impressions"), ("clk", "clicks"), ("lik", "likes")):
-        for win, hours in (("1h", 1), ("24h", 24), ("7d", WEEK_H)):
-            row[f"{name}_{win}"] = _window(counts.get(kind, {}), now_h, hours)
-    row["ctr_24h"] = row["clicks_24h"] / row["impressions_24h"] if row["impressions_24h"] else 0.0
-    row["ctr_7d"] = row["clicks_7d"] / row["impressions_7d"] if row["impressions_7d"] else 0.0
-    row["recent_genres"] = "|".join(genres)
-    row[TIMESTAMP_FIELD] = ts
-    return row
-
-
-def item_features(fields: dict[str, str]) -> dict[str, Any]:
-    counts, ts, first = _counts(fields)
-    now_h = ts // HOUR_MS
-    row: dict[str, Any] = {}
-    for kind, name in (("imp", "impressions"), ("clk", "clicks"), ("lik", "likes")):
-        for win, hours in (("24h", 24), ("7d", WEEK_H)):
-            row[f"{name}_{win}"] = _window(counts.get(kind, {}), now_h, hours)
-    row["ctr_7d"] = row["clicks_7d"] / row["impressions_7d"] if row["impressions_7d"] else 0.0
-    engaged = defaultdict(int)
-    for kind in ("clk", "lik"):
-        for h, c in counts.get(kind, {}).items():
-            engaged[h] += c
-    row["popularity"] = sum(c * math.pow(0.5, (now_h - h) / POPULARITY_HALF_LIFE_H) for h, c in engaged.items()
-                            if h > now_h - WEEK_H)
-    row["age_s"] = max(0.0, (ts - first) / 1000)
-    row[TIMESTAMP_FIELD] = ts
-    return row
-
-
-def _stale_fields(fields: dict[str, str]) -> list[str]:
-    _, ts, _ = _counts(fields)
-    now_h = ts // HOUR_MS
-    return [f for f in fields if ":" in f and int(f.partition(":")[2]) <= now_h - WEEK_H]
-
 
 
 def segments(events: list[SourcedEvent]) -> list[list[SourcedEvent]]:
