@@ -53,3 +53,23 @@ def test_ray_info_notices_stay_quiet_after_ray_is_imported():
             "assert logging.getLogger('recstream.cli').getEffectiveLevel() == logging.INFO\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_log_handler_follows_sys_stderr_after_the_old_one_closes(monkeypatch):
+    import io
+
+    from recstream.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging()
+        first.close()  # what a CliRunner or a capture does when its command ends
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("recstream.test").warning("after the first stream closed")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert "after the first stream closed" in second.getvalue()
