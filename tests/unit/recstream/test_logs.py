@@ -72,4 +72,5 @@ def test_the_log_handler_follows_sys_stderr_after_the_old_one_closes(monkeypatch
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
-    assert "after the first stream closed" in second.getvalue()
+    out = second.getvalue()
+    assert "WARNING recstream.test: after the first stream closed" in out and "Logging error" not in out, out
