@@ -142,7 +142,7 @@ def bench(
     section: Optional[list[str]] = typer.Option(None, help="re-run only these parts (speed, ml100k, synthetic); "
                                                 "other keys are kept from the existing models.json"),
 ) -> None:
-    """Run the model benchmark (ML-100k retrieval over seeds, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
+    """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
     from pipelines import bench_models as b
     from pipelines.data.synthetic import SyntheticConfig
 
