@@ -226,6 +226,7 @@ def _bench_ml100k(r: dict, seeds, progress: bool, epochs_cap, artifacts_root, ve
         r[f"{prefix}_ndcg_at_20"] = r[f"{prefix}_ndcg_at_20_mean"]
         r[f"train_seconds_ml100k_{name}"] = float(np.mean(g["train_seconds"]))
         r[f"train_epochs_ml100k_{name}"] = float(np.mean(g["train_epochs"]))
+    _bench_ml100k_other_protocol(r, seeds, progress, epochs_cap)
     r["ml100k_protocol"] = DEFAULT_PROTOCOL
     r["ml100k_seeds"] = float(len(seeds))
     for short in ("pop_count", "bpr", "itemknn"):
@@ -233,6 +234,23 @@ def _bench_ml100k(r: dict, seeds, progress: bool, epochs_cap, artifacts_root, ve
     r["train_seconds_ml100k"] = float(np.mean(per_seed_seconds))  # all ML-100k training of one seed
     r["train_seconds_ml100k_max_seed"] = float(np.max(per_seed_seconds))
     r["train_cpu_seconds_ml100k"] = float(np.mean(per_seed_cpu))  # CPU time of this process: what contention cannot inflate
+
+
+OTHER_PROTOCOL = "strict_time"
+OTHER_PROTOCOL_MODELS = ("two_tower", "pop_count", "itemknn")
+
+
+def _bench_ml100k_other_protocol(r: dict, seeds, progress: bool, epochs_cap) -> None:
+    """A few models under the earlier protocol too, same settings and seeds: what the protocol
+    alone changes. Not counted in the per-seed training time (not part of the model set)."""
+    for name in OTHER_PROTOCOL_MODELS:
+        rec, nd = [], []
+        for seed in seeds:
+            res = run_job(_job(name, "ml100k", seed, progress, epochs_cap, protocol=OTHER_PROTOCOL))
+            rec.append(res.test_metrics["recall_at_20"])
+            nd.append(res.test_metrics["ndcg_at_20"])
+        _mean_std(r, f"ml100k_{OTHER_PROTOCOL}_{name}_recall_at_20", rec)
+        _mean_std(r, f"ml100k_{OTHER_PROTOCOL}_{name}_ndcg_at_20", nd)
 
 
 def _bench_synthetic(r: dict, synthetic: SyntheticConfig, seeds, progress: bool, epochs_cap, artifacts_root,
@@ -347,6 +365,13 @@ def write_reports(r: dict, out_dir: Path, settings: dict) -> None:
                   f"per-epoch validation included): {r['train_seconds_ml100k']:.1f} s wall on average, "
                   f"{r['train_seconds_ml100k_max_seed']:.1f} s for the slowest seed, {r.get('train_cpu_seconds_ml100k', float('nan')):.1f} s "
                   "CPU of this process."]
+    if f"ml100k_{OTHER_PROTOCOL}_two_tower_recall_at_20_mean" in r:
+        lines += ["", f"The same models, settings and seeds under the earlier protocol `{OTHER_PROTOCOL}` "
+                  f"({PROTOCOLS[OTHER_PROTOCOL].description}), for comparison with reports before issue 13:", "",
+                  "| model | Recall@20 | NDCG@20 |", "|---|---|---|"]
+        for name in OTHER_PROTOCOL_MODELS:
+            lines.append(f"| {name} | {_pm(r, f'ml100k_{OTHER_PROTOCOL}_{name}_recall_at_20')} | "
+                         f"{_pm(r, f'ml100k_{OTHER_PROTOCOL}_{name}_ndcg_at_20')} |")
     lines += ["", "### Hyper-parameters (what `recstream train --data ml100k` uses by default)", "",
               "| model | training | model config | how chosen |", "|---|---|---|---|",
               *_hyper_rows(ml.get("hyper_parameters", {})), "",
