@@ -30,6 +30,7 @@ from recstream.settings import Settings
 REPLAY_RATE_PER_S = 6.0
 REPLAY_MAX_IN_FLIGHT = 2
 
+
 class CooccurrenceUsers:
     """Simulated ML-100k users: relevance = mean of the 5 largest co-occurrence cosines between an
     item and the user's rated items, scaled into a click probability."""

@@ -58,7 +58,8 @@ PUBLISH_LATENCY = m.Histogram("recstream_feature_publish_seconds", "feature publ
 # Aggregate many counter hashes server-side in one call: per hash, the window sums of every kind
 # (1h, 24h, 7d), the decayed engagement and the latest/first event times, pruning buckets older
 # than 7d. Shipping nine numbers instead of every bucket keeps a Python publisher fast. The tests
-# compare what it publishes with an oracle over the raw events (tests/feature_oracle.py). KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h.
+# compare what it publishes with an oracle over the raw events (tests/feature_oracle.py).
+# KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h.
 _AGG_SCRIPT = """
 local nh, trim, half = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}

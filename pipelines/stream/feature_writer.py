@@ -47,7 +47,6 @@ from recstream.events import EventType
 log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
-WEEK_H = 168
 POPULARITY_HALF_LIFE_H = 24.0  # decayed engagement: yesterday counts half as much as now
 RECENT_GENRES = 5
 
