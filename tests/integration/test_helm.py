@@ -20,7 +20,9 @@ import yaml
 from deploy.k8s.apiserver import ApiError, JobCompleter, LocalApiServer
 from tests.k8s_fixtures import CHART, VALUES_FILES, _visible_build, helm, k8s_tools, values_args  # noqa: F401
 
-pytestmark = pytest.mark.integration
+# The first test on a fresh machine builds kube-apiserver, etcd and helm from source in its
+# fixture (7-12 min on 2 busy cores), past the suite-wide 600 s timeout.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 # helm prints the API server's warnings (an unknown field it dropped, a PodSecurity violation) on stderr.
