@@ -39,8 +39,8 @@ DEFAULTS: dict[tuple[str, str], Hyper] = {
     ("two_tower", "ml100k"): Hyper({"epochs": 12, "batch_size": 512, "lr": 3e-3, "patience_epochs": 2},
                                    {"temperature": 0.1}, _TUNED),
     ("hcn", "ml100k"): Hyper({"epochs": 2, "batch_size": 512, "lr": 3e-3, "patience_epochs": 2}, {},
-                             "not searched (about a minute per epoch here); 2 epochs fit the 3-minute budget, more "
-                             "help (README: early stopping reached valid Recall@20 0.22)"),
+                             "not searched (about a minute per epoch here); capped at 2 epochs for the training-time "
+                             "budget; more help (README: early stopping reached valid Recall@20 0.22)"),
     ("popularity", "ml100k"): Hyper({"epochs": 1, "batch_size": 512, "lr": 3e-3, "patience_epochs": 2}, {},
                                     "not searched: starts at log counts, one epoch refines them"),
     ("pop_count", "ml100k"): Hyper({"epochs": 1}, {}, "nothing to choose: training counts"),
