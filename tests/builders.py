@@ -75,3 +75,20 @@ def dlq_original(record: dict) -> bytes:
     import base64
 
     return base64.b64decode(record["original"]) if record["original_encoding"] == "base64" else record["original"].encode("utf-8")
+
+
+def leave_last_out_samples(users: np.ndarray, items: np.ndarray, per_user: int, n_items: int):
+    """Retrieval samples from per_user interactions per user (users in blocks, 1 s apart): the
+    last of each user's is the test target, the rest train. Returns (train, test, catalogue)."""
+    from pipelines.data.datasets import Samples, SequenceStore
+
+    n_users = int(users.max())
+    ts = np.tile(np.arange(per_user) * 1000, n_users) + 1_700_000_000_000
+    store = SequenceStore(users, items, ts, n_users + 1)
+    end = store.end_before(users, ts)
+    last = np.tile(np.arange(per_user) == per_user - 1, n_users)
+
+    def part(mask):
+        return Samples(store, users[mask], items[mask], ts[mask], end[mask], 10)
+
+    return part(~last), part(last), np.arange(1, n_items + 1)

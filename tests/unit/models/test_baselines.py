@@ -11,9 +11,9 @@ from models import build_model
 from models.layers import CollisionTargetAttention
 from models.sdim import SdimInterest
 from models.sdim_hash import SdimConfig
-from pipelines.data.datasets import SequenceStore, Samples
 from pipelines.training.loop import TrainConfig, fit
 from pipelines.training.metrics import evaluate_retrieval
+from tests.builders import leave_last_out_samples
 
 torch.set_num_threads(1)
 
@@ -77,15 +77,7 @@ def _two_group_retrieval(n_users: int = 120, n_items: int = 40, per_user: int = 
     users = np.repeat(np.arange(1, n_users + 1), per_user)
     half = n_items // 2
     items = rng.integers(1, half + 1, len(users)) + np.where(users % 2 == 0, half, 0)
-    ts = np.tile(np.arange(per_user) * 1000, n_users) + 1_700_000_000_000
-    store = SequenceStore(users, items, ts, n_users + 1)
-    end = store.end_before(users, ts)
-    last = np.tile(np.arange(per_user) == per_user - 1, n_users)
-
-    def part(mask):
-        return Samples(store, users[mask], items[mask], ts[mask], end[mask], 10)
-
-    return part(~last), part(last), np.arange(1, n_items + 1)
+    return leave_last_out_samples(users, items, per_user, n_items)
 
 
 def test_bpr_learns_the_user_groups_in_the_shared_loop(tmp_path):

@@ -21,10 +21,10 @@ import torch
 from models import MODELS, build_model
 from models.popularity import Popularity
 from models.sdim_hash import SdimConfig
-from pipelines.data.datasets import SequenceStore, Samples, build_synthetic_ctr, build_synthetic_retrieval
+from pipelines.data.datasets import Samples, build_synthetic_ctr, build_synthetic_retrieval
 from pipelines.training.loop import TrainConfig, fit
 from pipelines.training.metrics import auc, evaluate_ranking, evaluate_retrieval
-from tests.builders import planted_synthetic
+from tests.builders import leave_last_out_samples, planted_synthetic
 
 torch.set_num_threads(1)
 
@@ -96,15 +96,7 @@ def _zipf_retrieval(n_users: int = 200, n_items: int = 60, per_user: int = 12, s
     p = 1.0 / np.arange(1, n_items + 1) ** 1.2
     users = np.repeat(np.arange(1, n_users + 1), per_user)
     items = rng.choice(np.arange(1, n_items + 1), size=len(users), p=p / p.sum())
-    ts = np.tile(np.arange(per_user) * 1000, n_users) + 1_700_000_000_000
-    store = SequenceStore(users, items, ts, n_users + 1)
-    end = store.end_before(users, ts)
-    last = np.tile(np.arange(per_user) == per_user - 1, n_users)
-
-    def part(mask):
-        return Samples(store, users[mask], items[mask], ts[mask], end[mask], 10)
-
-    return part(~last), part(last), np.arange(1, n_items + 1)
+    return leave_last_out_samples(users, items, per_user, n_items)
 
 
 def test_popularity_beats_the_random_ranking(tmp_path):
