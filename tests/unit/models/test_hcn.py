@@ -53,3 +53,22 @@ def test_score_is_soft_max_over_interests_and_cheap():
     s = model.score(u, v)
     assert s.shape == (2, 19)
     torch.testing.assert_close(s, (torch.einsum("bkd,nd->bnk", u, v) / model.config.temperature).amax(-1), rtol=1e-3, atol=1e-3)
+
+
+def test_refine_and_score_equal_their_formulas_written_per_user():
+    # refine and score run in a (B, K, N) layout for speed; this is the (N, K) formula of the docstring
+    torch.manual_seed(0)
+    d, norm = 8, nn.LayerNorm(8)
+    h, centres = torch.randn(3, 7, d), torch.randn(3, 4, d)
+    mask = torch.rand(3, 7) > 0.3
+    got, _ = HierarchicalInterestExtractor.refine(centres, h, mask, 2, norm)
+    for b in range(3):
+        c = centres[b]
+        for _ in range(2):
+            a = torch.softmax(h[b] @ c.T / d ** 0.5, dim=-1) * mask[b, :, None]  # (N, K)
+            c = norm(c + (a / a.sum(0).clamp_min(1e-9)).T @ h[b])  # (K, d)
+        torch.testing.assert_close(got[b], c)
+    model = HCN(HcnConfig(n_users=5, n_items=20, long_len=10, short_len=4, score_power=0.7))
+    u, v = torch.randn(2, 6, 64), torch.randn(9, 64)
+    s = torch.einsum("bkd,nd->bnk", u, v) / model.config.temperature  # (B, N, K)
+    torch.testing.assert_close(model.score(u, v), (torch.softmax(0.7 * s, -1) * s).sum(-1))
