@@ -16,7 +16,6 @@ from an in-memory BSE over the dataset histories, popularity from counts.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import subprocess

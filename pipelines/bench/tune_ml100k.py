@@ -81,7 +81,7 @@ def tune(models=tuple(GRIDS), seeds=SEEDS, out_dir: Path | None = None) -> dict:
             points.append(_score(model, train, overrides, seeds[:1] if model in DETERMINISTIC else seeds))
             log.info("%s %s %s: valid Recall@20 %.4f", model, train, overrides, points[-1]["valid_recall_at_20_mean"])
         best = max(points, key=lambda p: p["valid_recall_at_20_mean"])
-        out["models"][model] = {"best": best, "points": points, "searched": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
+        out["models"][model] = {"best": best, "points": points, "searched": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ml100k_tuning.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["# ML-100k hyper-parameter search (validation split only)", "",
@@ -90,8 +90,8 @@ def tune(models=tuple(GRIDS), seeds=SEEDS, out_dir: Path | None = None) -> dict:
              "(ItemKNN is deterministic: one run). Early stopping on validation picks the epoch within each cap. "
              "The best point of each model is in pipelines/training/defaults.py.", ""]
     for model, res in out["models"].items():
-        lines += [f"## {model}", "", f"Searched {res.get('searched', '2026-12-02 16:47 UTC')}.", "", "| training | model config | valid Recall@20 (per seed) | mean | best epochs |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {model}", "", f"Searched {res.get('searched', '(date not recorded)')}.", "",
+                  "| training | model config | valid Recall@20 (per seed) | mean | best epochs |", "|---|---|---|---|---|"]
         for p in sorted(res["points"], key=lambda p: -p["valid_recall_at_20_mean"]):
             mark = " **(chosen)**" if p is res["best"] else ""
             lines.append(f"| {p['train']} | {p['model']} | {', '.join(f'{v:.4f}' for v in p['valid_recall_at_20'])} | "
