@@ -39,7 +39,7 @@ from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.data.movielens import DEFAULT_PROTOCOL, PROTOCOLS
 from pipelines.data.synthetic import SyntheticConfig
 from pipelines.training.artifacts import save_artifact
-from pipelines.training.defaults import default_train_config, defaults_for
+from pipelines.training.defaults import default_job, defaults_for
 from pipelines.training.jobs import JobResult, TrainJob, run_job
 from pipelines.training.metrics import auc
 
@@ -139,10 +139,8 @@ def _train(job: TrainJob, save_root: Path | None, version: str) -> tuple[JobResu
 
 def _job(model: str, data: str, seed: int, progress: bool, epochs_cap: int | None, **kw) -> TrainJob:
     """The model's default job (defaults.py: what `recstream train` runs), on one thread."""
-    train = default_train_config(model, data, seed=seed, num_threads=NUM_THREADS, progress=progress)
-    if epochs_cap is not None:
-        train = dataclasses.replace(train, epochs=min(train.epochs, epochs_cap))
-    return TrainJob(model=model, data=data, train=train, model_overrides=dict(defaults_for(model, data).model), **kw)
+    return default_job(model, data, epochs_cap, train_overrides={"seed": seed, "num_threads": NUM_THREADS, "progress": progress},
+                       **kw)
 
 
 def _mean_std(r: dict, key: str, values: list[float]) -> None:

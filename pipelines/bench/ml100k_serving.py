@@ -15,7 +15,6 @@ from an in-memory BSE over the dataset histories, popularity from counts.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import subprocess
@@ -82,8 +81,8 @@ def train_stage_models(s: Settings, root: Path, version: str = VERSION, epochs: 
     HCN on its user features, joined point-in-time from the Feast offline store. Returns (seconds
     per model, two-tower test Recall@20)."""
     from features.feast_repo import repo_for_settings
-    from pipelines.training.defaults import default_train_config, defaults_for
-    from pipelines.training.jobs import TrainJob, load_splits, run_job, save_job
+    from pipelines.training.defaults import default_job
+    from pipelines.training.jobs import load_splits, run_job, save_job
     from pipelines.training.metrics import evaluate_retrieval
 
     repo = repo_for_settings(s)
@@ -98,10 +97,7 @@ def train_stage_models(s: Settings, root: Path, version: str = VERSION, epochs: 
         overrides = {"use_user_id": True, **(ranker_overrides or {})} if model == "ranker" else \
             {"n_item_feats": 0} if model == "hcn" else {}
         # the same defaults as `recstream train` (pipelines/training/defaults.py), `epochs` as a cap
-        train = default_train_config(model, "ml100k", seed=0, progress=False)
-        train = dataclasses.replace(train, epochs=min(train.epochs, epochs))
-        job = TrainJob(model=model, data="ml100k", features=features, train=train,
-                       model_overrides={**defaults_for(model, "ml100k").model, **overrides})
+        job = default_job(model, "ml100k", epochs, overrides, {"seed": 0, "progress": False}, features=features)
         splits = load_splits(job, repo)
         result = run_job(job, splits=splits)
         save_job(job, result, version=version, root=root)

@@ -61,11 +61,11 @@ def train(
     """Train one model and save it under artifacts/models/<name>/<version>/."""
     from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
     from pipelines.data.synthetic import SyntheticConfig
-    from pipelines.training.defaults import default_train_config, defaults_for
-    from pipelines.training.jobs import TrainJob, run_job, save_job
+    from pipelines.training.defaults import default_job
+    from pipelines.training.jobs import run_job, save_job
 
     _setup_logging()
-    overrides = dict(defaults_for(model, data).model)  # chosen on validation (or fixed), see defaults.py
+    overrides = {}  # over the model defaults (chosen on validation, or fixed: defaults.py)
     if MODELS.get(model) and MODELS[model].task == "ranking":
         overrides["use_user_id"] = use_user_id if use_user_id is not None else data != "synthetic"
     sides = {x.strip() for x in feature_sides.split(",") if x.strip()}
@@ -74,11 +74,11 @@ def train(
     if features != "none":
         overrides.update({f"n_{side}_feats": 0 for side in ("user", "item") if side not in sides})
     try:
-        job = TrainJob(
-            model=model, data=data, model_overrides=overrides,
-            train=default_train_config(model, data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                       patience_epochs=patience_epochs, seed=seed, num_threads=threads,
-                                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, progress=progress),
+        job = default_job(
+            model, data, model_overrides=overrides,
+            train_overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience_epochs": patience_epochs,
+                             "seed": seed, "num_threads": threads,
+                             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "progress": progress},
             synthetic=SyntheticConfig(n_users=synthetic_users, seq_len=synthetic_seq_len, n_items=synthetic_items),
             features=features, protocol=protocol,
         )

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.training.jobs import TrainJob
 from pipelines.training.loop import TrainConfig
 
 
@@ -57,6 +58,17 @@ DEFAULTS: dict[tuple[str, str], Hyper] = {
 
 def defaults_for(model: str, data: str) -> Hyper:
     return DEFAULTS.get((model, data), GENERIC)
+
+
+def default_job(model: str, data: str, epochs_cap: int | None = None, model_overrides: dict[str, Any] | None = None,
+                train_overrides: dict[str, Any] | None = None, **job_fields: Any) -> TrainJob:
+    """The (model, data) defaults as a TrainJob: `train_overrides` (None values ignored) over the
+    training defaults, epochs at most `epochs_cap`, `model_overrides` over the model defaults."""
+    train = default_train_config(model, data, **(train_overrides or {}))
+    if epochs_cap is not None:
+        train = dataclasses.replace(train, epochs=min(train.epochs, epochs_cap))
+    return TrainJob(model=model, data=data, train=train,
+                    model_overrides={**defaults_for(model, data).model, **(model_overrides or {})}, **job_fields)
 
 
 def default_train_config(model: str, data: str, **overrides: Any) -> TrainConfig:
