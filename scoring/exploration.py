@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.config import ExplorationConfig
+from scoring.config import ExplorationConfig
 
 
 @dataclass(frozen=True)

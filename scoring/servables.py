@@ -23,8 +23,8 @@ from features.model_store import artifact_path, load_artifact, load_vocabs
 from models.layers import Vocab
 from models.sdim import sdim_interest_from_tables
 from models.sdim_hash import SdimHasher
-from services.config import ModelRef
-from services.errors import ModelLoadError
+from scoring.config import ModelRef
+from scoring.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

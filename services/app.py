@@ -29,7 +29,7 @@ from services.impression_log import ImpressionLogger
 from services.inputs import PopularItems, RedisInputs
 from services.pipeline import Recommender, VariantRuntime
 from services.runtime import load_stage, make_stage, parse_variants, variant_runtimes, vectors_for
-from services.servables import pick_device
+from scoring.servables import pick_device
 from services.stages import StageRequest, StageResult
 
 log = logging.getLogger(__name__)

@@ -185,8 +185,8 @@ def _clean(settings) -> None:
 
 def ann_recall(root: Path, n_queries: int = 200, k: int = 1000, seed: int = 0) -> dict:
     """HNSW recall@k against exact top-k on the two-tower item matrix, for live-style user vectors."""
-    from services.config import ModelRef
-    from services.servables import RetrievalServable
+    from scoring.config import ModelRef
+    from scoring.servables import RetrievalServable
 
     ref = ModelRef(name="two_tower", version="bench")
     exact = RetrievalServable(ref, str(root))
@@ -213,8 +213,8 @@ def ranker_cost(root: Path, n_candidates: int = 200, reps: int = 30) -> dict:
     """The fine ranker in-process for one user and `n_candidates` candidates (one torch thread)."""
     import torch
 
-    from services.config import ModelRef
-    from services.servables import RankerServable
+    from scoring.config import ModelRef
+    from scoring.servables import RankerServable
 
     torch.set_num_threads(1)
     rk = RankerServable(ModelRef(name="ranker", version="bench"), str(root))

@@ -5,12 +5,6 @@ from __future__ import annotations
 from recstream.errors import RecstreamError
 
 
-class ModelLoadError(RecstreamError):
-    def __init__(self, name: str, version: str, reason: str):
-        self.name, self.version = name, version
-        super().__init__(f"cannot load model {name!r} version {version!r}: {reason}")
-
-
 class StageTimeout(RecstreamError):
     def __init__(self, stage: str, timeout_ms: float):
         self.stage, self.timeout_ms = stage, timeout_ms

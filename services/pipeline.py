@@ -33,7 +33,7 @@ from recstream.events import ImpressionLog, LoggedRequest, SlateItem
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
 from services.config import ServeConfig, VariantConfig
-from services.exploration import make_slate
+from scoring.exploration import make_slate
 from services.inputs import InputSources
 from services.stages import StageRequest, StageResult
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from models.sdim_hash import SdimConfig
-from services.config import ModelRef, ServeConfig, VariantConfig
+from scoring.config import ModelRef
+from services.config import ServeConfig, VariantConfig
 from services.inputs import InputSources
 from services.pipeline import Recommender, VariantRuntime
-from services.servables import CoarseServable, ModelCache, RankerServable, RetrievalServable, read_manifest, resolve
+from scoring.servables import CoarseServable, ModelCache, RankerServable, RetrievalServable, read_manifest, resolve
 from services.stages import CoarseStage, RankerStage, RetrievalStage
 
 STAGES = ("retrieval", "coarse", "ranker")

@@ -19,7 +19,7 @@ from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
-from services.config import ModelRef
+from scoring.config import ModelRef
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def _ms(x: Optional[str]) -> Optional[int]:
 
 def _ref(spec: str, option: str):
     """'ranker:VERSION' or 'VERSION' -> ModelRef."""
-    from services.config import ModelRef
+    from scoring.config import ModelRef
 
     name, _, version = spec.rpartition(":")
     if not version:

@@ -73,7 +73,7 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from recstream.kafka_io import make_producer
-    from services.config import ModelRef
+    from scoring.config import ModelRef
 
     sim = CooccurrenceUsers(seed)
     users = list(np.random.default_rng(seed).choice(sim.users, size=min(n_users, len(sim.users)), replace=False))

@@ -21,8 +21,8 @@ import numpy as np
 
 from pipelines.replay.estimators import SlotRows
 from recstream.events import ImpressionLog
-from services.config import ExplorationConfig, ModelRef
-from services.exploration import marginals
+from scoring.config import ExplorationConfig, ModelRef
+from scoring.exploration import marginals
 
 
 class SlatePolicy(Protocol):
@@ -55,7 +55,7 @@ class RankerScorer:
     """Click probabilities of a request's support items under one ranker version, from the log."""
 
     def __init__(self, ref: ModelRef, artifacts_dir: str | None):
-        from services.servables import RankerServable
+        from scoring.servables import RankerServable
 
         self.servable = RankerServable(ref, artifacts_dir)
         self.version = self.servable.version

@@ -3,7 +3,7 @@
 Users and items have planted latent factors; a user clicks an item shown at slot p with
 probability theta_p * rel(u, a) (a position-based click model: theta_p = 1 / (p + 1)^eta is the
 chance the slot is looked at, rel the chance a looked-at item is clicked). The logging policy is
-the serving exploration (`services.exploration`, epsilon_slate by default) over a noisy model's
+the serving exploration (`scoring.exploration`, epsilon_slate by default) over a noisy model's
 ranking; the support of a request is that ranking's top k + pool_size. An evaluated policy
 re-ranks the support with its own (less or more noisy) scores, as the replay tool does with a
 candidate ranker, so its true value is
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.replay.estimators import SlotRows
-from services.config import ExplorationConfig
+from scoring.config import ExplorationConfig
+from scoring.exploration import marginals
 
 
 @dataclass(frozen=True)
@@ -56,21 +57,14 @@ class SimConfig:
 def slot_marginals(order: np.ndarray, k: int, exploration: ExplorationConfig) -> np.ndarray:
     """(U, k, M) P(support item s @ slot p) of a policy that ranks each user's M support items
     in `order` (U, M) (order[u, j] = support index at the policy's rank j) and draws its slate
-    with `exploration`; the same numbers `services.exploration.marginals` gives one request."""
+    with `exploration`. The propensities depend only on ranks, so `scoring.exploration.marginals`
+    (the one definition the logger and the replay tool use) is called once on the ranks 0..M-1
+    and its (k, M) table is scattered to every user's support order."""
     u, m = order.shape
     rank_probs = np.zeros((k, m))  # P(policy's rank-j item @ slot p)
-    e = exploration.epsilon
-    if exploration.policy == "deterministic":
-        rank_probs[np.arange(k), np.arange(k)] = 1.0
-    elif exploration.policy == "epsilon_slate":
-        rank_probs[:] = e / m
-        rank_probs[np.arange(k), np.arange(k)] += 1.0 - e
-    elif exploration.policy == "epsilon_slot":
-        pool = min(exploration.pool_size, m - k)
-        rank_probs[np.arange(k), np.arange(k)] = 1.0 - e
-        rank_probs[:, k : k + pool] = e / pool
-    else:
-        raise ValueError(f"unknown policy {exploration.policy!r}")
+    for p, slot in enumerate(marginals(list(range(m)), k, exploration)):
+        for j, prob in slot.items():
+            rank_probs[p, j] = prob
     out = np.zeros((u, k, m))
     out[np.arange(u)[:, None, None], np.arange(k)[None, :, None], order[:, None, :]] = rank_probs[None]
     return out

@@ -362,8 +362,8 @@ def test_replay_report_matches_an_independent_computation_from_the_kafka_records
 
     from models.sdim import build_bucket_tables
     from recstream.kafka_io import make_producer
-    from services.config import ModelRef
-    from services.servables import RankerServable
+    from scoring.config import ModelRef
+    from scoring.servables import RankerServable
 
     tag = f"rp{int(time.time() * 1000) % 10**8}"
     s = world["settings"].model_copy(update={"events_topic": f"{tag}.events", "impressions_topic": f"{tag}.impressions",

@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from services.config import ExplorationConfig
-from services.exploration import make_slate, marginals
+from scoring.config import ExplorationConfig
+from scoring.exploration import make_slate, marginals
 
 RANKED = [(f"i{n}", float(100 - n)) for n in range(40)]
 

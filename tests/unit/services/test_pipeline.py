@@ -8,7 +8,8 @@ import torch
 
 from recstream.events import ImpressionLog
 from services.api import RecommendRequest, ScoreRequest
-from services.config import ExplorationConfig, ServeConfig
+from scoring.config import ExplorationConfig
+from services.config import ServeConfig
 from services.impression_log import ImpressionLogger
 from services.inputs import InMemoryInputs
 from services.pipeline import _Trace, assign_variant
@@ -247,9 +248,9 @@ def test_feature_models_get_vectors_from_the_sources_and_defaults_when_down(feat
 
 def test_a_model_trained_on_another_feature_layout_is_refused_at_load(tmp_path):
     from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
-    from services.config import ModelRef
-    from services.errors import ModelLoadError
-    from services.servables import RankerServable
+    from scoring.config import ModelRef
+    from scoring.errors import ModelLoadError
+    from scoring.servables import RankerServable
 
     feats = {"n_user_feats": len(USER_VECTOR_NAMES), "n_item_feats": len(ITEM_VECTOR_NAMES)}
     renamed = ["old_" + n for n in USER_VECTOR_NAMES]
@@ -300,7 +301,7 @@ def test_candidates_keep_room_for_popular_items_retrieval_missed(artifacts):
 def test_impression_carries_the_request_and_the_support_the_slate_was_drawn_from(artifacts):
     """What replay needs: the request to send again, and the ranked head exploration drew from,
     whose marginals reproduce every logged propensity."""
-    from services.exploration import marginals
+    from scoring.exploration import marginals
 
     variants = {"A": {"share": 1.0, "exploration": {"policy": "epsilon_slate", "epsilon": 0.5, "pool_size": 6}}}
     rec, _, logger = _rec(artifacts, variants=variants)

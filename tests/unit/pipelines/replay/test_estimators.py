@@ -5,8 +5,8 @@ import pytest
 
 from pipelines.replay import estimators as E
 from pipelines.replay.simulator import SimConfig, Simulator, slot_marginals
-from services.config import ExplorationConfig
-from services.exploration import marginals
+from scoring.config import ExplorationConfig
+from scoring.exploration import marginals
 
 # Two impressions, two slots each. Logged propensities, evaluated-policy propensities, clicks.
 #   imp 0: slot 0 item x (p0 .5, pe 1, click 1); slot 1 item y (p0 .25, pe 0, click 1)
@@ -61,7 +61,7 @@ def test_bad_rows_are_refused_with_the_field_named():
 
 @pytest.mark.parametrize("policy", ["epsilon_slate", "epsilon_slot", "deterministic"])
 def test_simulator_marginals_are_the_serving_policy(policy):
-    """The simulator's vectorised marginals equal services.exploration.marginals request by request."""
+    """The simulator's vectorised marginals equal scoring.exploration.marginals request by request."""
     ex = ExplorationConfig(policy=policy, epsilon=0.25, pool_size=5)  # support of 3 + 5 = 8
     order = np.array([[3, 0, 5, 1, 2, 4, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0]])
     got = slot_marginals(order, 3, ex)  # (2, 3, 8)
@@ -69,6 +69,14 @@ def test_simulator_marginals_are_the_serving_policy(policy):
         want = marginals([str(s) for s in order[u]], 3, ex)
         for p in range(3):
             assert {str(s): got[u, p, s] for s in range(8) if got[u, p, s] > 0} == pytest.approx(want[p])
+
+
+def test_simulator_epsilon_slot_with_a_pool_smaller_than_k_is_deterministic_as_served():
+    """The rewrite the simulator used to carry explored with a pool of 2 < k = 3; serving does not."""
+    ex = ExplorationConfig(policy="epsilon_slot", epsilon=0.25, pool_size=5)
+    got = slot_marginals(np.array([[4, 3, 2, 1, 0]]), 3, ex)  # support of 5: pool of 2 below the slate
+    assert got[0, [0, 1, 2], [4, 3, 2]].tolist() == [1.0, 1.0, 1.0]
+    assert got.sum() == pytest.approx(3.0)
 
 
 def test_logging_policy_evaluated_on_itself_is_the_on_policy_mean():
