@@ -1,1 +1,0 @@
-"""Benchmarks and the end-to-end dataset runs they share."""
