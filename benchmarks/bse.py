@@ -1,6 +1,6 @@
 """BSE apply-path benchmark against a real Redis (the stream benchmark calls `bench_bse_apply`).
 
-    from features.bse.bench import bench_bse_apply
+    from benchmarks.bse import bench_bse_apply
     bench_bse_apply("redis://127.0.0.1:16391/0", n_users=500, events=20_000, batch=2000)
 
 Users start with full sequences (`prefill` behaviours each, max_seq_len by default), so every
@@ -169,7 +169,7 @@ def bench_bse_apply(
         client.close()
 
 
-if __name__ == "__main__":  # python -m features.bse.bench URL [n_users] [events] [batch] [table_cache_users] [prefill]
+if __name__ == "__main__":  # python -m benchmarks.bse URL [n_users] [events] [batch] [table_cache_users] [prefill]
     import json
     import sys
 

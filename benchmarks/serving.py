@@ -317,7 +317,7 @@ def _sample(url: str) -> dict:
 
 def markdown(res: dict) -> str:
     lines = ["# Serving benchmark", "",
-             "Written by `recstream bench serving` (services/bench.py, pipelines/bench/ml100k_serving.py). "
+             "Written by `recstream bench serving` (benchmarks/serving.py, demo/ml100k_world.py). "
              "The two parts may come from different runs; each says when it was measured.", ""]
     if "n_items" in res:
         lines += [f"## Ray Serve hops vs the real pipeline (measured {res.get('throughput_measured_at', '?')})", ""]
@@ -380,7 +380,7 @@ class _ListPopular:
 
 def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concurrency: int = 4) -> dict:
     """Recall@k of each test user's held-out item, asked of the live HTTP API and of the same
-    request path run offline on `offline` (pipelines.bench.ml100k_serving.OfflineInputs).
+    request path run offline on `offline` (demo.ml100k_world.OfflineInputs).
 
     Args:
         config: the ServeConfig the live app was deployed with (same artefacts, same variants).

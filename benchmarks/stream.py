@@ -26,7 +26,8 @@ import numpy as np
 import redis
 
 from features.feast_repo import repo_for_settings
-from features.item_features import RedisItemFeatures, bench_item_reads
+from benchmarks.item_reads import bench_item_reads
+from features.item_features import RedisItemFeatures
 from pipelines.data.synthetic import SyntheticConfig, generate_events
 from pipelines.produce import produce_events
 from pipelines.stream.base import ProcessorConfig, StreamProcessor
@@ -106,7 +107,7 @@ def _throughput(settings: Settings, handler, name: str, n: int, batch: int) -> d
 
 def _spawn(s: Settings, *args: str) -> subprocess.Popen:
     """A `recstream` command in its own process (its own GIL, as deployed), with these settings."""
-    return subprocess.Popen([sys.executable, "-m", "recstream.cli", *args], env={**os.environ, **s.to_env()},
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env={**os.environ, **s.to_env()},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -246,7 +247,7 @@ def bench_bse_bytes(settings: Settings, seq_len: int = 10_000, tastes: tuple[int
     from 1 to 50 clusters of similar items (clustered tastes make the widest bucket sums: the
     costly case for packing). Reports the largest and the mean."""
     from features.bse import Behaviour, RedisBseStore, TableVersion
-    from features.bse.bench import clustered_embeddings
+    from benchmarks.bse import clustered_embeddings
     from models.sdim_hash import SdimConfig, SdimHasher
 
     emb, label = clustered_embeddings(5000, seed=0)

@@ -44,7 +44,7 @@ class Ml100kWorld:
 
 
 def _process(s: Settings, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recstream.cli", "process", *args, "--max-idle-s", "5"],
+    return subprocess.Popen([sys.executable, "-m", "cli", "process", *args, "--max-idle-s", "5"],
                             env={**os.environ, **s.to_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

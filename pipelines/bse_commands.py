@@ -1,4 +1,4 @@
-"""`recstream bse ...`: maintenance commands for the BSE store (mounted by recstream/cli.py).
+"""`recstream bse ...`: maintenance commands for the BSE store (mounted by cli/main.py).
 
     recstream bse rebuild --model-version v7 --embeddings artifact:ranker/v7 [--users u1,u2]
     recstream bse stats --user u1 --model-version v7 --embeddings random:2000:0

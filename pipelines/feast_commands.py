@@ -1,4 +1,4 @@
-"""`recstream feast ...`: the Feast repository of a deployment (mounted by recstream/cli.py).
+"""`recstream feast ...`: the Feast repository of a deployment (mounted by cli/main.py).
 
     recstream feast apply     # the chart's feast-apply hook Job runs this
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 
 class RecstreamError(Exception):
-    """Base class of every recstream error."""
+    """Base class of every recstream error. The `recstream` command prints one as `error: <message>`
+    (no traceback) and exits with its `exit_code`."""
+
+    exit_code = 1
 
 
 class ConfigError(RecstreamError):
     """A setting is invalid; the message carries the offending values."""
+
+
+class SettingsError(ConfigError):
+    """RECSTREAM_* environment settings that do not validate (a usage error: exit status 2)."""
+
+    exit_code = 2
 
 
 class InvalidEvent(RecstreamError):

@@ -79,4 +79,14 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process settings, loaded on first use. Invalid RECSTREAM_* values raise SettingsError
+    with pydantic's message (each offending field and value): the `recstream` entry point prints it
+    as one line and exits 2, whichever command asked."""
+    from pydantic import ValidationError
+
+    from recstream.errors import SettingsError
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(f"invalid RECSTREAM_* settings: {e}") from None

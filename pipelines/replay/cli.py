@@ -1,4 +1,5 @@
-"""`recstream replay ...` and `recstream bench replay` (heavy imports inside the commands)."""
+"""`recstream replay ...` (heavy imports inside the commands; `replay bench` is benchmarks/commands.py's,
+mounted here by the `recstream` command)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from features.model_store import artifacts_root
-    from recstream.cli import get_settings
+    from recstream.settings import get_settings
 
     s = get_settings()
     root = str(artifacts_root(artifacts_dir))
@@ -117,21 +118,8 @@ def export(out: str = typer.Option(..., "--out", help="parquet file to write"),
            window_s: float = typer.Option(3600.0, help="events up to this long after `until` come along")) -> None:
     """Copy impressions and the events that followed from Kafka into one parquet file."""
     from pipelines.replay.data import write_parquet
-    from recstream.cli import get_settings
+    from recstream.settings import get_settings
 
     rlog = load_log(get_settings(), None, _ms(since), _ms(until), window_s)
     write_parquet(out, rlog)
     typer.echo(f"wrote {out}: {len(rlog.impressions)} impressions, {len(rlog.events)} events")
-
-
-@app.command("bench")
-def bench(out_dir: str = typer.Option("reports", help="where replay.json and replay.md go"),
-          impressions: int = typer.Option(100_000, help="simulated impressions per log"),
-          reps: int = typer.Option(50, help="independent logs for the error and coverage figures"),
-          n_boot: int = typer.Option(200, help="bootstrap resamples per log")) -> None:
-    """Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."""
-    from pipelines.replay.bench import run as run_bench
-
-    res = run_bench(out_dir, n=impressions, reps=reps, n_boot=n_boot)
-    typer.echo((Path(out_dir) / "replay.md").read_text())
-    typer.echo(json.dumps(res, indent=2))

@@ -1,10 +1,9 @@
-"""`recstream train | evaluate | bench`: the training CLI (a typer app the `recstream` command mounts).
+"""`recstream train | evaluate`: the training CLI (a typer app the `recstream` command mounts).
 
     python -m pipelines.training.commands train --model two_tower --data ml100k --epochs 10
     python -m pipelines.training.commands train --model ranker --data synthetic --workers 2
     python -m pipelines.training.commands train --model ranker --data ml100k --features feast
     python -m pipelines.training.commands evaluate --name two_tower
-    python -m pipelines.training.commands bench
 """
 
 from __future__ import annotations
@@ -131,30 +130,6 @@ def evaluate(
     metrics = evaluator(job, load_splits(job), split)(model)
     typer.echo(json.dumps({"artifact": manifest["path"], "split": split, "protocol": job.protocol, **metrics},
                           indent=2, default=float))
-
-
-@app.command()
-def bench(
-    out_dir: Path = typer.Option(Path("reports"), help="where models.json and models.md go"),
-    artifacts_dir: Optional[Path] = typer.Option(None, help="also save every trained model here"),
-    quick: bool = typer.Option(False, help="tiny sizes: checks the plumbing, the numbers mean nothing"),
-    progress: bool = typer.Option(True),
-    section: Optional[list[str]] = typer.Option(None, help="re-run only these parts (speed, ml100k, synthetic); "
-                                                "other keys are kept from the existing models.json"),
-) -> None:
-    """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
-    from pipelines import bench_models as b
-    from pipelines.data.synthetic import SyntheticConfig
-
-    _setup_logging()
-    kwargs = {}
-    if quick:
-        kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6), seeds=(0, 1),
-                      ml100k_epochs_cap=1, synthetic_epochs_cap=1, speed_lengths=(1000, 3000))
-    if section:
-        kwargs["sections"] = tuple(section)
-    results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)
-    typer.echo(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ given, and what the models benchmark trains with, so the two cannot drift apart.
 
 How each was chosen is in its `chosen` text. The ML-100k retrieval values come from a grid search
 on the validation split only (standard protocol; mean validation Recall@20 over the seeds listed)
-by `python -m pipelines.bench.tune_ml100k`, which writes reports/ml100k_tuning.{json,md}; the test
+by `python -m benchmarks.tune_ml100k`, which writes reports/ml100k_tuning.{json,md}; the test
 split was never looked at to choose them. Where nothing was searched the text says so.
 """
 

@@ -33,7 +33,7 @@ def env_for(settings) -> dict[str, str]:
 
 
 def spawn_processor(settings, name: str, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "recstream.cli", "process", name, "--batch-max-records", "500", *args]
+    cmd = [sys.executable, "-m", "cli", "process", name, "--batch-max-records", "500", *args]
     return subprocess.Popen(cmd, env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -117,7 +117,8 @@ def test_fast_item_features_round_trip_and_read_the_same_values_as_feast(redis_u
     import pandas as pd
 
     from features.errors import ItemFeatureSchemaMismatch
-    from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures, bench_item_reads
+    from benchmarks.item_reads import bench_item_reads
+    from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     fast = RedisItemFeatures.from_url(redis_url, prefix=prefix, cache_ttl_s=30)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(env: dict, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recstream.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout_s)
 
 
@@ -79,7 +79,8 @@ def test_serve_with_the_split_layout_answers(settings, ray_serve, tmp_path, monk
     from ray import serve
     from typer.testing import CliRunner
 
-    from recstream import cli
+    import services.commands
+    from cli import main as cli
     from recstream import settings as settings_module
     from tests.serving_fixtures import save_stage_models
 
@@ -103,7 +104,7 @@ def test_serve_with_the_split_layout_answers(settings, ray_serve, tmp_path, monk
         seen["answer"] = httpx.post(f"{ray_serve}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60)
         seen["deployments"] = set(serve.status().applications["recstream"].deployments)
 
-    monkeypatch.setattr(cli, "_wait_forever", requests_instead_of_waiting)
+    monkeypatch.setattr(services.commands, "wait_forever", requests_instead_of_waiting)
     try:
         out = CliRunner().invoke(cli.app, ["serve", "--config", str(config), "--layout", "split", "--port", port,
                                            "--artifacts-dir", str(tmp_path / "artifacts")])

@@ -16,10 +16,10 @@ import torch
 from features.model_store import save_artifact
 from features.vectors import ITEM_VECTOR_NAMES, USER_VECTOR_NAMES
 from models import build_model
-from pipelines.bench.ml100k_serving import Ml100kWorld, build_bse, offline_inputs, stream_ml100k
+from demo.ml100k_world import Ml100kWorld, build_bse, offline_inputs, stream_ml100k
 from pipelines.data.datasets import build_ml100k_retrieval, ml100k_test_cases
 from pipelines.data.movielens import ml100k_events
-from services.bench import served_vs_offline
+from benchmarks.serving import served_vs_offline
 from services.config import ServeConfig
 
 pytestmark = pytest.mark.integration

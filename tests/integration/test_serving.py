@@ -408,7 +408,7 @@ def test_replay_report_matches_an_independent_computation_from_the_kafka_records
 
         out = tmp_path / "report"
         env = {**os.environ, **s.to_env(), "RECSTREAM_ARTIFACTS_DIR": str(world["root"])}
-        cmd = [sys.executable, "-m", "recstream.cli", "replay", "run", "--out", str(out), "--candidate", "B=ranker:v2",
+        cmd = [sys.executable, "-m", "cli", "replay", "run", "--out", str(out), "--candidate", "B=ranker:v2",
                "--since", str(since), "--until", str(until), "--window-s", "600", "--n-boot", "200",
                "--traffic-url", url, "--traffic-variants", "A,B", "--rate-per-s", "20", "--k", "4"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -17,7 +17,7 @@ SNAPSHOT = Path(__file__).with_name("command_tree.json")
 
 
 def _root():
-    from recstream.cli import app
+    from cli import app
 
     return typer.main.get_command(app)
 

@@ -133,7 +133,7 @@ def test_cpu_image_leaves_out_exactly_the_cuda_packages():
 
 
 def test_compose_builds_these_images_and_runs_real_commands():
-    from recstream.cli import PROCESSORS
+    from pipelines.stream.commands import PROCESSORS
 
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
     built = {n: s for n, s in compose["services"].items() if "build" in s}

@@ -103,7 +103,7 @@ def test_status_does_not_take_someone_elses_server_for_its_own(tmp_path):
 
 @pytest.mark.parametrize("busy", ["kafka_port", "kafka_controller_port", "redis_port"])
 def test_the_busy_port_message_names_a_setting_that_moves_the_port(tmp_path, monkeypatch, busy):
-    from recstream import cli
+    from deploy.local import commands
     from recstream.settings import Settings
 
     s = socket.socket()
@@ -120,14 +120,15 @@ def test_the_busy_port_message_names_a_setting_that_moves_the_port(tmp_path, mon
     [var] = re.findall(r"\b(RECSTREAM_STACK_[A-Z_]+_PORT)=", str(ei.value))
     [new_port] = free_ports(1)
     monkeypatch.setenv(var, str(new_port))
-    cfg = cli._stack(Settings()).config
+    cfg = commands._stack(Settings()).config
     assert getattr(cfg, busy) == new_port
 
 
 def test_stack_commands_use_the_configured_ports(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from recstream import cli, settings
+    from cli import main as cli
+    from recstream import settings
 
     k, c, r = free_ports(3)
     for var, port in (("RECSTREAM_STACK_KAFKA_PORT", k), ("RECSTREAM_STACK_KAFKA_CONTROLLER_PORT", c),

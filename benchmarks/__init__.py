@@ -1,0 +1,3 @@
+"""The benchmarks behind reports/: one module per report (stream, models, serving, replay) and
+their commands (`recstream bench ...`, benchmarks/commands.py). They sit above pipelines and
+services (the serving benchmark drives both), beside the CLI face."""

@@ -1,0 +1,177 @@
+"""`recstream bench stream|models|serving|replay`: the benchmarks, each writing
+reports/<name>.{json,md} (a typer app the `recstream` command mounts; heavy imports inside the
+commands, so `recstream bench --help` stays light). One module per report: benchmarks/stream.py
+(with benchmarks/bse.py and benchmarks/item_reads.py), benchmarks/models.py, benchmarks/serving.py,
+benchmarks/replay.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from recstream.settings import Settings
+
+app = typer.Typer(help="Benchmarks that write JSON and Markdown under reports/.", no_args_is_help=True,
+                  rich_markup_mode=None, add_completion=False)
+
+
+def get_settings() -> "Settings":
+    """recstream.settings.get_settings, imported on use so that `recstream bench --help` stays light."""
+    from recstream.settings import get_settings as _get
+
+    return _get()
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command("stream")
+def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json and stream.md go"),
+                 events: int = typer.Option(100_000, help="events per throughput run")) -> None:
+    """Processor throughput, freshness at 5,000 events/s, item-feature read paths, BSE bytes per user."""
+    from pathlib import Path
+
+    from benchmarks.stream import run
+
+    from deploy.local.commands import ensure_stack
+
+    s = get_settings()
+    ensure_stack(s)
+    res = run(s, Path(out_dir), n_events=events)
+    typer.echo((Path(out_dir) / "stream.md").read_text())
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command("serving")
+def bench_serving(out_dir: str = typer.Option("reports", help="where serving.json and serving.md go"),
+                  items: int = typer.Option(100_000, help="catalogue size"),
+                  duration_s: float = typer.Option(8.0, help="seconds per throughput / latency measurement"),
+                  concurrency: int = typer.Option(16, help="closed-loop clients"),
+                  port: int = typer.Option(0, help="Serve HTTP port on loopback (0: one the OS reports free)"),
+                  ml100k: bool = typer.Option(True, help="also: ML-100k Recall@20 served over HTTP vs offline"),
+                  ml100k_epochs: int = typer.Option(10, help="ML-100k training epochs per model (early stopping)"),
+                  throughput: bool = typer.Option(True, help="the throughput/latency part")) -> None:
+    """Bare Ray Serve hops vs the real pipeline (fused, split), ANN recall, ranker cost; loopback only."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    from ray import serve
+
+    from deploy.local import free_ports
+    from benchmarks.serving import markdown, run
+
+    from deploy.local.commands import ensure_stack
+
+    s = get_settings()
+    ensure_stack(s)
+    port = port or free_ports(1)[0]
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, namespace="recstream-bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="recstream-bench-serving-") as tmp:
+            res = {}
+            if throughput:
+                res.update(run(s, Path(tmp), f"http://127.0.0.1:{port}", n_items=items, duration_s=duration_s,
+                               concurrency=concurrency, progress=typer.echo))
+            if ml100k:
+                res.update(_ml100k_served_vs_offline(s, Path(tmp), f"http://127.0.0.1:{port}", ml100k_epochs))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    res.update({f"{part}_measured_at": stamp for part, ran in (("throughput", throughput), ("ml100k", ml100k)) if ran})
+    previous = out / "serving.json"
+    if previous.exists() and not (throughput and ml100k):
+        # A part not re-run keeps its numbers (and its own measured_at) from the last run.
+        old = json.loads(previous.read_text())
+        res = {**{k: v for k, v in old.items() if k not in res}, **res}
+    (out / "serving.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (out / "serving.md").write_text(markdown(res))
+    typer.echo((out / "serving.md").read_text())
+
+
+def _ml100k_served_vs_offline(s: Settings, work, base_url: str, epochs: int = 10) -> dict:
+    """ML-100k's training interactions through the stream, the three models trained on what it
+    wrote, then every test user's top 20 from the live HTTP API and from the same request path
+    offline (dataset histories, Feast offline join, in-memory BSE): Recall@20 of both."""
+    import uuid
+
+    from ray import serve
+
+    from demo.ml100k_world import VERSION, offline_inputs, stream_and_train
+    from recstream.kafka_io import ensure_topics
+    from services.app import build_app
+    from benchmarks.serving import served_vs_offline
+    from services.config import ServeConfig
+
+    tag = f"ml{uuid.uuid4().hex[:6]}"
+    scratch = s.model_copy(update={"events_topic": f"{tag}.events", "dlq_topic": f"{tag}.events.dlq",
+                                   "impressions_topic": f"{tag}.impressions", "redis_prefix": tag})
+    ensure_topics(scratch)
+    world = stream_and_train(scratch, work / "ml100k-artifacts", epochs=epochs, progress=typer.echo)
+    ref = lambda name: {"name": name, "version": VERSION}  # noqa: E731
+    config = ServeConfig(artifacts_dir=str(world.root),
+                         variants={"A": {"share": 1.0, "retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}},
+                         deadlines={"inputs_timeout_ms": 2000, "candidates_timeout_ms": 3000, "coarse_timeout_ms": 3000,
+                                    "ranker_timeout_ms": 5000, "redis_timeout_ms": 1000})
+    serve.run(build_app(scratch, config), name="ml100k", route_prefix="/ml100k")
+    try:
+        res = served_vs_offline(f"{base_url}/ml100k", config, world.cases, offline_inputs(scratch, world))
+    finally:
+        serve.delete("ml100k")
+    res["ml100k_two_tower_only_offline_recall_at_20"] = world.offline_recall_two_tower
+    res["ml100k_epochs"] = epochs
+    res.update({f"ml100k_{k}_s": round(v, 1) for k, v in world.seconds.items()})
+    typer.echo(f"ML-100k Recall@20 served {res['served_recall_at_20_ml100k']:.4f} vs offline "
+               f"{res['offline_recall_at_20_ml100k']:.4f} (identical top-20 for {res['ml100k_identical_top_k_share']:.1%})")
+    return res
+
+
+@app.command("models")
+def bench_models(
+    out_dir: Path = typer.Option(Path("reports"), help="where models.json and models.md go"),
+    artifacts_dir: Optional[Path] = typer.Option(None, help="also save every trained model here"),
+    quick: bool = typer.Option(False, help="tiny sizes: checks the plumbing, the numbers mean nothing"),
+    progress: bool = typer.Option(True),
+    section: Optional[list[str]] = typer.Option(None, help="re-run only these parts (speed, ml100k, synthetic); "
+                                                "other keys are kept from the existing models.json"),
+) -> None:
+    """Run the model benchmark (ML-100k retrieval, synthetic SDIM/attention/DIN AUC, SDIM speed)."""
+    from benchmarks import models as b
+    from pipelines.data.synthetic import SyntheticConfig
+
+    _setup_logging()
+    kwargs = {}
+    if quick:
+        kwargs = dict(synthetic=SyntheticConfig(n_users=300, n_items=200, seq_len=120, n_impressions=6), seeds=(0, 1),
+                      ml100k_epochs_cap=1, synthetic_epochs_cap=1, speed_lengths=(1000, 3000))
+    if section:
+        kwargs["sections"] = tuple(section)
+    results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)
+    typer.echo(json.dumps(results, indent=2))
+
+
+@app.command("replay")
+def bench_replay(out_dir: str = typer.Option("reports", help="where replay.json and replay.md go"),
+          impressions: int = typer.Option(100_000, help="simulated impressions per log"),
+          reps: int = typer.Option(50, help="independent logs for the error and coverage figures"),
+          n_boot: int = typer.Option(200, help="bootstrap resamples per log")) -> None:
+    """Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."""
+    from benchmarks.replay import run as run_bench
+
+    res = run_bench(out_dir, n=impressions, reps=reps, n_boot=n_boot)
+    typer.echo((Path(out_dir) / "replay.md").read_text())
+    typer.echo(json.dumps(res, indent=2))
