@@ -20,7 +20,9 @@ import redis
 
 from features.bse.embeddings import ArrayItemEmbeddings
 from features.bse.redis_store import RedisBseStore
-from features.bse.store import DEFAULT_MAX_SEQ_LEN, Behaviour, TableVersion
+from features.bse.store import DEFAULT_MAX_SEQ_LEN
+from features.bse.types import Behaviour
+from features.bse.versions import TableVersion
 from models.sdim_hash import SdimConfig, SdimHasher
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ray import serve
 
 from features.bse.redis_store import RedisBseStore
-from features.bse.store import DEFAULT_ITEM_BITS, TableVersion
+from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from models.sdim_hash import SdimConfig, SdimHasher
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 import redis
 
 from features.bse.redis_store import RedisBseStore
-from features.bse.store import DEFAULT_ITEM_BITS, TableVersion
+from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
 from models.sdim_hash import SdimConfig, SdimHasher
 

@@ -3,16 +3,9 @@
 from features.bse.embeddings import ArrayItemEmbeddings, ItemEmbeddings, stable_bucket
 from features.bse.memory import InMemoryBseStore
 from features.bse.redis_store import RedisBseStore
-from features.bse.store import (
-    DEFAULT_ITEM_BITS,
-    DEFAULT_MAX_SEQ_LEN,
-    ApplyResult,
-    Behaviour,
-    BseStore,
-    RebuildResult,
-    TableVersion,
-    interest_from_table,
-)
+from features.bse.store import DEFAULT_MAX_SEQ_LEN, BseStore, interest_from_table
+from features.bse.types import ApplyResult, Behaviour, RebuildResult
+from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 
 SequenceStore = BseStore  # the name issue 4 uses for the same interface
 

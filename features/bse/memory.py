@@ -6,15 +6,9 @@ import threading
 from collections import deque
 from typing import Iterator, Sequence
 
-from features.bse.store import (
-    BseStore,
-    PartitionKey,
-    TableVersion,
-    _UserSnapshot,
-    _UserWrite,
-    DEFAULT_MAX_SEQ_LEN,
-    DEFAULT_TABLE_CACHE_USERS,
-)
+from features.bse.store import DEFAULT_MAX_SEQ_LEN, DEFAULT_TABLE_CACHE_USERS, BseStore
+from features.bse.types import _UserSnapshot, _UserWrite, PartitionKey
+from features.bse.versions import TableVersion
 from features.errors import TableVersionMismatch
 
 

@@ -26,15 +26,9 @@ from typing import Iterator, Sequence
 
 import redis
 
-from features.bse.store import (
-    DEFAULT_MAX_SEQ_LEN,
-    DEFAULT_TABLE_CACHE_USERS,
-    BseStore,
-    PartitionKey,
-    TableVersion,
-    _UserSnapshot,
-    _UserWrite,
-)
+from features.bse.store import DEFAULT_MAX_SEQ_LEN, DEFAULT_TABLE_CACHE_USERS, BseStore
+from features.bse.types import _UserSnapshot, _UserWrite, PartitionKey
+from features.bse.versions import TableVersion
 from features.errors import TableVersionMismatch
 
 _LUA_CHUNK = 1000  # RPUSH arguments per unpack(): Lua's C stack holds ~8000

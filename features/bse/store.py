@@ -1,6 +1,7 @@
 """BSE store interface: behaviour sequences and per-version SDIM bucket-sum tables per user.
 
-The algorithm lives here once; a backend (in-memory, Redis) only reads a consistent snapshot
+The algorithm lives here once (data types in features/bse/types.py, table versions and item codes
+in features/bse/versions.py); a backend (in-memory, Redis) only reads a consistent snapshot
 and writes a new state with compare-and-set, so both backends have the same semantics.
 
 Exactly-once w.r.t. Kafka redelivery: each behaviour carries (topic, partition, offset), and the
@@ -25,11 +26,9 @@ candidate path: TableVersion.item_signatures(ids) -> lookup(..., cand_sigs=...).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from collections import OrderedDict
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -37,8 +36,8 @@ import numpy as np
 import torch
 
 from features.bse import _codec
-from features.bse._itemcodes import ItemCodes
-from features.bse.embeddings import ItemEmbeddings
+from features.bse.types import ApplyResult, Behaviour, PartitionKey, RebuildResult, _UserSnapshot, _UserWrite
+from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.errors import (
     ApplyConflict,
     CorruptTable,
@@ -46,132 +45,11 @@ from features.errors import (
     MissingEmbeddings,
     UnknownTableVersion,
 )
-from models.sdim_hash import SdimHasher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LEN = 10_000
 DEFAULT_TABLE_CACHE_USERS = 2048  # per maintained version; ~46 KB each (int32 table + blob)
-DEFAULT_ITEM_BITS = 7  # 8 bits costs ~1 KB more per user at L=10k and crosses 16 KB; see _codec
-
-PartitionKey = tuple[str, int]  # (topic, partition)
-
-
-@dataclass(frozen=True, slots=True)
-class Behaviour:
-    """One behaviour to append to a user's sequence.
-
-    Args:
-        user_id: the user.
-        item_id: the item the user engaged with.
-        topic, partition, offset: the Kafka record it came from; None for non-Kafka sources
-            (backfills, tests), which are then never de-duplicated.
-    """
-
-    user_id: str
-    item_id: str
-    topic: str | None = None
-    partition: int | None = None
-    offset: int | None = None
-
-
-@dataclass(frozen=True)
-class TableVersion:
-    """One kind of SDIM table: which hasher and which item embeddings produced the sums.
-
-    Tables are keyed by `name`, which joins the ranker's `model_version`, the hasher's version
-    and the quantisation width: tables built with other embeddings or another hasher are not
-    interchangeable.
-
-    Args:
-        hasher: the seeded SimHash shared with the trainer and ranker.
-        embeddings: the ranker's item embeddings; None for a lookup-only client.
-        model_version: the ranker version whose embedding table feeds the sums.
-        item_bits: integer width of quantised item embeddings (see features.bse._codec).
-    """
-
-    hasher: SdimHasher
-    embeddings: ItemEmbeddings | None = None
-    model_version: str = "base"
-    item_bits: int = DEFAULT_ITEM_BITS
-
-    @property
-    def name(self) -> str:
-        return f"{self.model_version}+{self.hasher.version}+q{self.item_bits}"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        c = self.hasher.config
-        return (c.n_signatures, c.n_buckets, c.dim)
-
-    @property
-    def step(self) -> float:
-        if self.embeddings is None:
-            raise MissingEmbeddings(self.name)
-        return _codec.quant_step(self.embeddings.max_abs, self.item_bits)
-
-    @functools.cached_property
-    def codes(self) -> ItemCodes:
-        """Memoised signatures and quantised embeddings per item (embeddings are fixed per version)."""
-        if self.embeddings is None:
-            raise MissingEmbeddings(self.name)
-        return ItemCodes(self)
-
-    def item_signatures(self, item_ids: Sequence[str]) -> np.ndarray:
-        """(N, S) int64 signatures of items by id, each item hashed once per version (the
-        candidate path: pass them to `BseStore.lookup(..., cand_sigs=...)`)."""
-        return self.codes.signatures(item_ids)
-
-    def params(self) -> dict[str, str]:
-        """What every writer of this version must agree on (checked against the store)."""
-        c = self.hasher.config
-        return {
-            "hasher": self.hasher.version,
-            "shape": "x".join(map(str, self.shape)),
-            "item_bits": str(self.item_bits),
-            "step": repr(self.step),
-            "seed": str(c.seed),
-        }
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    n_applied: int  # behaviours appended
-    n_skipped: int  # behaviours at or below the stored offset (redelivered)
-    n_users: int
-    n_evicted: int
-    n_attempts: int
-    offsets: dict[PartitionKey, int] = field(default_factory=dict)  # stored next offsets after the apply
-
-
-@dataclass(frozen=True)
-class RebuildResult:
-    version: str
-    n_users: int
-    n_behaviours: int
-    n_retried: int
-
-
-# ---- backend snapshot / write records -------------------------------------------------------
-
-
-@dataclass
-class _UserSnapshot:
-    n_total: int  # behaviours ever appended: the compare-and-set token
-    seq_len: int
-    head: list[str]  # the oldest min(seq_len, n_new) items (eviction candidates)
-    blobs: dict[str, bytes | None]  # version name -> stored blob
-    full_seq: list[str] | None = None  # filled only when a version's table must be built from scratch
-
-
-@dataclass
-class _UserWrite:
-    user_id: str
-    expected_n_total: int
-    new_items: list[str]
-    blobs: dict[str, bytes]
-    tables: dict[str, np.ndarray] = field(default_factory=dict)  # decoded blobs, for the table cache
-
 
 _TORCH_THREADS = threading.Lock()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.bse import ArrayItemEmbeddings, Behaviour, InMemoryBseStore, TableVersion, _codec
-from features.bse.store import _UserSnapshot
+from features.bse.types import _UserSnapshot
 from features.errors import CorruptTable, TableVersionMismatch, UnknownTableVersion
 from tests.builders import behaviours
 from tests.sdim_reference import naive_sdim

@@ -1,22 +1,87 @@
-"""Per-version memo of what the BSE needs per item: its SDIM signatures and quantised embedding.
+"""BSE table versions and their item codes.
 
-Item embeddings are fixed per table version, so sig(item) and q(item) are computed once per
+`TableVersion` names one kind of SDIM table (hasher, item embeddings, quantisation width);
+`ItemCodes` is its per-version memo of what the BSE needs per item: its SDIM signatures and
+quantised embedding. Item embeddings are fixed per table version, so sig(item) and q(item) are computed once per
 item (hashing each item once, in the batch that first sees it) and then gathered by row. Beyond
 speed this also makes add and evict of one item use the very same signatures in a process.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from features.bse import _codec
-from features.bse.embeddings import ArrayItemEmbeddings
+from features.bse.embeddings import ArrayItemEmbeddings, ItemEmbeddings
+from features.errors import MissingEmbeddings
+from models.sdim_hash import SdimHasher
 
-if TYPE_CHECKING:  # pragma: no cover
-    from features.bse.store import TableVersion
+DEFAULT_ITEM_BITS = 7  # 8 bits costs ~1 KB more per user at L=10k and crosses 16 KB; see _codec
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """One kind of SDIM table: which hasher and which item embeddings produced the sums.
+
+    Tables are keyed by `name`, which joins the ranker's `model_version`, the hasher's version
+    and the quantisation width: tables built with other embeddings or another hasher are not
+    interchangeable.
+
+    Args:
+        hasher: the seeded SimHash shared with the trainer and ranker.
+        embeddings: the ranker's item embeddings; None for a lookup-only client.
+        model_version: the ranker version whose embedding table feeds the sums.
+        item_bits: integer width of quantised item embeddings (see features.bse._codec).
+    """
+
+    hasher: SdimHasher
+    embeddings: ItemEmbeddings | None = None
+    model_version: str = "base"
+    item_bits: int = DEFAULT_ITEM_BITS
+
+    @property
+    def name(self) -> str:
+        return f"{self.model_version}+{self.hasher.version}+q{self.item_bits}"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c = self.hasher.config
+        return (c.n_signatures, c.n_buckets, c.dim)
+
+    @property
+    def step(self) -> float:
+        if self.embeddings is None:
+            raise MissingEmbeddings(self.name)
+        return _codec.quant_step(self.embeddings.max_abs, self.item_bits)
+
+    @functools.cached_property
+    def codes(self) -> ItemCodes:
+        """Memoised signatures and quantised embeddings per item (embeddings are fixed per version)."""
+        if self.embeddings is None:
+            raise MissingEmbeddings(self.name)
+        return ItemCodes(self)
+
+    def item_signatures(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(N, S) int64 signatures of items by id, each item hashed once per version (the
+        candidate path: pass them to `BseStore.lookup(..., cand_sigs=...)`)."""
+        return self.codes.signatures(item_ids)
+
+    def params(self) -> dict[str, str]:
+        """What every writer of this version must agree on (checked against the store)."""
+        c = self.hasher.config
+        return {
+            "hasher": self.hasher.version,
+            "shape": "x".join(map(str, self.shape)),
+            "item_bits": str(self.item_bits),
+            "step": repr(self.step),
+            "seed": str(c.seed),
+        }
+
 
 
 class ItemCodes:
