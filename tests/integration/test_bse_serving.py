@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.bse import Behaviour, RedisBseStore, TableVersion
-from features.bse_deployment import BseLookup, bse_lookup_deployment
+from services.bse_lookup import BseLookup, bse_lookup_deployment
 from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.stream.bse_encoder import load_item_embeddings
 from tests.sdim_reference import naive_sdim

@@ -1,6 +1,6 @@
 """The BSE lookup as a plain class (fused layout) or its own Ray Serve deployment (split layout).
 
-    from features.bse_deployment import BseLookup, bse_lookup_deployment
+    from services.bse_lookup import BseLookup, bse_lookup_deployment
     lookup = BseLookup(redis_url, prefix="rs", hasher_configs={"base": SdimConfig()})   # in-process
     app = bse_lookup_deployment.options(num_replicas=2).bind(redis_url, "rs", {"base": {...}})
 """
