@@ -7,7 +7,8 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/recstream demo $(DEMO_ARGS)
 
-# Unit tests, then integration tests on the real stack (Kafka KRaft, Redis, Ray), which the
+# Unit tests (tests/unit/test_layers.py runs `lint-imports`: the layer contracts in pyproject.toml),
+# then integration tests on the real stack (Kafka KRaft, Redis, Ray), which the
 # session fixture starts on ports the OS reports free and stops afterwards. `bootstrap` takes about
 # half a second when uv.lock and pyproject.toml are unchanged (it never recreates .venv).
 test: bootstrap
