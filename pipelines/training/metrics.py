@@ -92,7 +92,8 @@ def evaluate_retrieval(model, samples: Samples, catalogue: np.ndarray, ks=(20,),
         idx = np.arange(start, min(start + batch_size, len(samples)))
         batch = samples.batch(idx)
         # own copy: a model may return a broadcast view (popularity), and exclusions write into it
-        scores = np.array(model.score_catalogue(batch, cat_t, *extra).float().cpu(), dtype=np.float32, copy=True)  # (B, N)
+        # (.numpy(), not np.array(tensor, copy=True): torch's __array__ takes no copy keyword, which numpy 2 warns about)
+        scores = model.score_catalogue(batch, cat_t, *extra).float().cpu().detach().numpy().astype(np.float32, copy=True)  # (B, N)
         if exclude_seen:
             for r, k in enumerate(idx):
                 seen = col_of[samples.store.history(samples.user[k], samples.end[k])]

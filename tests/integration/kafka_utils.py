@@ -27,6 +27,26 @@ def read_json(bootstrap: str, topic: str, min_records: int, timeout_s: float = 3
     return [json.loads(r.value) for r in read_topic(bootstrap, topic, min_records, timeout_s)]
 
 
+def read_impression(bootstrap: str, topic: str, request_id: str, timeout_s: float = 60.0) -> dict:
+    """The impression log record of one request: the topic is read from the beginning until that
+    request id appears (other tests' requests may share the topic in any number); fails on timeout."""
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                      group_id=None, consumer_timeout_ms=1000)
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    try:
+        while time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500).values():
+                for r in recs:
+                    seen += 1
+                    record = json.loads(r.value)
+                    if record.get("request_id") == request_id:
+                        return record
+    finally:
+        c.close()
+    raise AssertionError(f"request {request_id} not in {topic} after {timeout_s} s ({seen} records read)")
+
+
 def group_committed(bootstrap: str, group_id: str, topic: str, partitions) -> dict[int, int]:
     """partition -> the consumer group's committed offset (partitions it never committed left out).
     Reads without joining the group."""

@@ -26,10 +26,10 @@ from pipelines.stream import PopularityHandler, ProcessorConfig, StreamProcessor
 from pipelines.stream.bse_encoder import BseEncoderHandler
 from recstream.events import Event, EventType
 from services.config import ServeConfig
-from tests.integration.kafka_utils import read_json
+from tests.integration.kafka_utils import read_impression, read_json
 from tests.builders import TS
 from tests.integration.procs import finish, running, spawn_processor, wait_until
-from tests.integration.scratch import scratch
+from tests.integration.scratch import clean_scratch, scratch
 from tests.serving_fixtures import save_stage_models
 
 pytestmark = pytest.mark.integration
@@ -150,8 +150,7 @@ def test_every_stage_runs_on_what_the_stream_wrote(world, main_app):
     ids = [i["item_id"] for i in body["items"]]
     assert len(ids) == 10 and not set(ids) & (seen | {"i0"})
 
-    logs = read_json(world["settings"].kafka_bootstrap, world["settings"].impressions_topic, 1)
-    [log] = [r for r in logs if r["request_id"] == body["request_id"]]
+    log = read_impression(world["settings"].kafka_bootstrap, world["settings"].impressions_topic, body["request_id"])
     assert log["variant"] == "A" and log["model_versions"] == body["model_versions"] and log["user_id"] == user
     assert [s["item_id"] for s in log["slate"]] == ids and all(s["propensity"] == 1.0 for s in log["slate"])
     assert [s["score"] for s in log["slate"]] == [i["score"] for i in body["items"]]
@@ -313,7 +312,7 @@ def test_served_features_and_scores_equal_the_offline_join_and_model(world, ray_
         serve.delete("feat")
     assert body["degraded"] is False, body["degraded_reasons"]
     s = world["settings"]
-    [log] = [r for r in read_json(s.kafka_bootstrap, s.impressions_topic, 20) if r["request_id"] == body["request_id"]]
+    log = read_impression(s.kafka_bootstrap, s.impressions_topic, body["request_id"])
     shown = [x["item_id"] for x in log["slate"]]
 
     repo = repo_for_settings(s)
@@ -444,3 +443,4 @@ def test_replay_report_matches_an_independent_computation_from_the_kafka_records
         assert len(read_json(s.kafka_bootstrap, s.impressions_topic, 61, timeout_s=20)) == 60
     finally:
         serve.delete("replay")
+        clean_scratch(s.model_copy(update={"redis_prefix": tag}))  # the rp* topics (no keys or Feast rows use the tag)

@@ -18,7 +18,9 @@ import pytest
 from pipelines.replay import estimators as E
 from pipelines.replay.simulator import SimConfig, Simulator
 
-OBP = ["obp==0.5.7", "scikit-learn==1.9.1", "scipy==1.17.1", "joblib", "threadpoolctl", "narwhals", "seaborn==0.13.2"]
+# every package pinned (installed with --no-deps): a new joblib, threadpoolctl or narwhals release cannot change the run
+OBP = ["obp==0.5.7", "scikit-learn==1.9.1", "scipy==1.17.1", "joblib==1.6.0", "threadpoolctl==3.8.0", "narwhals==2.29.0",
+       "seaborn==0.13.2"]
 
 OBP_SCRIPT = r"""
 import json, sys
