@@ -32,9 +32,13 @@ class Popularity(nn.Module):
     def from_counts(cls, counts: np.ndarray) -> "Popularity":
         """counts (n_items,) interactions per item row; log(count + 1) as the logit."""
         model = cls(PopularityConfig(n_items=len(counts)))
-        with torch.no_grad():
-            model.logit.copy_(torch.log1p(torch.as_tensor(counts, dtype=torch.float32)))
+        model.start_from_counts(counts)
         return model
+
+    def start_from_counts(self, counts: np.ndarray) -> None:
+        """Start at the count optimum, log(count + 1) per item row (training only refines it)."""
+        with torch.no_grad():
+            self.logit.copy_(torch.log1p(torch.as_tensor(counts, dtype=torch.float32)))
 
     def score_catalogue(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         return self.logit[items].unsqueeze(0).expand(len(batch["item"]), -1)  # (B, N)

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import MODELS, build_model
-from models.popularity import Popularity
+from models import MODELS, DataShape, build_model
 from pipelines.data.datasets import (
     Splits,
     build_ml100k_ctr,
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("ml100k", "synthetic")
 FEATURE_SOURCES = ("none", "feast")
-FEATURE_MODELS = ("ranker", "collision_attention", "full_attention", "din_last50", "hcn")  # take dense stream features
+FEATURE_MODELS = tuple(name for name, spec in MODELS.items() if spec.takes_features)  # take dense stream features
 ML100K_HIST_LEN = 200  # behaviours kept per sample on ML-100k (the median user has ~65 ratings)
 
 
@@ -128,17 +127,9 @@ def load_splits(job: TrainJob, repo=None) -> Splits:
 def model_config(job: TrainJob, splits: Splits) -> Any:
     """The model's config: dimensions from the data, per-data defaults, then the job's overrides."""
     spec = MODELS[job.model]
-    cfg: dict[str, Any] = {**spec.defaults, **splits.model_dims()}
-    if job.model in ("popularity", "pop_count"):
-        cfg = {"n_items": splits.vocabs["item"].size}
-    elif job.model == "itemknn":
-        cfg = {"n_items": splits.vocabs["item"].size, "hist_len": ML100K_HIST_LEN}
-    elif spec.task == "ranking":
-        cfg["long_len"] = job.synthetic.seq_len if job.data == "synthetic" else ML100K_HIST_LEN
-    elif job.model == "hcn":
-        # 50 long / 10 short behaviours: ML-100k histories are short (median user ~65 ratings over all time)
-        # and the clustering cost grows with long_len; keeps ML-100k training within minutes on 2 cores.
-        cfg.update(long_len=50, short_len=10, n_iters=2)
+    long_len = job.synthetic.seq_len if job.data == "synthetic" else ML100K_HIST_LEN
+    shape = DataShape(dims=splits.model_dims(), long_len=long_len, hist_len=ML100K_HIST_LEN)
+    cfg: dict[str, Any] = {**spec.defaults, **spec.data_config(shape)}
     if job.features != "none":
         if splits.train.user_feats is None or splits.train.item_feats is None:
             raise ValueError(f"job features={job.features!r} but the training samples carry no user/item features")
@@ -152,10 +143,9 @@ def build(job: TrainJob, splits: Splits) -> nn.Module:
     model = build_model(job.model, model_config(job, splits))
     if hasattr(model, "set_item_categories"):
         model.set_item_categories(torch.as_tensor(splits.item_cat))
-    if isinstance(model, Popularity):  # start at the count optimum; training only refines it
-        counts = np.bincount(splits.train.item, minlength=model.config.n_items)
-        with torch.no_grad():
-            model.logit.copy_(torch.log1p(torch.as_tensor(counts, dtype=torch.float32)))
+    start = MODELS[job.model].start
+    if start is not None:  # e.g. popularity starts at the count optimum; training only refines it
+        start(model, np.bincount(splits.train.item, minlength=model.config.n_items))
     return model
 
 
