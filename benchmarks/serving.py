@@ -156,9 +156,11 @@ def _write_user_state(settings, root: Path, n_items: int, hist_len: int = 200, s
 
     from features.bse import Behaviour, RedisBseStore, TableVersion
     from features.bse.embeddings import VocabItemEmbeddings
+    from features.keys import PopularityKeys
     from features.model_store import artifact_path, load_vocabs
     from models.sdim_hash import SdimConfig, SdimHasher
 
+    keys = PopularityKeys(settings.redis_prefix)
     path = artifact_path("ranker", "bench", root)
     emb = VocabItemEmbeddings(np.load(path / "item_embeddings.npy"), load_vocabs("ranker", "bench", root)["item"])
     store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix,
@@ -169,8 +171,8 @@ def _write_user_state(settings, root: Path, n_items: int, hist_len: int = 200, s
     for u in range(USERS):
         items = [f"i{k}" for k in rng.integers(0, n_items, hist_len)]
         store.apply_batch([Behaviour(f"b{u}", i) for i in items])
-        pipe.sadd(f"{settings.redis_prefix}:seen:b{u}", *items)
-    pipe.zadd(f"{settings.redis_prefix}:pop", {f"i{k}": float(n_items - k) for k in range(2000)})
+        pipe.sadd(keys.seen(f"b{u}"), *items)
+    pipe.zadd(keys.popular, {f"i{k}": float(n_items - k) for k in range(2000)})
     pipe.execute()
 
 

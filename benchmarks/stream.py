@@ -28,6 +28,7 @@ import redis
 from features.feast_repo import repo_for_settings
 from benchmarks.item_reads import bench_item_reads
 from features.item_features import RedisItemFeatures
+from features.keys import offsets_key
 from pipelines.data.synthetic import SyntheticConfig, generate_events
 from pipelines.produce import produce_events
 from pipelines.stream.base import ProcessorConfig, StreamProcessor
@@ -229,10 +230,10 @@ def _freshness_run(s: Settings, rate_per_s: int, duration_s: float) -> tuple[np.
     child.join(timeout=duration_s * 10 + 60)
     achieved = recv.recv() if recv.poll(1) else float("nan")
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
-    offsets_key = f"{s.redis_prefix}:offsets:feature-writer:{s.events_topic}"
+    offsets = offsets_key(s.redis_prefix, "feature-writer", s.events_topic)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # everything applied and every freshness mark consumed
-        if sum(int(v) for v in r.hgetall(offsets_key).values()) >= n and not r.llen(FeatureKeys(s.redis_prefix).fresh_marks):
+        if sum(int(v) for v in r.hgetall(offsets).values()) >= n and not r.llen(FeatureKeys(s.redis_prefix).fresh_marks):
             break
         time.sleep(0.1)
     writer.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ import redis
 from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
+from features.keys import PopularityKeys
 from models.sdim_hash import SdimConfig, SdimHasher
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class RedisInputs(InputSources):
     def seen(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         if not item_ids:
             return np.zeros(0, dtype=bool)
-        return np.asarray(self.r.smismember(f"{self.prefix}:seen:{user_id}", list(item_ids)), dtype=bool)
+        return np.asarray(self.r.smismember(PopularityKeys(self.prefix).seen(user_id), list(item_ids)), dtype=bool)
 
 
 class InMemoryInputs(InputSources):
@@ -186,7 +187,7 @@ class PopularItems:
         if time.monotonic() - self._pool_at >= self.refresh_s or not self._pool:
             with self._lock:
                 try:
-                    raw = self.r.zrevrange(f"{self.prefix}:pop", 0, self.pool_size - 1, withscores=True)
+                    raw = self.r.zrevrange(PopularityKeys(self.prefix).popular, 0, self.pool_size - 1, withscores=True)
                     self._pool = [(i.decode() if isinstance(i, bytes) else i, float(s)) for i, s in raw]
                     self._pool_at = time.monotonic()
                 except redis.RedisError as e:

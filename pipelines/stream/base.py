@@ -39,6 +39,7 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.keys import offsets_key
 from pipelines.stream import metrics as m
 from pipelines.stream.source import KafkaSource, Record, Source
 from recstream.errors import InvalidEvent, StackError
@@ -140,7 +141,7 @@ class RedisTransactionalHandler:
         self.prefix = prefix
 
     def offsets_key(self, topic: str) -> str:
-        return f"{self.prefix}:offsets:{self.name}:{topic}"
+        return offsets_key(self.prefix, self.name, topic)
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
         raw = self.r.hgetall(self.offsets_key(topic))

@@ -1,6 +1,6 @@
 """The walking-skeleton processor: item popularity and each user's seen/recent items in Redis.
 
-Keys (prefix `rs` by default):
+Keys (prefix `rs` by default; built by features/keys.py PopularityKeys, which serving reads with):
   <p>:pop                 ZSET item -> weighted count of positive events
   <p>:seen:<user>         SET  items the user has interacted with (filters recommendations)
   <p>:recent:<user>       ZSET item -> last event ts (ms), capped at recent_items_max
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import redis
 
+from features.keys import PopularityKeys
 from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
 from recstream.events import EventType
 
@@ -24,9 +25,10 @@ class PopularityHandler(RedisTransactionalHandler):
     def __init__(self, client: redis.Redis, prefix: str = "rs", recent_items_max: int = 200):
         super().__init__(client, prefix)
         self.recent_items_max = recent_items_max
+        self.keys = PopularityKeys(prefix)
 
     def write(self, pipe, events: list[SourcedEvent]) -> None:
-        p = self.prefix
+        k = self.keys
         pop: dict[str, float] = {}
         recent: dict[str, dict[str, int]] = {}
         for se in events:
@@ -37,8 +39,8 @@ class PopularityHandler(RedisTransactionalHandler):
             if e.type != EventType.impression:
                 recent.setdefault(e.user_id, {})[e.item_id] = e.ts
         for item, w in pop.items():
-            pipe.zincrby(f"{p}:pop", w, item)
+            pipe.zincrby(k.popular, w, item)
         for user, items in recent.items():
-            pipe.sadd(f"{p}:seen:{user}", *items)
-            pipe.zadd(f"{p}:recent:{user}", items, gt=True)
-            pipe.zremrangebyrank(f"{p}:recent:{user}", 0, -self.recent_items_max - 1)
+            pipe.sadd(k.seen(user), *items)
+            pipe.zadd(k.recent(user), items, gt=True)
+            pipe.zremrangebyrank(k.recent(user), 0, -self.recent_items_max - 1)
