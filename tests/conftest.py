@@ -57,3 +57,4 @@ def pytest_unconfigure(config):
     if "triton" in sys.modules and not os.environ.get("RECSTREAM_TEST_KEEP_NANOBIND_LEAKS"):
         # at exit, not now: pytest's capture still holds fd 2 here and puts it back after this hook
         atexit.register(_filter_nanobind_leaks)
+
