@@ -123,3 +123,17 @@ def test_produce_synthetic_checks_its_options_before_connecting():
     # a short history used to fail deep in SyntheticConfig with a traceback (short_len 50 > seq_len)
     out = CliRunner().invoke(cli.app, ["produce", "synthetic", "--users", "0"])
     assert out.exit_code == 2 and "n_users (0)" in out.output, out.output
+
+
+def test_every_command_reports_bad_settings_the_same_way():
+    """`bse rebuild` used to end in a traceback where `topics` printed one line (issue 21): one
+    settings loader raises SettingsError and the entry point prints every project error alike."""
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")},
+           "RECSTREAM_REDIS_URL": "http://not-redis:6379", "RECSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    for args in (["topics"], ["bse", "rebuild", "--model-version", "v1", "--embeddings", "random:50:0"]):
+        out = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert out.stderr.startswith("error: invalid RECSTREAM_* settings"), (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
