@@ -15,7 +15,7 @@ from ray import serve
 
 from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
-from models.sdim_hash import SdimConfig, SdimHasher
+from models.sdim_hash import SdimConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ class BseLookup:
         self.versions: dict[str, TableVersion] = {}
         for model_version, cfg in hasher_configs.items():
             cfg = cfg if isinstance(cfg, SdimConfig) else SdimConfig(**cfg)
-            v = TableVersion(SdimHasher(cfg), None, model_version=model_version, item_bits=item_bits)
-            self.store.register_version(v, maintain=False)
-            self.versions[model_version] = v
+            self.versions[model_version] = self.store.register_lookup_version(model_version, cfg, item_bits)
 
     def lookup(self, user_id: str, model_version: str, cand_embeddings: np.ndarray) -> np.ndarray:
         """Args: cand_embeddings (N, d) float32. Returns: (N, d) float32 SDIM interest (zeros for unknown users)."""

@@ -26,7 +26,7 @@ from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
 from features.keys import PopularityKeys
-from models.sdim_hash import SdimConfig, SdimHasher
+from models.sdim_hash import SdimConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ class RedisInputs(InputSources):
         hit = self._versions.get(ranker_version)
         if hit is not None and (hit[1] or now - hit[2] < self.bse_version_check_s):
             return hit[0], hit[1]
-        tv = hit[0] if hit else TableVersion(SdimHasher(sdim), None, model_version=ranker_version, item_bits=DEFAULT_ITEM_BITS)
-        if hit is None:
-            self.bse.register_version(tv, maintain=False)
+        tv = hit[0] if hit else self.bse.register_lookup_version(ranker_version, sdim, DEFAULT_ITEM_BITS)
         held = self.bse.holds_version(tv)
         self._versions[ranker_version] = (tv, held, now)
         return tv, held

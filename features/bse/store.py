@@ -45,6 +45,7 @@ from features.errors import (
     MissingEmbeddings,
     UnknownTableVersion,
 )
+from models.sdim_hash import SdimConfig, SdimHasher
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class BseStore(ABC):
             self.register_version(v, maintain=v.embeddings is not None)
 
     # ---- versions -----------------------------------------------------------------------------
+
+    def register_lookup_version(self, model_version: str, sdim: SdimConfig,
+                                item_bits: int = DEFAULT_ITEM_BITS) -> TableVersion:
+        """Register and return a lookup-only version of ranker `model_version` (its hasher, no
+        embeddings): what a serving reader needs, built in one place."""
+        version = TableVersion(SdimHasher(sdim), None, model_version=model_version, item_bits=item_bits)
+        self.register_version(version, maintain=False)
+        return version
 
     def register_version(self, version: TableVersion, maintain: bool = True) -> str:
         """Serve lookups for `version`; with `maintain`, also update its tables on every apply.
