@@ -26,22 +26,22 @@ from typer.core import TyperGroup
 from recstream.errors import RecstreamError
 from recstream.logs import setup_logging
 
-# The commands, imported only when used:
+# The commands, imported only when used, listed in the order `recstream --help` always showed them:
 #   group -> {command: (module, command name in that module's Typer app, or None for the whole app, short help)}
 # A group listed here as a key also gets these commands added when its whole app is loaded
 # (`replay bench` is the replay benchmark's command, which lives in benchmarks/).
 # tests/unit/cli/test_cli.py checks the table against the modules.
 _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
     "recstream": {
-        "stack": ("deploy.local.commands", None, "Local Kafka (KRaft) + Redis stack."),
         "topics": ("pipelines.produce_commands", "topics", "Create the platform's Kafka topics when missing."),
         "produce": ("pipelines.produce_commands", "produce", "Produce a dataset's events to the events topic."),
         "process": ("pipelines.stream.commands", "process", "Run a stream processor (consumer group, manual commits, "
                     "DLQ, exactly-once effect on Redis)."),
-        "serve": ("services.commands", "serve", "Run the Ray Serve application (two-tower -> HCN -> ranker) until "
-                  "interrupted."),
         "demo": ("demo.command", "demo", "Everything end to end: ML-100k -> Kafka -> processors -> Feast/BSE -> "
                  "train -> Ray Serve -> impressions."),
+        "stack": ("deploy.local.commands", None, "Local Kafka (KRaft) + Redis stack."),
+        "serve": ("services.commands", "serve", "Run the Ray Serve application (two-tower -> HCN -> ranker) until "
+                  "interrupted."),
         "bench": ("benchmarks.commands", None, "Benchmarks that write JSON and Markdown under reports/."),
         "train": ("pipelines.training.commands", "train",
                   "Train one model and save it under artifacts/models/<name>/<version>/."),
@@ -103,14 +103,13 @@ class _RootGroup(TyperGroup):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """As click's, but a lazy command's line comes from the table, without importing it."""
-        from click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max((len(n) for n in names), default=0)
         rows = []
         for name in names:
             if name in self._lazy() and name not in self.commands:
-                rows.append((name, make_default_short_help(self._lazy()[name][2], limit)))
+                # click's own shortening (make_default_short_help is deprecated as a public function)
+                rows.append((name, click.Command(name, help=self._lazy()[name][2]).get_short_help_str(limit)))
                 continue
             cmd = super().get_command(ctx, name)
             if cmd is not None and not cmd.hidden:
