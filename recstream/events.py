@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, ValidationError
 
 from recstream.errors import InvalidEvent
-from recstream.ids import ID_MAX_LEN, NO_CONTROL_OR_EMPTY_PATTERN, NO_CONTROL_PATTERN, Id, error_message
+from recstream.ids import ID_MAX_LEN, SAFE_TEXT_OR_EMPTY_PATTERN, SAFE_TEXT_PATTERN, Id, error_message
 
 SCHEMA_VERSION = 1
 
@@ -32,9 +32,9 @@ CONTEXT_MAX_KEYS = 32
 CONTEXT_KEY_MAX_LEN = 64
 CONTEXT_VALUE_MAX_LEN = 256
 ContextKey = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1,
-                                              max_length=CONTEXT_KEY_MAX_LEN, pattern=NO_CONTROL_PATTERN)]
+                                              max_length=CONTEXT_KEY_MAX_LEN, pattern=SAFE_TEXT_PATTERN)]
 ContextValue = Annotated[str, StringConstraints(strict=True, max_length=CONTEXT_VALUE_MAX_LEN,
-                                                pattern=NO_CONTROL_OR_EMPTY_PATTERN)]
+                                                pattern=SAFE_TEXT_OR_EMPTY_PATTERN)]
 Context = Annotated[dict[ContextKey, ContextValue], Field(max_length=CONTEXT_MAX_KEYS)]
 
 # The largest valid event, every character \u-escaped, is about 130 KB (a full context map);
