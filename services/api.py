@@ -65,3 +65,33 @@ class ScoreResponse(BaseModel):
     degraded_reasons: list[str] = Field(default_factory=list)
     timings_ms: dict[str, float]
 
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description="where: ['body', field, ...], ['header', name] or ['body'] for the "
+                                             "whole body")
+    type: str = Field(description="machine-readable kind, e.g. missing, body_timeout, duplicate_key")
+    msg: str = Field(description="what is wrong, quoting input only escaped and cut to 64 characters")
+    input: str | int | float | bool | None = Field(None, description="the offending value, when short and scalar")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx the API itself sends."""
+
+    detail: list[ErrorDetail]
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Every status a body-carrying endpoint can answer besides 200, each with its body schema.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: _error("Content-Length is not a non-negative integer"),
+    408: _error("the request body did not arrive within the server's body_read_timeout_ms; the connection is closed"),
+    413: _error("the body is larger than max_body_bytes, or a list longer than the server's max_exclude / "
+                "max_score_items"),
+    422: _error("invalid input, the field named in loc: out of range, wrong type, an id that breaks the id rule, "
+                "a duplicate JSON key, NaN/Infinity or a lone surrogate"),
+}
+NOT_READY_RESPONSE: dict[int | str, dict] = {503: _error("models not loaded yet")}
