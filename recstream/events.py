@@ -131,12 +131,17 @@ def parse_event(raw: bytes | str | None) -> Event:
         # number bounds (json.loads raised RecursionError on b"[" * 100000 and ValueError on
         # 5,000-digit integers, neither an InvalidEvent).
         event = Event.model_validate_json(raw_bytes)
-        # The parser keeps the last of two equal keys, so look for one, cheaply: every string of
-        # the record is one of the event's (a key given twice, or two context keys equal once
-        # stripped, leave a string behind), and with no escaped backslash every unescaped quote
-        # delimits a string. So equal counts prove there is none (3 byte scans in C); otherwise
-        # the strict parser finds it.
-        if b"\\\\" in raw_bytes or raw_bytes.count(b'"') - raw_bytes.count(b'\\"') != 2 * _n_strings(event):
+        # The parser keeps the last of two equal keys, so look for one, cheaply: each string of
+        # the record is one of the event's (_n_strings) unless a key was given twice, or two context
+        # keys are equal once stripped. A string takes two quotes: UTF-8 never puts a 0x22 or 0x5C
+        # byte inside a multi-byte character, and with no escaped backslash in the text every
+        # backslash-quote is an escaped quote inside a string. Equal counts prove there is no
+        # duplicate (on a typical record, one memchr and one count, about 0.5 us); otherwise the
+        # strict parser finds it.
+        quotes = raw_bytes.count(b'"')
+        if b"\\" in raw_bytes:
+            quotes = -1 if b"\\\\" in raw_bytes else quotes - raw_bytes.count(b'\\"')
+        if quotes != 2 * _n_strings(event):
             _refuse_duplicate_keys(raw_bytes)
         return event
     except InvalidEvent:
@@ -157,7 +162,7 @@ def _n_strings(event: Event) -> int:
     """How many JSON strings a record of `event` holds: its keys, the four string fields that are
     always there (ids and type), request_id when given, and the context's values."""
     n = len(event.model_fields_set) + 4 + (event.request_id is not None)
-    return n + 2 * len(event.context) if event.context else n  # (n + ...) if ... else n
+    return n + 2 * len(event.context) if event.context else n
 
 
 def _refuse_duplicate_keys(raw_bytes: bytes) -> None:
