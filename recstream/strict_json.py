@@ -13,9 +13,10 @@ than the interpreter's recursion limit, integers longer than Python converts (4,
 all `json_invalid`.
 
 Cost: the stdlib's C scanner does the parse; an object hook compares the number of pairs with
-the size of the dict (one Python call per object), a float hook checks finiteness. The walk that
-locates a problem (`loc`) runs only when one was seen, and the walk for lone surrogates only when
-the text holds a surrogate at all (a `\\uD8..`-`\\uDF..` escape, or a surrogate in a str input).
+the size of the dict (one Python call per object), a float hook checks finiteness. When the text
+escapes a surrogate (`\\uD8..`-`\\uDF..`, as ensure_ascii writes an emoji) or a str input holds
+one, the C encoder checks the document once. The walk that locates a problem (`loc`) runs only
+when there is one.
 
 Every text in an error quotes input only through `quote_input` (escaped to ASCII, at most 64
 characters of input), and every key in `loc` goes through `safe_text` (as it is when short and
@@ -34,9 +35,8 @@ __all__ = ["StrictJsonError", "loads_strict", "quote_input", "safe_text"]
 
 QUOTE_MAX_CHARS = 64
 
-# A surrogate escape in JSON text (pairs included: the walk decides which are lone), or a
-# surrogate code point in a str input.
-_SURROGATE_HINT = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
+# A surrogate escape in JSON text (pairs included: the check after parsing decides which are lone).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a decoded str: pairs are already joined
 
 
@@ -196,7 +196,7 @@ def loads_strict(raw: bytes | bytearray | memoryview | str) -> Any:
                          parse_float=_float_hook(seen))
     except Exception as e:  # JSONDecodeError, RecursionError, ValueError (long ints), MemoryError, TypeError
         raise _invalid(e) from None
-    surrogates = _SURROGATE_HINT.search(text) is not None
+    surrogates = _may_hold_surrogates(raw, text) and not _encodable(doc, seen)
     if seen or surrogates:
         err = _find(doc, surrogates)
         if err is not None:
@@ -204,3 +204,27 @@ def loads_strict(raw: bytes | bytearray | memoryview | str) -> Any:
         if seen:  # unreachable: every marker stays in the tree (a replaced one makes its object a duplicate)
             raise StrictJsonError(seen[0].kind, seen[0].msg, ())
     return doc
+
+
+def _may_hold_surrogates(raw: object, text: str) -> bool:
+    """Whether a lone surrogate can be in the parsed document: the text escapes a surrogate
+    (pairs, as ensure_ascii writes an emoji, included), or a str input holds one as it is (bytes
+    decoded as UTF-8 never do). Both searches run in C."""
+    if isinstance(raw, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+
+
+def _encodable(doc: Any, seen: list[_Bad]) -> bool:
+    """True when every string of `doc` encodes as UTF-8 (no lone surrogate): one pass of the C
+    encoder, so that only a document that holds one pays for the walk that locates it."""
+    if seen:
+        return False  # markers do not serialise; the walk runs anyway
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")
+        return True
+    except Exception:
+        return False
