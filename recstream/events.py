@@ -18,8 +18,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, ValidationError
 
 from recstream.errors import InvalidEvent
-from recstream.strict_json import StrictJsonError, loads_strict, quote_input, safe_text
 from recstream.ids import ID_MAX_LEN, SAFE_TEXT_OR_EMPTY_PATTERN, SAFE_TEXT_PATTERN, Id, error_message
+from recstream.strict_json import StrictJsonError, loads_strict, quote_input, safe_text
 
 SCHEMA_VERSION = 1
 
