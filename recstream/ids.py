@@ -25,7 +25,8 @@ Context keys and values (recstream/events.py) use the same character rule.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
@@ -59,7 +60,7 @@ def is_valid_id(value: object) -> bool:
         return False
 
 
-def error_message(err: dict) -> str:
+def error_message(err: Mapping[str, Any]) -> str:
     """A pydantic error entry as a short human message: the pattern of a failed `Id` (or context
     key or value) reads as the rule it stands for, not as a regex. Never quotes the input."""
     if err.get("type") == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in (

@@ -13,13 +13,14 @@ than the interpreter's recursion limit, integers longer than Python converts (4,
 all `json_invalid`.
 
 Cost: the stdlib's C scanner does the parse; an object hook compares the number of pairs with
-the size of the dict (one Python call per object), a float hook checks finiteness. The walk that
-locates a problem (`loc`) runs only when one was seen, and the walk for lone surrogates only when
-the text holds a surrogate at all (a `\\uD8..`-`\\uDF..` escape, or a surrogate in a str input).
+the size of the dict (one Python call per object), a float hook checks finiteness. When the text
+escapes a surrogate (`\\uD8..`-`\\uDF..`, as ensure_ascii writes an emoji) or a str input holds
+one, the C encoder checks the document once. The walk that locates a problem (`loc`) runs only
+when there is one.
 
 Every text in an error quotes input only through `quote_input` (escaped to ASCII, at most 64
-characters of input), and every key in `loc` is either plain printable text of at most 64
-characters or quoted the same way, so an error can always be written as JSON, to a log and to
+characters of input), and every key in `loc` goes through `safe_text` (as it is when short and
+printable, else quoted the same way), so an error can always be written as JSON, to a log and to
 Kafka.
 """
 
@@ -30,13 +31,12 @@ import math
 import re
 from typing import Any
 
-__all__ = ["StrictJsonError", "loads_strict", "quote_input", "loc_key"]
+__all__ = ["StrictJsonError", "loads_strict", "quote_input", "safe_text"]
 
 QUOTE_MAX_CHARS = 64
 
-# A surrogate escape in JSON text (pairs included: the walk decides which are lone), or a
-# surrogate code point in a str input.
-_SURROGATE_HINT = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
+# A surrogate escape in JSON text (pairs included: the check after parsing decides which are lone).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a decoded str: pairs are already joined
 
 
@@ -47,7 +47,7 @@ class StrictJsonError(ValueError):
         kind: "duplicate_key" | "non_finite_number" | "lone_surrogate" | "json_invalid".
         msg: human message; quotes input only via quote_input().
         loc: path to the offending key or value, e.g. ("k",) or ("context", "x") or ("items", 3);
-            () for the whole document. String parts are safe: see loc_key().
+            () for the whole document. String parts are safe: see safe_text().
     """
 
     def __init__(self, kind: str, msg: str, loc: tuple[str | int, ...] = ()):
@@ -76,10 +76,11 @@ def quote_input(value: object, max_chars: int = QUOTE_MAX_CHARS) -> str:
     return quoted + "..." if len(text) > max_chars else quoted
 
 
-def loc_key(key: str, max_chars: int = QUOTE_MAX_CHARS) -> str:
-    """An attacker's object key as a `loc` part: as it is when short printable text (str.isprintable
-    is False for Cc, Cf, Cs, Cn, Co, Zl, Zp and every space but U+0020), else quote_input(key)."""
-    return key if len(key) <= max_chars and key.isprintable() else quote_input(key, max_chars)
+def safe_text(text: str, max_chars: int = QUOTE_MAX_CHARS) -> str:
+    """Input text to name in an error or a `loc` (an attacker's object key, an exception's
+    message): as it is when it is short printable text (str.isprintable is False for Cc, Cf, Cs,
+    Cn, Co, Zl, Zp and every space but U+0020), else quote_input(text)."""
+    return text if len(text) <= max_chars and text.isprintable() else quote_input(text, max_chars)
 
 
 class _Bad:
@@ -134,7 +135,7 @@ def _find(doc: Any, look_for_surrogates: bool) -> StrictJsonError | None:
     while stack:
         loc, node = stack.pop()
         if isinstance(node, _Bad):
-            where = loc + (loc_key(node.key),) if node.key is not None else loc
+            where = loc + (safe_text(node.key),) if node.key is not None else loc
             return StrictJsonError(node.kind, node.msg, where)
         if isinstance(node, str):
             if look_for_surrogates and _LONE_SURROGATE.search(node):
@@ -143,8 +144,8 @@ def _find(doc: Any, look_for_surrogates: bool) -> StrictJsonError | None:
             children = []
             for k, v in node.items():
                 if look_for_surrogates and _LONE_SURROGATE.search(k):
-                    return _surrogate_error(k, loc + (loc_key(k),), "key")
-                children.append((loc + (loc_key(k),), v))
+                    return _surrogate_error(k, loc + (safe_text(k),), "key")
+                children.append((loc + (safe_text(k),), v))
             stack.extend(reversed(children))
         elif isinstance(node, list):
             stack.extend(reversed([(loc + (i,), v) for i, v in enumerate(node)]))
@@ -195,7 +196,7 @@ def loads_strict(raw: bytes | bytearray | memoryview | str) -> Any:
                          parse_float=_float_hook(seen))
     except Exception as e:  # JSONDecodeError, RecursionError, ValueError (long ints), MemoryError, TypeError
         raise _invalid(e) from None
-    surrogates = _SURROGATE_HINT.search(text) is not None
+    surrogates = _may_hold_surrogates(raw, text) and not _encodable(doc, seen)
     if seen or surrogates:
         err = _find(doc, surrogates)
         if err is not None:
@@ -203,3 +204,27 @@ def loads_strict(raw: bytes | bytearray | memoryview | str) -> Any:
         if seen:  # unreachable: every marker stays in the tree (a replaced one makes its object a duplicate)
             raise StrictJsonError(seen[0].kind, seen[0].msg, ())
     return doc
+
+
+def _may_hold_surrogates(raw: object, text: str) -> bool:
+    """Whether a lone surrogate can be in the parsed document: the text escapes a surrogate
+    (pairs, as ensure_ascii writes an emoji, included), or a str input holds one as it is (bytes
+    decoded as UTF-8 never do). Both searches run in C."""
+    if isinstance(raw, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+
+
+def _encodable(doc: Any, seen: list[_Bad]) -> bool:
+    """True when every string of `doc` encodes as UTF-8 (no lone surrogate): one pass of the C
+    encoder, so that only a document that holds one pays for the walk that locates it."""
+    if seen:
+        return False  # markers do not serialise; the walk runs anyway
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")
+        return True
+    except Exception:
+        return False
