@@ -25,6 +25,7 @@ Context keys and values (recstream/events.py) use the same character rule.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -67,3 +68,57 @@ def error_message(err: Mapping[str, Any]) -> str:
             SAFE_TEXT_PATTERN, SAFE_TEXT_OR_EMPTY_PATTERN):
         return RULE
     return str(err.get("msg", "invalid"))[:200]
+
+
+@functools.cache
+def refused_ranges() -> tuple[tuple[int, int], ...]:
+    """The code points the rule refuses, as sorted inclusive ranges, read off pydantic-core's own
+    regex (so they follow its Unicode tables, not Python's), lone surrogates included.
+
+    For documents whose regex dialect has no `\\p{..}` classes (OpenAPI consumers, schemathesis).
+    Bisection over the code space with two probes, "every character accepted" (the anchored rule)
+    and "some character accepted" (the bare class): about 30k validations, not 1.1 million.
+    """
+    every = TypeAdapter(Annotated[str, StringConstraints(pattern=SAFE_TEXT_OR_EMPTY_PATTERN)])
+    some = TypeAdapter(Annotated[str, StringConstraints(pattern=rf"[^{_REFUSED}]")])
+
+    def ok(adapter: TypeAdapter, text: str) -> bool:
+        try:
+            adapter.validate_python(text)
+            return True
+        except ValidationError:
+            return False
+
+    refused: list[tuple[int, int]] = [(0xD800, 0xDFFF)]
+    todo = [(0, 0xD7FF), (0xE000, 0x10FFFF)]
+    while todo:
+        lo, hi = todo.pop()
+        text = "".join(map(chr, range(lo, hi + 1)))
+        if ok(every, text):
+            continue
+        if not ok(some, text):
+            refused.append((lo, hi))
+            continue
+        mid = (lo + hi) // 2
+        todo += [(lo, mid), (mid + 1, hi)]
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(refused):
+        if merged and lo == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return tuple(merged)
+
+
+def explicit_pattern(pattern: str) -> str:
+    """SAFE_TEXT_PATTERN / SAFE_TEXT_OR_EMPTY_PATTERN spelled with explicit ranges (literal
+    characters, which every regex dialect reads); any other pattern unchanged."""
+    if pattern not in (SAFE_TEXT_PATTERN, SAFE_TEXT_OR_EMPTY_PATTERN):
+        return pattern
+    cls = "".join(_class_char(lo) if lo == hi else f"{_class_char(lo)}-{_class_char(hi)}" for lo, hi in refused_ranges())
+    return f"^[^{cls}]{'+' if pattern == SAFE_TEXT_PATTERN else '*'}$"
+
+
+def _class_char(cp: int) -> str:
+    # ASCII as an escape (a literal "]", "\" or "-" would end or break the class), the rest literal.
+    return f"\\x{cp:02x}" if cp < 0x80 else chr(cp)

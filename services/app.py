@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
+from recstream.ids import explicit_pattern
 from recstream.settings import Settings
 from services import metrics as m
 from services.api import (ERROR_RESPONSES, NOT_READY_RESPONSE, RecommendRequest, RecommendResponse, ScoreRequest,
@@ -50,13 +51,26 @@ install_http_hardening(api, ServeConfig.model_fields["max_body_bytes"].default) 
 _schema_limits: dict[str, Any] = {}
 
 
+def _explicit_patterns(node: Any) -> Any:
+    """The id rule's `\\p{..}` classes as explicit ranges: OpenAPI tools (Swagger UI, schemathesis)
+    read ECMA/Python regexes, which have no Unicode category classes."""
+    if isinstance(node, dict):
+        return {explicit_pattern(k) if isinstance(k, str) else k:
+                explicit_pattern(v) if k == "pattern" and isinstance(v, str) else _explicit_patterns(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_explicit_patterns(v) for v in node]
+    return node
+
+
 def _openapi() -> dict:
     """FastAPI's document with the limits this replica enforces, so that everything the schema
-    allows is accepted: k up to max_k, the list caps, and the replay header's accepted values
-    (this replica's variants; the header is left out when replay_header is off)."""
+    allows is accepted: k up to max_k, the list caps, the replay header's accepted values (this
+    replica's variants; the header is left out when replay_header is off), and the id rule in a
+    regex dialect every OpenAPI tool reads."""
     if api.openapi_schema is None:
-        api.openapi_schema = get_openapi(title=api.title, version=api.version, description=api.description,
-                                         routes=api.routes)
+        api.openapi_schema = _explicit_patterns(get_openapi(title=api.title, version=api.version,
+                                                            description=api.description, routes=api.routes))
     spec = copy.deepcopy(api.openapi_schema)
     lim = dict(_schema_limits)
     if lim:

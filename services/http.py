@@ -40,7 +40,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recstream.ids import error_message
-from recstream.strict_json import StrictJsonError, loads_strict
+from recstream.strict_json import StrictJsonError, loads_strict, safe_text
 from services import metrics as m
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ class _BodyLimitMiddleware:
             try:
                 loads_strict(body)
             except StrictJsonError as e:
-                await _send_json(send, 422, {"detail": [{"loc": ["body", *[_safe_loc(p) for p in e.loc]],
-                                                         "type": e.kind, "msg": _safe_text(e.msg, 300)}]})
+                # loc and msg quote input only through quote_input already: safe as they are
+                await _send_json(send, 422, {"detail": [{"loc": ["body", *e.loc], "type": e.kind, "msg": e.msg}]})
                 return
         delivered = False
 
@@ -217,15 +217,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 # --------------------------------------------------------------------------- 422
 
 
-def _safe_text(value: str, max_chars: int = _INPUT_ECHO_CHARS) -> str:
-    """`value` cut to max_chars, with anything UTF-8 cannot carry (lone surrogates) escaped, so
-    that an error body always serialises."""
-    cut = value if len(value) <= max_chars else value[:max_chars] + "..."
-    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _safe_loc(part: Any) -> Any:
-    return part if isinstance(part, int) and not isinstance(part, bool) else _safe_text(str(part))
+    return part if isinstance(part, int) and not isinstance(part, bool) else safe_text(str(part), _INPUT_ECHO_CHARS)
 
 
 def _short(value: Any) -> Any:
@@ -238,7 +231,7 @@ def _short(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return _safe_text(value)
+        return safe_text(value, _INPUT_ECHO_CHARS)
     return None
 
 
@@ -248,7 +241,7 @@ def safe_errors(errors: list[dict]) -> list[dict]:
     out = []
     for err in errors[:_MAX_ERRORS]:
         entry = {"loc": [_safe_loc(p) for p in err.get("loc", ())],
-                 "type": err.get("type", "invalid"), "msg": _safe_text(error_message(err), 300)}
+                 "type": err.get("type", "invalid"), "msg": safe_text(error_message(err), 300)}
         if "input" in err and _short(err["input"]) is not None:
             entry["input"] = _short(err["input"])
         out.append(entry)

@@ -60,8 +60,17 @@ def http_options(sf: ServeFile) -> dict:
 
 def deploy(settings: Settings, sf: ServeFile, name: str = APP_NAME, route_prefix: str = "/",
            timeout_s: float = 600) -> None:
-    """Apply `sf` as application `name` and wait until it is RUNNING (Serve already started)."""
-    apply([app_document(sf.config, sf.deployments, env=settings.to_env(), name=name, route_prefix=route_prefix)])
+    """Apply `sf` as application `name` and wait until it is RUNNING (Serve already started).
+
+    A declarative apply replaces the whole set of declarative applications, so the others
+    already running are sent again unchanged (unchanged configs are left as they are)."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details().get("applications", {})
+    others = [app["deployed_app_config"] for other, app in details.items()
+              if other != name and app.get("source") == "declarative" and app.get("deployed_app_config")]
+    apply([*others, app_document(sf.config, sf.deployments, env=settings.to_env(), name=name,
+                                 route_prefix=route_prefix)])
     wait_running(name, timeout_s)
 
 
