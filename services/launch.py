@@ -119,9 +119,9 @@ def serve_until_stopped(settings: Settings, sf: ServeFile, overrides: dict, stat
     """Answer reload requests (SIGHUP) for the server on sf.config.port until `stop` is set."""
     state_dir.mkdir(parents=True, exist_ok=True)
     info, request, result = _paths(state_dir, sf.config.port)
-    _write(info, {"pid": os.getpid(), "url": f"http://{sf.config.host}:{sf.config.port}"})
     wake = threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: wake.set())
+    signal.signal(signal.SIGHUP, lambda *_: wake.set())  # before the info file: a reload may follow at once
+    _write(info, {"pid": os.getpid(), "url": f"http://{sf.config.host}:{sf.config.port}"})
     current = sf
     try:
         while not stop.is_set():
