@@ -120,5 +120,7 @@ def explicit_pattern(pattern: str) -> str:
 
 
 def _class_char(cp: int) -> str:
-    # ASCII as an escape (a literal "]", "\" or "-" would end or break the class), the rest literal.
-    return f"\\x{cp:02x}" if cp < 0x80 else chr(cp)
+    # The BMP as escapes (a literal "]", "\\" or "-" would break the class, and a literal surrogate
+    # cannot be written as UTF-8); astral code points literal, since ECMA regexes without the u flag
+    # have no escape for them.
+    return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
