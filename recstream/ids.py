@@ -115,7 +115,11 @@ def explicit_pattern(pattern: str) -> str:
     characters, which every regex dialect reads); any other pattern unchanged."""
     if pattern not in (SAFE_TEXT_PATTERN, SAFE_TEXT_OR_EMPTY_PATTERN):
         return pattern
-    cls = "".join(_class_char(lo) if lo == hi else f"{_class_char(lo)}-{_class_char(hi)}" for lo, hi in refused_ranges())
+    # Without the surrogates: no regex engine on the UTF-8 side (Rust's, jsonschema-rs) can name
+    # them, and no UTF-8 text can hold them (the strict JSON rule refuses their escapes).
+    ranges = [(a, b) for lo, hi in refused_ranges()
+              for a, b in ((lo, min(hi, 0xD7FF)), (max(lo, 0xE000), hi)) if a <= b]
+    cls = "".join(_class_char(lo) if lo == hi else f"{_class_char(lo)}-{_class_char(hi)}" for lo, hi in ranges)
     return f"^[^{cls}]{'+' if pattern == SAFE_TEXT_PATTERN else '*'}$"
 
 

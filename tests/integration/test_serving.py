@@ -380,6 +380,8 @@ def test_stalled_uploads_cost_only_their_own_slots(world, main_app):
     assert all(a.startswith(b"HTTP/1.1 408") or a in (b"",) for a in answers), {a[:60] for a in answers}
     assert len(timed_out) >= 190, len(timed_out)  # the rest closed without an answer
     assert b"body_read_timeout_ms" in timed_out[0]
+    print(f"200 stalled uploads: 10 normal requests, slowest {max(took) * 1000:.0f} ms (bound {bound_s:.1f} s); "
+          f"{len(timed_out)} stalled got 408, {len(answers) - len(timed_out)} closed")
 
 
 def test_schemathesis_finds_no_failure_against_the_served_openapi_document(main_app, tmp_path):
@@ -424,6 +426,8 @@ def test_a_version_change_reconfigures_the_live_replicas(world, declared):
     slow = [r for r in results if r[1] > EDGE_BOUND_S]
     assert not slow, (EDGE_BOUND_S, slow[:3])
     versions = [r[3] for r in results]
+    print(f"version change under 8 clients: {len(results)} answers, 0 failed, slowest {max(r[1] for r in results):.2f} s "
+          f"(bound {EDGE_BOUND_S:.1f} s), replicas kept: {sorted((d, len(a)) for d, a in before.items())}")
     assert n_before > 0 and versions[0] == "v1" and "v2" in versions, versions
     first_new = versions.index("v2")
     # every request that started after the first v2 answer was served by the new version

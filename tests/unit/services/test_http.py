@@ -137,7 +137,8 @@ def test_a_huge_context_key_is_cut_in_the_loc_too():
 @pytest.mark.parametrize("body,field", [
     ({"user_id": "u", "k": True}, "k"),  # was taken as k=1
     ({"user_id": "u", "k": "5"}, "k"),
-    ({"user_id": "u", "k": 5.0}, "k"),
+    ({"user_id": "u", "k": 5.5}, "k"),
+    ({"user_id": "u", "k": 1e300}, "k"),
     ({"user_id": "u", "k": 0}, "k"),
     ({"user_id": "u", "k": 10**6}, "k"),
     ({"user_id": "   ", "k": 5}, "user_id"),  # was accepted by the API, rejected by the stream
@@ -158,6 +159,11 @@ def test_recommend_requests_are_strict_and_capped(client, body, field):
     assert r.status_code == 422, r.text
     assert any(field in d["loc"] for d in r.json()["detail"]), r.json()
     assert client.calls == []
+
+
+def test_an_integral_json_number_is_the_integer_as_the_openapi_schema_says(client):
+    r = client.post("/v1/recommend", json={"user_id": "u", "k": 5.0})  # JSON Schema: 5.0 is an integer
+    assert r.status_code == 200 and r.json()["k"] == 5 and type(client.calls[0].k) is int
 
 
 def test_a_control_character_reads_as_the_rule_not_a_regex(client):
