@@ -4,32 +4,40 @@
     split:           ingress[inputs] -> retrieval -> coarse -> ranker, each its own deployment
     ranker_deployment=false: the ranker runs in the ingress too (one hop in all)
 
-Every deployment takes the variants as its `user_config`: `serve run`/`serve deploy` with new
-versions calls `reconfigure` in place; a replica loads the new versions beside the old ones
-and swaps them in one assignment, so requests during the swap are answered by the old set.
+Every deployment takes the variants as its `user_config` and nowhere else (not in the bound
+args, which Ray Serve hashes into the code version): `serve deploy` or `recstream serve reload`
+with new versions calls `reconfigure` on the live replicas; a replica loads the new versions
+beside the old ones and swaps them in one assignment, so requests during the swap are answered
+by the old set. `recstream serve` applies this app from a Serve config document
+(services/serve_file.py), exactly as `serve deploy` does.
 """
 
 
 import asyncio
+import copy
 import logging
 from typing import Any
 
 import redis
 import torch
 from fastapi import FastAPI, Header, HTTPException, Response
+from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
+from recstream.ids import explicit_pattern
 from recstream.settings import Settings
 from services import metrics as m
-from services.api import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
+from services.api import (ERROR_RESPONSES, NOT_READY_RESPONSE, RecommendRequest, RecommendResponse, ScoreRequest,
+                          ScoreResponse)
 from services.config import ServeConfig
-from services.http import install_http_hardening, set_max_body_bytes
+from services.http import install_http_hardening, set_body_read_timeout_ms, set_max_body_bytes
 from services.impression_log import ImpressionLogger
 from services.inputs import PopularItems, RedisInputs
 from services.pipeline import Recommender, VariantRuntime
 from services.runtime import load_stage, make_stage, parse_variants, variant_runtimes, vectors_for
 from scoring.servables import pick_device
+from services.serve_file import INGRESS_MAX_ONGOING_REQUESTS
 from services.stages import StageRequest, StageResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,49 @@ api = FastAPI(title="recstream", version="0.2.0",
               description="Streaming recommender: two-tower candidates -> HCN coarse rank -> SDIM+DIN fine rank, "
                           "with impression logging and per-variant exploration.")
 install_http_hardening(api, ServeConfig.model_fields["max_body_bytes"].default)  # body limit, safe 422s, offline /docs
+
+# This replica's limits and variants, which its OpenAPI document states (set by the ingress).
+_schema_limits: dict[str, Any] = {}
+
+
+def _explicit_patterns(node: Any) -> Any:
+    """The id rule's `\\p{..}` classes as explicit ranges: OpenAPI tools (Swagger UI, schemathesis)
+    read ECMA/Python regexes, which have no Unicode category classes."""
+    if isinstance(node, dict):
+        return {explicit_pattern(k) if isinstance(k, str) else k:
+                explicit_pattern(v) if k == "pattern" and isinstance(v, str) else _explicit_patterns(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_explicit_patterns(v) for v in node]
+    return node
+
+
+def _openapi() -> dict:
+    """FastAPI's document with the limits this replica enforces, so that everything the schema
+    allows is accepted: k up to max_k, the list caps, the replay header's accepted values (this
+    replica's variants; the header is left out when replay_header is off), and the id rule in a
+    regex dialect every OpenAPI tool reads."""
+    if api.openapi_schema is None:
+        api.openapi_schema = _explicit_patterns(get_openapi(title=api.title, version=api.version,
+                                                            description=api.description, routes=api.routes))
+    spec = copy.deepcopy(api.openapi_schema)
+    lim = dict(_schema_limits)
+    if lim:
+        schemas = spec["components"]["schemas"]
+        schemas["RecommendRequest"]["properties"]["k"]["maximum"] = lim["max_k"]
+        schemas["RecommendRequest"]["properties"]["exclude"]["maxItems"] = lim["max_exclude"]
+        schemas["ScoreRequest"]["properties"]["item_ids"]["maxItems"] = lim["max_score_items"]
+        op = spec["paths"]["/v1/recommend"]["post"]
+        params = [p for p in op.get("parameters", []) if p["name"] != "x-recstream-replay"]
+        replay = next((p for p in op.get("parameters", []) if p["name"] == "x-recstream-replay"), None)
+        if replay is not None and lim["replay_header"] and lim["variants"]:
+            params.append({**replay, "schema": {"type": "string", "enum": lim["variants"],
+                                                "title": "X-Recstream-Replay"}})
+        op["parameters"] = params
+    return spec
+
+
+api.openapi = _openapi
 
 
 class _StageDeployment:
@@ -98,13 +149,14 @@ class RankerDeployment(_StageDeployment):
         return generate_latest()
 
 
-@serve.deployment(name="ingress")
+@serve.deployment(name="ingress", max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: dict, config: dict, retrieval: Any = None, coarse: Any = None, ranker: Any = None):
         self.settings = Settings(**settings)
         self.config = c = ServeConfig(**config)
-        set_max_body_bytes(c.max_body_bytes)  # this replica's copy of the app enforces this deployment's limit
+        set_max_body_bytes(c.max_body_bytes)  # this replica's copy of the app enforces this deployment's limits
+        set_body_read_timeout_ms(c.body_read_timeout_ms)
         torch.set_num_threads(c.torch_threads)
         t = c.deadlines.redis_timeout_ms / 1000
         r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
@@ -143,14 +195,18 @@ class Ingress:
         runtimes = await asyncio.to_thread(load)
         self.recommender.vectors = vectors_for(runtimes)
         self.recommender.set_variants(runtimes)
+        _schema_limits.update(max_k=self.config.max_k, max_exclude=self.config.max_exclude,
+                              max_score_items=self.config.max_score_items, replay_header=self.config.replay_header,
+                              variants=sorted(runtimes))
         await self.recommender.warm_up()
         self._loaded = True
         log.info("serving variants %s", self.recommender.model_versions)
 
-    @api.post("/v1/recommend", response_model=RecommendResponse)
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES)
     async def recommend(self, req: RecommendRequest,
                         x_recstream_replay: str | None = Header(None, description="replay tool only: serve this variant "
-                                                                "and do not log the impression")) -> RecommendResponse:
+                                                                "(one of the variants the schema lists) and do not log "
+                                                                "the impression")) -> RecommendResponse:
         c = self.config
         if req.k > c.max_k:
             raise HTTPException(422, detail=[{"loc": ["body", "k"], "msg": f"k ({req.k}) must be <= max_k ({c.max_k})",
@@ -166,7 +222,7 @@ class Ingress:
             return await self.recommender.recommend(req, variant=x_recstream_replay, log_impression=False)
         return await self.recommender.recommend(req)
 
-    @api.post("/v1/score", response_model=ScoreResponse)
+    @api.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         if len(req.item_ids) > self.config.max_score_items:
             raise HTTPException(413, detail=[{"loc": ["body", "item_ids"], "type": "too_long",
@@ -178,10 +234,10 @@ class Ingress:
     def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", responses=NOT_READY_RESPONSE)
     def readyz(self) -> dict:
         if not self._loaded:
-            raise HTTPException(503, detail="models not loaded yet")
+            raise HTTPException(503, detail=[{"loc": [], "type": "not_ready", "msg": "models not loaded yet"}])
         return {"status": "ready", "variants": self.recommender.model_versions}
 
     @api.get("/metrics", include_in_schema=False)
@@ -196,9 +252,9 @@ class Ingress:
 
 
 def build_app(settings: Settings, config: ServeConfig):
-    """The application graph for `serve.run`; the variants travel as every deployment's user_config."""
-    s, c = settings.model_dump(mode="json"), config.model_dump(mode="json")
-    user_config = {"variants": c["variants"]}
+    """The application graph; the variants travel as every deployment's user_config only."""
+    s, c = settings.model_dump(mode="json"), config.model_dump(mode="json", exclude={"variants"})
+    user_config = {"variants": config.model_dump(mode="json")["variants"]}
     # numpy's BLAS reads its thread count once, at import: set it before the replica starts. Small
     # per-request matmuls stall on BLAS worker threads when replicas share cores (measured: a
     # top-1000 over 20k items took 12.7 ms with the default threads under load, 0.4 ms with one).
@@ -219,6 +275,7 @@ def build_app(settings: Settings, config: ServeConfig):
 
 
 def app_builder(args: dict[str, Any]):
-    """`serve run services.app:app_builder config=deploy/serve/... ` entry point: args are the
-    ServeConfig fields (variants included); Settings come from RECSTREAM_* variables."""
+    """The import path of a Serve config file (`serve deploy deploy/serve/recstream.yaml`, `recstream
+    serve`): args are the ServeConfig fields without variants, which come from each deployment's
+    user_config in the file; Settings come from RECSTREAM_* variables (the app's runtime_env)."""
     return build_app(Settings(), ServeConfig(**args))

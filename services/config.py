@@ -2,8 +2,11 @@
 
 A variant names a model version for every stage; `latest` resolves to the newest artefact when
 a replica loads the variant (the answer's `model_versions` always carries the resolved version).
-The variants and their versions are the replica's `user_config`, so a new version is taken in
-with `reconfigure` (in place, no restart): see services/app.py.
+The variants and their versions travel only in each deployment's `user_config`, never in the
+application's `args`: Ray Serve hashes `args` into the code version, so a version there would make
+every model update a restart of every replica, while a `user_config` change calls `reconfigure` on
+the live replicas (services/app.py). In a Ray Serve config file the variants therefore sit under
+`deployments[].user_config`; `from_file` reads them from there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ class StageDeadlines(BaseModel):
     coarse_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="coarse ranking (HCN) deadline")
     ranker_timeout_ms: float = Field(100.0, gt=0, le=10_000, description="fine ranking deadline (includes batching wait)")
     redis_timeout_ms: float = Field(20.0, gt=0, le=10_000, description="socket timeout of online-store reads")
+
+
+class CircuitBreakerConfig(BaseModel):
+    """Per stage and replica set: after `failures_to_open` consecutive failures (an error or a
+    missed deadline) the stage is skipped (its fallback taken at once) for `open_ms`; then one
+    request probes it, and its success closes the breaker. A dead replica is then noticed once,
+    not by every request waiting out its deadline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures_to_open: int = Field(3, ge=1, le=1000, description="consecutive failures of a stage that open its breaker")
+    open_ms: float = Field(1000.0, gt=0, le=600_000, description="how long an open stage is skipped before a probe")
 
 
 class VariantConfig(BaseModel):
@@ -64,6 +79,9 @@ class ServeConfig(BaseModel):
     max_score_items: int = Field(1000, ge=1, le=100_000, description="largest item_ids list of /v1/score")
     max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000, description="largest HTTP request body in bytes; "
                                 "a larger one is answered 413 before it is parsed")
+    body_read_timeout_ms: float = Field(5000.0, gt=0, le=600_000, description="a request body that has not fully "
+                                        "arrived this long after the request started gets 408 and its connection is "
+                                        "closed: a stalled upload holds one ingress slot at most this long")
     candidate_top_k: int = Field(1000, ge=1, le=100_000, description="N: items out of candidate generation")
     coarse_top_k: int = Field(200, ge=1, le=100_000, description="M: items out of coarse ranking")
     popular_merge_k: int = Field(50, ge=0, le=100_000, description="popular items merged into the candidates (covers "
@@ -85,6 +103,7 @@ class ServeConfig(BaseModel):
     variants: dict[str, VariantConfig] = Field(default_factory=_default_variants, description="variant -> config")
     impression_buffer_max: int = Field(10_000, ge=1, le=10_000_000, description="impression records buffered before dropping")
     deadlines: StageDeadlines = Field(default_factory=StageDeadlines)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "ServeConfig":
@@ -107,18 +126,17 @@ class ServeConfig(BaseModel):
     def variant_shares(self) -> dict[str, float]:
         return {k: v.share for k, v in self.variants.items()}
 
+    @property
+    def deployment_names(self) -> tuple[str, ...]:
+        """The Ray Serve deployments this layout runs (services/app.py build_app)."""
+        return ("ingress",) + (("retrieval", "coarse") if self.layout == "split" else ()) + \
+            (("ranker",) if self.ranker_deployment else ())
+
     @classmethod
     def from_file(cls, path: str, **overrides) -> "ServeConfig":
         """A YAML file of ServeConfig fields, or a Ray Serve config file (deploy/serve/recstream.yaml):
-        then the `args` of its recstream application. `overrides` win over the file."""
-        from pathlib import Path
+        then the `args` of its recstream application with the variants of its deployments'
+        `user_config`. `overrides` win over the file."""
+        from services.serve_file import read_serve_file
 
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if "applications" in data:
-            apps = [a for a in data["applications"] if a.get("import_path") == "services.app:app_builder"]
-            if not apps:
-                raise ValueError(f"{path}: no application with import_path services.app:app_builder")
-            data = apps[0].get("args") or {}
-        return cls(**{**data, **overrides})
+        return read_serve_file(path, **overrides).config

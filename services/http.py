@@ -1,5 +1,6 @@
-"""HTTP hardening of the ingress: a body limit answered before parsing, 422s that name the field
-without echoing the input, and /docs served offline from the swagger-ui-bundle package.
+"""HTTP hardening of the ingress: a body limit and a body deadline answered before parsing, one
+strict JSON rule, 422s that name the field without echoing the input, and /docs served offline
+from the swagger-ui-bundle package.
 
 `install_http_hardening(api, max_body_bytes)` is called once, right after the FastAPI app is
 created. It replaces FastAPI's own docs routes (which load Swagger UI from a CDN) whatever
@@ -7,7 +8,12 @@ created. It replaces FastAPI's own docs routes (which load Swagger UI from a CDN
 
 The body limit. A request whose Content-Length exceeds it gets 413 before any byte of the body
 is read; a body without one (chunked, streamed) is counted while it is read and stopped with 413
-as soon as it passes the limit, so no more than the limit is ever buffered. Ray Serve copies the
+as soon as it passes the limit, so no more than the limit is ever buffered. The body deadline: a
+body not complete within `body_read_timeout_ms` gets 408 and the connection is closed, so a
+stalled upload costs its own slot for that long and nothing more. The strict JSON rule
+(recstream/strict_json.py: no duplicate keys, no NaN/Infinity, no lone surrogates) is applied to
+the buffered body before FastAPI parses it with the stdlib, which accepts all three; every error
+body is built from escaped, truncated text, so it always serialises. Ray Serve copies the
 app into each replica when the ingress class is decorated, so a per-deployment limit cannot be
 set on the app object the replica serves; `set_max_body_bytes(n)`, called in the ingress
 replica's constructor, sets it for the process (one ingress per replica process).
@@ -20,25 +26,30 @@ The docs page therefore loads `/docs/openapi-3.0.json`, the same document labell
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recstream.ids import error_message
+from recstream.strict_json import StrictJsonError, loads_strict, safe_text
+from services import metrics as m
 
 log = logging.getLogger(__name__)
 
-__all__ = ["install_http_hardening", "set_max_body_bytes", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["install_http_hardening", "set_max_body_bytes", "set_body_read_timeout_ms", "DEFAULT_MAX_BODY_BYTES",
+           "DEFAULT_BODY_READ_TIMEOUT_MS"]
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_BODY_READ_TIMEOUT_MS = 5000.0
 # How much of an offending value a 422 quotes back, and how many errors it lists.
 _INPUT_ECHO_CHARS = 64
 _MAX_ERRORS = 20
@@ -46,6 +57,7 @@ _DOCS_STATIC = "/docs/static"
 _DOCS_SPEC = "/docs/openapi-3.0.json"
 
 _process_limit: int | None = None
+_process_body_timeout_ms: float = DEFAULT_BODY_READ_TIMEOUT_MS
 
 
 def set_max_body_bytes(max_body_bytes: int | None) -> None:
@@ -55,6 +67,15 @@ def set_max_body_bytes(max_body_bytes: int | None) -> None:
     if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or max_body_bytes < 1):
         raise ValueError(f"max_body_bytes ({max_body_bytes!r}) must be a positive int")
     _process_limit = max_body_bytes
+
+
+def set_body_read_timeout_ms(timeout_ms: float) -> None:
+    """How long a request body may take to arrive in this process (408 after it). The ingress
+    replica calls it with its ServeConfig.body_read_timeout_ms."""
+    global _process_body_timeout_ms
+    if isinstance(timeout_ms, bool) or not timeout_ms > 0 or not math.isfinite(timeout_ms):
+        raise ValueError(f"body_read_timeout_ms ({timeout_ms!r}) must be a positive finite number")
+    _process_body_timeout_ms = float(timeout_ms)
 
 
 def install_http_hardening(api: FastAPI, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
@@ -80,13 +101,12 @@ def _too_large_detail(size: int, limit: int, streamed: bool) -> list[dict]:
     return [{"loc": ["body"], "type": "body_too_large", "msg": f"{what}; at most {limit} bytes allowed (max_body_bytes)"}]
 
 
-class _BodyTooLarge(HTTPException):
-    """Raised from `receive` when a streamed body passes the limit. An HTTPException, so that
-    FastAPI's body reader re-raises it (any other error there becomes a 400) and Starlette answers
-    413 if it surfaces inside the app; the middleware answers it itself otherwise."""
+class _BodyTooLarge(Exception):
+    """A streamed body passed the limit while the middleware read it."""
 
     def __init__(self, limit: int):
-        super().__init__(413, detail=_too_large_detail(0, limit, streamed=True))
+        super().__init__(limit)
+        self.detail = _too_large_detail(0, limit, streamed=True)
 
 
 async def _send_json(send: Send, status: int, content: Any) -> None:
@@ -97,15 +117,39 @@ async def _send_json(send: Send, status: int, content: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _json_body(scope: Scope) -> bool:
+    """Whether FastAPI will parse this body as JSON: no content-type, application/json or
+    application/*+json (its own rule, so the strict parse covers exactly what FastAPI parses)."""
+    ctype = next((v for k, v in scope.get("headers", ()) if k.lower() == b"content-type"), None)
+    if ctype is None:
+        return True
+    main, _, sub = ctype.decode("latin-1").split(";")[0].strip().lower().partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 class _BodyLimitMiddleware:
-    """Pure ASGI, so it sees the raw `receive` stream before Starlette or FastAPI buffer it."""
+    """Pure ASGI, so it sees the raw `receive` stream before Starlette or FastAPI buffer it.
+
+    A body-carrying request (not GET/HEAD/OPTIONS) is read here whole, under the process's body
+    deadline and size limit, then parsed by the strict JSON rule (no duplicate keys, no
+    NaN/Infinity, no lone surrogates) before any route sees it; the route reads the buffered copy.
+    A client that declares a body and stalls therefore holds its slot at most the deadline, and
+    gets 408 with the connection closed."""
 
     def __init__(self, app: ASGIApp, default_limit: int):
         self.app = app
         self.default_limit = default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         limit = _process_limit or self.default_limit
@@ -122,47 +166,72 @@ class _BodyLimitMiddleware:
             if size > limit:
                 await _send_json(send, 413, {"detail": _too_large_detail(size, limit, streamed=False)})
                 return
-
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge(limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        timeout_ms = _process_body_timeout_ms
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            body = await asyncio.wait_for(_read_body(receive, limit), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            m.BODY_TIMEOUTS.inc()
+            await _send_json(send, 408, {"detail": [{"loc": ["body"], "type": "body_timeout",
+                                                     "msg": f"request body not received within {timeout_ms:g} ms "
+                                                            "(body_read_timeout_ms)"}]})
+            return
         except _BodyTooLarge as e:
-            if started:  # the app answered already (and stopped reading); nothing to add
-                return
             await _send_json(send, 413, {"detail": e.detail})
+            return
+        except _ClientGone:
+            return
+        if body and _json_body(scope):
+            try:
+                loads_strict(body)
+            except StrictJsonError as e:
+                # loc and msg quote input only through quote_input already: safe as they are
+                await _send_json(send, 422, {"detail": [{"loc": ["body", *e.loc], "type": e.kind, "msg": e.msg}]})
+                return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the client's disconnect, as the server sends it
+
+        await self.app(scope, replay, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------- 422
 
 
+def _safe_loc(part: Any) -> Any:
+    return part if isinstance(part, int) and not isinstance(part, bool) else safe_text(str(part), _INPUT_ECHO_CHARS)
+
+
 def _short(value: Any) -> Any:
-    """A value safe to quote back: short scalars as they are, long strings cut, containers and
-    big numbers dropped (None)."""
+    """A value safe to quote back: short scalars as they are, long strings cut and escaped,
+    containers, big and non-finite numbers dropped (None)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return value if abs(value) < 10**18 else None
     if isinstance(value, float):
-        return value
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value if len(value) <= _INPUT_ECHO_CHARS else value[:_INPUT_ECHO_CHARS] + "..."
+        return safe_text(value, _INPUT_ECHO_CHARS)
     return None
 
 
@@ -171,8 +240,8 @@ def safe_errors(errors: list[dict]) -> list[dict]:
     field is named, a 20 MB value is not sent back (a dict key in `loc` is cut the same way)."""
     out = []
     for err in errors[:_MAX_ERRORS]:
-        entry = {"loc": [p if isinstance(p, int) else _short(str(p)) for p in err.get("loc", ())],
-                 "type": err.get("type", "invalid"), "msg": error_message(err)[:300]}
+        entry = {"loc": [_safe_loc(p) for p in err.get("loc", ())],
+                 "type": err.get("type", "invalid"), "msg": safe_text(error_message(err), 300)}
         if "input" in err and _short(err["input"]) is not None:
             entry["input"] = _short(err["input"])
         out.append(entry)
@@ -234,13 +303,8 @@ def _install_offline_docs(api: FastAPI) -> None:
     if api.openapi_url is None:
         return  # no schema, no docs
     api.mount(_DOCS_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui-static")
-    spec_30: dict | None = None
-
-    async def openapi_30(req: Request) -> JSONResponse:
-        nonlocal spec_30
-        if spec_30 is None:
-            spec_30 = _as_openapi_30(api.openapi())
-        return JSONResponse(spec_30)
+    async def openapi_30(req: Request) -> JSONResponse:  # not cached: the ingress's schema follows its config
+        return JSONResponse(_as_openapi_30(api.openapi()))
 
     async def docs(req: Request) -> HTMLResponse:
         root = req.scope.get("root_path", "").rstrip("/")

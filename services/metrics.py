@@ -16,3 +16,7 @@ EXPLORED = Counter("recstream_explored_slots_total", "slate slots filled by expl
 IMPRESSIONS_LOGGED = Counter("recstream_impression_log_sent_total", "impression records handed to Kafka")
 IMPRESSIONS_DROPPED = Counter("recstream_impression_log_dropped_total", "impression records dropped", ["reason"])
 MODEL_VERSION = Gauge("recstream_model_version_info", "served model versions (value 1)", ["variant", "stage", "version"])
+BODY_TIMEOUTS = Counter("recstream_http_body_timeouts_total", "requests answered 408: body not received in time")
+BREAKER_OPEN = Gauge("recstream_stage_breaker_open", "1 while a stage's circuit breaker is open (stage skipped)",
+                     ["stage"])
+BREAKER_TRIPS = Counter("recstream_stage_breaker_trips_total", "times a stage's circuit breaker opened", ["stage"])

@@ -12,6 +12,8 @@ A failing or late step never fails the request; it falls back, and the answer sa
     retrieval fails -> popular items;   coarse fails -> retrieval order;
     ranker fails or is late -> coarse order;   BSE lacks the version -> no long-term interest;
     Feast down -> default user features;   item features down -> default item features.
+A stage that fails several times in a row is skipped for a moment (services/breaker.py), so a
+dead replica costs one deadline, not one per request.
 
 Stages are awaited through `call_stage`, so the same code drives in-process stage objects
 (fused layout) and Ray Serve deployment handles (split layout, batched ranker).
@@ -32,6 +34,7 @@ import numpy as np
 from recstream.events import ImpressionLog, LoggedRequest, SlateItem
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
+from services.breaker import CircuitBreaker
 from services.config import ServeConfig, VariantConfig
 from scoring.exploration import make_slate
 from services.inputs import InputSources
@@ -113,10 +116,14 @@ class Recommender:
         self.impressions = impression_logger
         self.vectors = vectors
         self.rng = np.random.default_rng(seed)
+        self.breakers = {s: CircuitBreaker(s, config.circuit_breaker) for s in ("retrieval", "coarse", "ranker")}
         self.set_variants(variants)
 
     def set_variants(self, variants: dict[str, VariantRuntime]) -> None:
-        self.variants = dict(variants)  # one assignment: a request sees the old set or the new one
+        # one assignment each: a request sees the old set or the new one. The shares are the
+        # variants' own (user_config), not the config the replica was built with.
+        self.variants = dict(variants)
+        self.variant_shares = {name: v.config.share for name, v in variants.items()}
         m.MODEL_VERSION.clear()
         for name, v in variants.items():
             for stage, version in v.versions.items():
@@ -142,6 +149,11 @@ class Recommender:
     async def _stage(self, tr: _Trace, name: str, stage: Any, req: StageRequest, timeout_ms: float) -> StageResult | None:
         t = time.perf_counter()
         m.CANDIDATES_IN.labels(name).observe(len(req.items))
+        breaker = self.breakers[name]
+        if not breaker.allow():  # noticed dead a moment ago: fall back now instead of waiting out the deadline
+            tr.degrade(name, "circuit_open")
+            tr.record(name, t)
+            return None
         try:
             res = await asyncio.wait_for(call_stage(stage, req), timeout_ms / 1000)
         except asyncio.TimeoutError:
@@ -154,6 +166,7 @@ class Recommender:
         if res is not None and res.error is not None:
             tr.degrade(name, "error")
             res = None
+        breaker.success() if res is not None else breaker.failure()
         tr.record(name, t)
         if res is not None:
             m.CANDIDATES.labels(name).observe(len(res.items))
@@ -249,7 +262,7 @@ class Recommender:
         replayed request, which must not enter the impression log as served traffic."""
         tr = _Trace()
         request_id = uuid.uuid4().hex
-        variant = variant or assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
+        variant = variant or assign_variant(req.user_id, self.config.experiment_salt, self.variant_shares)
         v = self.variants[variant]
         c = self.config
         history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
@@ -308,7 +321,7 @@ class Recommender:
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         """Fine-ranker scores of the given items (unknown items: the ranker's OOV rows)."""
         tr = _Trace()
-        variant = assign_variant(req.user_id, self.config.experiment_salt, self.config.variant_shares)
+        variant = assign_variant(req.user_id, self.config.experiment_salt, self.variant_shares)
         v = self.variants[variant]
         history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
         items = list(dict.fromkeys(req.item_ids))

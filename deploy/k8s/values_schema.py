@@ -113,8 +113,11 @@ def chart_schema(serve_config: dict[str, Any]) -> dict[str, Any]:
                 "rayVersion": _str(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+"),
                 "port": _int(1, 65535),
                 "config": {"$ref": "#/$defs/ServeConfig"},
+                "httpOptions": _obj({"request_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                     "keep_alive_timeout_s": _int(1, 3600)}),
+                # user_config is rendered from serve.config.variants: the versions have one home
                 "deployments": {"type": "array", "items": {
-                    "type": "object", "required": ["name"],
+                    "type": "object", "required": ["name"], "not": {"required": ["user_config"]},
                     "properties": {"name": {"enum": ["ingress", "retrieval", "coarse", "ranker"]}}}},
                 "service": _obj({"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "annotations": STR_MAP}),
                 "upgradeStrategy": {"enum": ["NewCluster", "None"]},

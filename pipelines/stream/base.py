@@ -46,6 +46,7 @@ from recstream.errors import InvalidEvent, StackError
 from recstream.events import Event, parse_event
 from recstream.kafka_io import dlq_record, make_producer
 from recstream.settings import Settings, get_settings
+from recstream.strict_json import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ class StreamProcessor:
                 except InvalidEvent as e:
                     reason = e.reason
                 except Exception as e:  # defence in depth: see the docstring
-                    reason = f"decoder failed: {type(e).__name__}: {str(e)[:200]}"
+                    reason = f"decoder failed: {type(e).__name__}: {safe_text(str(e))}"
                     log.warning("processor %s: %s at %s[%d]@%d", self.config.name, reason, self.topic, partition,
                                 rec.offset)
                 else:

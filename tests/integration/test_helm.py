@@ -127,7 +127,7 @@ def _install_and_upgrade(helm, api: LocalApiServer, ns: str, values):
         hook_names = {h["metadata"]["name"] for h in hooks}
         assert set(jobs.completed) == hook_names, (jobs.completed, jobs.errors)
         rs_path = api.path({"apiVersion": "ray.io/v1", "kind": "RayService"}, ns) + "/rel-recstream"
-        old = yaml.safe_load(api.get(rs_path)["spec"]["serveConfigV2"])["applications"][0]["args"]["variants"]["A"]["ranker"]["version"]
+        old = yaml.safe_load(api.get(rs_path)["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]["user_config"]["variants"]["A"]["ranker"]["version"]
         _ray_pods_pass_restricted(api, ns, api.get(rs_path))
 
         # A new ranker version: serve config, BSE encoder and a rebuild Job for the version.
@@ -137,7 +137,9 @@ def _install_and_upgrade(helm, api: LocalApiServer, ns: str, values):
                      "--set", f"serve.config.variants.A.ranker.version={new}", kubeconfig=api.kubeconfig)
         assert not WARNING.search(r.stderr), r.stderr
         serve = yaml.safe_load(api.get(rs_path)["spec"]["serveConfigV2"])
-        assert serve["applications"][0]["args"]["variants"]["A"]["ranker"]["version"] == new
+        [app] = serve["applications"]
+        assert "variants" not in app["args"]  # only user_config changed: KubeRay/Serve reconfigure in place
+        assert {d["user_config"]["variants"]["A"]["ranker"]["version"] for d in app["deployments"]} == {new}
         enc = api.get(api.path({"apiVersion": "apps/v1", "kind": "Deployment"}, ns) + "/rel-recstream-bse-encoder")
         args = enc["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--model-version") + 1] == new

@@ -36,6 +36,11 @@ HOSTILE: dict[str, list[bytes | None]] = {
                                   json.dumps({**GOOD, "event_id": "e\x1b[31m"}).encode()],
     "blank or oversize ids": [json.dumps({**GOOD, "user_id": "   "}).encode(), json.dumps({**GOOD, "item_id": "x" * 129}).encode()],
     "lone surrogate": [HEAD + b', "context": {"a": "\\ud800"}}'],
+    # issue 20: lookalike ids, a key given twice (the last one used to win), a huge hostile key
+    "lookalike ids": [json.dumps({**GOOD, "user_id": "u\u202e2"}).encode(), json.dumps({**GOOD, "user_id": "\u200b"}).encode(),
+                      json.dumps({**GOOD, "item_id": "\ufeffi1"}).encode(), json.dumps({**GOOD, "item_id": "i\u0378"}).encode()],
+    "duplicate keys": [HEAD + b', "user_id": "other"}', HEAD + b', "context": {"a": "1", "a": "2"}}'],
+    "huge hostile context key": [json.dumps({**GOOD, "context": {"\u202e" + "k" * 1000: "x"}}).encode()],
     "lax types": [json.dumps({**GOOD, "ts": True}).encode(), json.dumps({**GOOD, "ts": str(GOOD["ts"])}).encode(),
                   json.dumps({**GOOD, "value": "2.5"}).encode()],
     "oversize record": [b'{"pad": "' + b"x" * 300_000 + b'"}', b"[" * 950_000],
@@ -67,6 +72,7 @@ def test_hostile_records_reach_the_dlq_and_every_good_event_is_applied(settings)
     for d in dlq:
         kind, raw = kind_at[d["source"]["offset"]]
         assert d["error"], kind
+        assert len(d["error"]) <= 1000 and "k" * 65 not in d["error"], kind  # input quoted escaped, <= 64 characters
         assert d["source"]["topic"] == settings.events_topic
         raw = raw or b""
         if d.get("original_truncated"):

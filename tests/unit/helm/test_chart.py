@@ -42,6 +42,13 @@ def _serve_app(objs: list[dict]) -> dict:
     return app
 
 
+def _variants(app: dict) -> dict:
+    """The variants every deployment of the app carries in its user_config (the same on each)."""
+    found = [d["user_config"]["variants"] for d in app["deployments"]]
+    assert all(v == found[0] for v in found), "every deployment must see the same versions"
+    return found[0]
+
+
 @pytest.fixture(scope="module", params=list(VALUES_FILES))
 def rendered(request, helm):
     return request.param, helm.template(values=VALUES_FILES[request.param])
@@ -77,8 +84,10 @@ def test_serve_config_is_a_valid_serve_config(rendered):
     assert cfg.artifacts_dir == "/artifacts"
     if name == "gpu":
         assert cfg.num_gpus == 1 and cfg.ranker_deployment
-    names = {d["name"] for d in app.get("deployments", [])}
-    assert names <= {"ingress", "retrieval", "coarse", "ranker"}
+    names = [d["name"] for d in app["deployments"]]
+    assert names == list(cfg.deployment_names), "each deployment of the layout, with the variants as its user_config"
+    assert "variants" not in app["args"], "a version under args would replace every replica on a version change"
+    ServeConfig(**{**app["args"], "variants": _variants(app)})
 
 
 def test_default_serve_config_is_deploy_serve_recstream_yaml():
@@ -86,11 +95,13 @@ def test_default_serve_config_is_deploy_serve_recstream_yaml():
     keeps tables for one pinned ranker version)."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())["serve"]
     ref = yaml.safe_load((REPO / "deploy" / "serve" / "recstream.yaml").read_text())["applications"][0]
-    strip = lambda c: {k: v for k, v in c.items() if k != "variants"}  # noqa: E731
-    assert strip(values["config"]) == strip(ref["args"])
-    assert values["deployments"] == ref["deployments"]
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("variants", "user_config")}  # noqa: E731
+    assert strip(values["config"]) == ref["args"]
+    assert values["deployments"] == [strip(d) for d in ref["deployments"]]
     unpin = lambda vs: json.loads(json.dumps(vs).replace('"version": "v1"', '"version": "latest"'))  # noqa: E731
-    assert unpin(values["config"]["variants"]) == ref["args"]["variants"]
+    assert unpin(values["config"]["variants"]) == _variants(ref)
+    file_http = yaml.safe_load((REPO / "deploy" / "serve" / "recstream.yaml").read_text())["http_options"]
+    assert values["httpOptions"] == {k: v for k, v in file_http.items() if k not in ("host", "port")}
 
 
 def test_pods_are_non_root_read_only_and_bounded(rendered):
@@ -122,7 +133,7 @@ def test_processors(rendered):
     assert "--publish" in deps["feature-writer"]["spec"]["template"]["spec"]["containers"][0]["args"]
     # the encoder keeps the tables of the served ranker version (the largest variant's)
     args = deps["bse-encoder"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    version = _serve_app(objs)["args"]["variants"]["A"]["ranker"]["version"]
+    version = _variants(_serve_app(objs))["A"]["ranker"]["version"]
     assert args[args.index("--model-version") + 1] == version
     assert args[args.index("--embeddings") + 1] == f"artifact:ranker/{version}"
     pdbs = {o["metadata"]["name"] for o in objs if o["kind"] == "PodDisruptionBudget"}
@@ -222,6 +233,9 @@ def test_network_policies(rendered):
     (["--set-json", "serve.config.coarse_top_k=2000"], "serve.config.coarse_top_k (2000) must be <= candidate_top_k (1000)"),
     (["--set", "serve.config.variants.A.ranker.version=latest"], "bse.modelVersion: the BSE keeps SDIM tables for one pinned"),
     (["--set", "artifacts.source=objectStore"], "artifacts.objectStore.url"),
+    (["--set-json", 'serve.deployments=[{"name":"coarse"}]'], "serve.deployments: coarse is not run by this layout"),
+    (["--set-json", 'serve.deployments=[{"name":"ranker","user_config":{}}]'], "at '/serve/deployments/0'"),
+    (["--set-json", "serve.httpOptions.request_timeout_s=0"], "at '/serve/httpOptions/request_timeout_s'"),
 ])
 def test_bad_values_are_refused_with_the_field_named(helm, args, message):
     r = helm.run("template", "rel", str(CHART), *args, check=False)

@@ -24,6 +24,10 @@ HOSTILE = {
     "lone surrogate": json.dumps(GOOD)[:-1].encode() + b', "context": {"a": "\\ud800"}}',
     "oversize": b'{"pad": "' + b"x" * 1_000_000 + b'"}',
     "tombstone": None,
+    # issue 20
+    "user_id twice": json.dumps(GOOD)[:-1].encode() + b', "user_id": "other"}',
+    "right-to-left override in user_id": json.dumps({**GOOD, "user_id": "u\u202e2"}).encode(),
+    "huge hostile context key": json.dumps({**GOOD, "context": {"\u202e" + "k" * 1000: "x"}}).encode(),
 }
 
 
@@ -59,6 +63,10 @@ def test_hostile_records_go_to_the_dlq_and_every_good_one_applies():
         else:
             assert dlq_original(d) == (raw or b""), kind
     assert "user_id: must not contain control characters" in by_offset[9]["error"]
+    errors = {kind: by_offset[off]["error"] for kind, off in zip(HOSTILE, range(1, 2 * len(HOSTILE), 2))}
+    assert 'user_id: duplicate key "user_id"' in errors["user_id twice"]
+    assert "user_id: must not contain control characters" in errors["right-to-left override in user_id"]
+    assert "k" * 65 not in errors["huge hostile context key"] and len(errors["huge hostile context key"]) < 300
 
 
 def test_any_exception_from_the_decoder_is_a_dlq_record_not_a_dead_processor(monkeypatch):
@@ -69,17 +77,20 @@ def test_any_exception_from_the_decoder_is_a_dlq_record_not_a_dead_processor(mon
             raise RecursionError("maximum recursion depth exceeded")
         if raw == b"bug":
             raise KeyError("a decoder bug")
+        if raw == b"loud":
+            raise ValueError("\u202e" + "x" * 100_000 + "\ud800")
         return real(raw)
 
     monkeypatch.setattr(base, "parse_event", flaky)
     p = _proc([{0: [Record(b"u", _ev(0), 0, 0), Record(b"u", b"boom", 1, 0), Record(b"u", b"bug", 2, 0),
-                    Record(b"u", _ev(3), 3, 0)]}])
+                    Record(b"u", b"loud", 3, 0), Record(b"u", _ev(4), 4, 0)]}])
     p.step()
-    assert p.flush() == 4
-    assert p.handler.items == ["i0", "i3"]
+    assert p.flush() == 5
+    assert p.handler.items == ["i0", "i4"]
     errors = [d["error"] for _, _, d in p.producer.sent]
     assert errors == ["decoder failed: RecursionError: maximum recursion depth exceeded",
-                      "decoder failed: KeyError: 'a decoder bug'"]
+                      "decoder failed: KeyError: 'a decoder bug'",
+                      'decoder failed: ValueError: "\\u202e' + "x" * 63 + '"...']  # escaped, 64 characters
 
 
 def test_failed_dlq_writes_are_retried_before_the_batch_moves_on():

@@ -85,3 +85,76 @@ def test_reasons_never_quote_a_huge_input():
     with pytest.raises(InvalidEvent) as ei:
         parse_event(json.dumps({**GOOD, "user_id": "x" * 200_000}).encode())
     assert "user_id" in ei.value.reason and len(ei.value.reason) < 300
+
+
+# --------------------------------------------------------------------------- issue 20
+
+def _reason(raw: bytes) -> str:
+    with pytest.raises(InvalidEvent) as ei:
+        parse_event(raw)
+    assert ei.value.raw == raw
+    json.dumps(ei.value.reason, ensure_ascii=False).encode("utf-8")  # a DLQ record can carry it
+    return ei.value.reason
+
+
+def _with(extra: str, base: dict = GOOD) -> bytes:
+    """GOOD as JSON with `extra` (raw JSON members) appended: keys json.dumps would never repeat."""
+    return (json.dumps(base)[:-1] + ", " + extra + "}").encode()
+
+
+@pytest.mark.parametrize("raw,named", [
+    (_with('"user_id": "other"'), 'user_id: duplicate key "user_id"'),  # the issue's case: last one won
+    (_with('"user_id": "u1"'), 'user_id: duplicate key "user_id"'),  # even with the same value
+    (_with('"user\\u005fid": "other"'), 'user_id: duplicate key "user_id"'),  # spelled with an escape
+    (_with('"ts" : 1700000000001'), 'ts: duplicate key "ts"'),
+    (_with('"request_id": "r", "request_id": null'), 'request_id: duplicate key "request_id"'),
+    (_with('"context": {"page": "a:b", "page": "c"}'), 'context.page: duplicate key "page"'),
+    (_with('"context": {"a": "1", "b": "2", "\\u0061": "3"}'), 'context.a: duplicate key "a"'),
+    (_with('"context": {"page": "home", " page ": "cart"}'), 'keys "page" and " page " are the same after stripping'),
+    (_with('"user_id": "u\\u003a2"', {**GOOD, "user_id": "u:1"}), 'user_id: duplicate key "user_id"'),
+])
+def test_a_key_given_twice_is_refused_and_named(raw, named):
+    assert named in _reason(raw)
+
+
+@pytest.mark.parametrize("event", [
+    {**GOOD, "context": {"url": "https://example.org/a?b=c", "time": "12:30", "q": 'say "hi"'}},
+    {**GOOD, "user_id": "u:1", "item_id": 'i"1', "request_id": "r\\1", "context": {"a:b": "c:d"}},
+    {**GOOD, "user_id": "用户", "item_id": "José", "context": {"页": "首页"}},
+])
+def test_colons_quotes_and_escapes_in_values_are_not_duplicates(event):
+    for ensure_ascii in (True, False):
+        ev = parse_event(json.dumps(event, ensure_ascii=ensure_ascii).encode())
+        assert ev.user_id == event["user_id"] and ev.context == event["context"]
+
+
+@pytest.mark.parametrize("field", ["user_id", "item_id", "event_id", "request_id"])
+@pytest.mark.parametrize("value", ["u\u202e2", "\u200b", "\ufeffu", "u\u0378", "u\u2028x"])
+def test_lookalike_ids_go_to_the_dlq(field, value):
+    assert f"{field}: must not contain control characters" in _reason(json.dumps({**GOOD, field: value}).encode())
+
+
+@pytest.mark.parametrize("context", [{"page\u200b": "home"}, {"page": "ho\u202eme"}, {"\ufeff": "x"}])
+def test_lookalikes_in_context_keys_and_values_go_to_the_dlq(context):
+    assert "must not contain control characters" in _reason(json.dumps({**GOOD, "context": context}).encode())
+
+
+@pytest.mark.parametrize("raw,kind", [
+    (_with('"value": NaN'), "finite"), (_with('"value": Infinity'), "finite"), (_with('"value": -Infinity'), "finite"),
+    (_with('"value": 1e999'), "finite"), (_with('"context": {"a": "\\ud800"}'), "lone surrogate"),
+    (_with('"context": {"\\udfff": "a"}'), "lone surrogate"),
+])
+def test_non_finite_numbers_and_lone_surrogates_stay_refused(raw, kind):
+    assert kind in _reason(raw)
+
+
+def test_dlq_reasons_quote_at_most_64_characters_of_an_attackers_key_escaped():
+    key = "\u202e" + "k" * 1000
+    reason = _reason(json.dumps({**GOOD, "context": {key: "x"}}).encode())  # too long: a validation error
+    assert "k" * 65 not in reason and "\\u202e" in reason and "\u202e" not in reason
+    assert len(reason) < 300
+    longest = "é" + "k" * 63  # a valid context key given twice: the event validates, then the duplicate shows
+    reason = _reason(_with(f'"context": {{"{longest}": "1", "{longest}": "2"}}'))
+    assert f'duplicate key "\\u00e9{"k" * 63}"' in reason and len(reason) < 300
+    many = {**GOOD, "context": {f"{i}\u202e" + "k" * 900: "x" for i in range(40)}}  # many errors, each key cut
+    assert len(_reason(json.dumps(many).encode())) <= 1000

@@ -27,7 +27,10 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[Hea
                                                                            HealthCheck.data_too_large])
 
 
-ids = st.text(min_size=1, max_size=20, alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zs")))
+# Valid id characters: the id rule refuses Cc, Cf, Zl, Zp and Cn (recstream/ids.py); Zs is left out
+# so that stripping never empties an id.
+ids = st.text(min_size=1, max_size=20, alphabet=st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Cn", "Zl", "Zp", "Zs")))
 valid_events = st.builds(
     lambda e, u, i, t, ts, v, pos, ctx: {"event_id": e, "user_id": u, "item_id": i, "type": t, "ts": ts, "value": v,
                                          **({"position": pos} if pos is not None else {}),
@@ -69,17 +72,22 @@ def invalid_utf8(draw) -> bytes:
 
 
 CONTROL = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]
+# Lookalikes (issue 20): bidi controls, zero-width and other format characters, separators,
+# unassigned code points (in every Unicode version: U+0378, noncharacters).
+LOOKALIKE = ["\u202e", "\u202d", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u200b", "\u200c",
+             "\u200d", "\u2060", "\ufeff", "\u00ad", "\U000e0041", "\u2028", "\u2029", "\u0378", "\ufdd0", "\uffff",
+             "\U0010ffff"]
 
 
 @st.composite
 def hostile_ids(draw) -> bytes:
-    """An id with a control character somewhere (NUL included), blank, or too long."""
+    """An id with a control character or a lookalike somewhere (NUL included), blank, or too long."""
     field = draw(st.sampled_from(["user_id", "item_id", "event_id", "request_id"]))
     base = draw(st.text(min_size=1, max_size=40, alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))))
-    how = draw(st.sampled_from(["control", "blank", "long"]))
-    if how == "control":
+    how = draw(st.sampled_from(["control", "lookalike", "blank", "long"]))
+    if how in ("control", "lookalike"):
         at = draw(st.integers(0, len(base)))
-        value = base[:at] + draw(st.sampled_from(CONTROL)) + base[at:]
+        value = base[:at] + draw(st.sampled_from(CONTROL if how == "control" else LOOKALIKE)) + base[at:]
         value = "x" + value + "x"  # inside, where stripping does not remove it
     elif how == "blank":
         value = draw(st.text(min_size=1, max_size=10, alphabet=" \t\n\r\u00a0\u2003\u3000"))
@@ -105,6 +113,26 @@ def mutated_events(draw) -> bytes:
     return bytes(raw)
 
 
+@st.composite
+def duplicate_keys(draw) -> bytes:
+    """A valid event with one of its keys (top level or context) given again, the second time
+    possibly spelled with a \\u escape, with the same or another value."""
+    obj = draw(valid_events)
+    context = obj.pop("context", None) or {"k": "v"}
+    where = draw(st.sampled_from(["top", "context"]))
+    target = obj if where == "top" else context
+    key = draw(st.sampled_from(sorted(target)))
+    again = json.dumps(key, ensure_ascii=draw(st.booleans()))[1:-1]
+    if draw(st.booleans()) and ord(key[0]) < 0x10000:
+        again = f"\\u{ord(key[0]):04x}" + json.dumps(key[1:])[1:-1]
+    dup = f'"{again}": {json.dumps(draw(st.sampled_from([target[key], "other", 1, None])))}'
+    pairs = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in context.items()]
+    pairs.insert(draw(st.integers(0, len(pairs))), dup) if where == "context" else None
+    head = json.dumps(obj)[:-1]
+    text = head + (", " + dup if where == "top" else "") + ', "context": {' + ", ".join(pairs) + "}}"
+    return text.encode()
+
+
 KINDS = {
     "random bytes": st.binary(max_size=512),
     "arbitrary JSON": json_values.map(lambda v: json.dumps(v).encode()),
@@ -112,6 +140,7 @@ KINDS = {
     "huge numbers": huge_numbers(),
     "invalid UTF-8": invalid_utf8(),
     "hostile ids": hostile_ids(),
+    "duplicate keys": duplicate_keys(),
     "mutated valid event": mutated_events(),
     "oversize record": st.integers(MAX_EVENT_BYTES + 1, 4 * MAX_EVENT_BYTES).map(lambda n: b" " * n),
 }
@@ -124,6 +153,7 @@ def _decode(raw: bytes) -> str:
         ev = parse_event(raw)
     except InvalidEvent as e:
         assert e.reason and len(e.reason) <= 1100, e.reason[:200]
+        json.dumps(e.reason, ensure_ascii=False).encode("utf-8")  # a DLQ record can always carry it
         assert e.raw == raw
         return "DLQ, " + _category(e.reason)
     assert isinstance(ev, Event)
@@ -148,7 +178,7 @@ def _category(reason: str) -> str:
 
 
 # Kinds that can never be a valid event: these must all reach the DLQ.
-NEVER_VALID = {"deep nesting", "invalid UTF-8", "hostile ids", "oversize record"}
+NEVER_VALID = {"deep nesting", "invalid UTF-8", "hostile ids", "duplicate keys", "oversize record"}
 
 
 def _property_test(kind: str):

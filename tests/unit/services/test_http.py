@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from recstream.events import Event
 from services import http
 from services.api import RecommendRequest, ScoreRequest
-from services.http import install_http_hardening, set_max_body_bytes
+from services.http import (DEFAULT_BODY_READ_TIMEOUT_MS, install_http_hardening, set_body_read_timeout_ms,
+                           set_max_body_bytes)
 
 LIMIT = 10_000
 
@@ -49,6 +50,7 @@ def client():
 def _no_process_limit():
     yield
     set_max_body_bytes(None)
+    set_body_read_timeout_ms(DEFAULT_BODY_READ_TIMEOUT_MS)
 
 
 # --------------------------------------------------------------------------- body limit
@@ -135,7 +137,8 @@ def test_a_huge_context_key_is_cut_in_the_loc_too():
 @pytest.mark.parametrize("body,field", [
     ({"user_id": "u", "k": True}, "k"),  # was taken as k=1
     ({"user_id": "u", "k": "5"}, "k"),
-    ({"user_id": "u", "k": 5.0}, "k"),
+    ({"user_id": "u", "k": 5.5}, "k"),
+    ({"user_id": "u", "k": 1e300}, "k"),
     ({"user_id": "u", "k": 0}, "k"),
     ({"user_id": "u", "k": 10**6}, "k"),
     ({"user_id": "   ", "k": 5}, "user_id"),  # was accepted by the API, rejected by the stream
@@ -156,6 +159,11 @@ def test_recommend_requests_are_strict_and_capped(client, body, field):
     assert r.status_code == 422, r.text
     assert any(field in d["loc"] for d in r.json()["detail"]), r.json()
     assert client.calls == []
+
+
+def test_an_integral_json_number_is_the_integer_as_the_openapi_schema_says(client):
+    r = client.post("/v1/recommend", json={"user_id": "u", "k": 5.0})  # JSON Schema: 5.0 is an integer
+    assert r.status_code == 200 and r.json()["k"] == 5 and type(client.calls[0].k) is int
 
 
 def test_a_control_character_reads_as_the_rule_not_a_regex(client):
@@ -233,3 +241,117 @@ def test_the_docs_spec_is_openapi_30_for_the_bundled_swagger_ui(client):
     ctx = spec["components"]["schemas"]["RecommendRequest"]["properties"]["context"]
     assert ctx["nullable"] is True and ctx["type"] == "object"
     assert "/v1/recommend" in spec["paths"]
+
+
+# --------------------------------------------------------------------------- hostile values, stalled bodies
+
+
+def _serialisable(r) -> dict:
+    """The error body, which must be JSON the client can read back as UTF-8."""
+    body = r.json()
+    json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return body
+
+
+@pytest.mark.parametrize("path,raw,loc,kind", [
+    ("/v1/recommend", b'{"user_id":"u1","k":Infinity}', ["body", "k"], "non_finite_number"),
+    ("/v1/recommend", b'{"user_id":"u1","k":-Infinity}', ["body", "k"], "non_finite_number"),
+    ("/v1/recommend", b'{"user_id":"u1","k":NaN}', ["body", "k"], "non_finite_number"),
+    ("/v1/recommend", b'{"user_id":"u1","k":1e999}', ["body", "k"], "non_finite_number"),
+    ("/v1/score", b'{"user_id":"u1","item_ids":["a"],"x":NaN}', ["body", "x"], "non_finite_number"),
+    ("/v1/recommend", b'{"user_id":"\\ud800","k":10}', ["body", "user_id"], "lone_surrogate"),
+    ("/v1/recommend", b'{"user_id":"u1","context":{"page":"\\udfff"}}', ["body", "context", "page"], "lone_surrogate"),
+    ("/v1/recommend", b'{"user_id":"u2","k":3,"user_id":"other"}', ["body", "user_id"], "duplicate_key"),
+    ("/v1/recommend", b'{"user_id":"u2","context":{"a":"1","a":"2"}}', ["body", "context", "a"], "duplicate_key"),
+])
+def test_hostile_numbers_surrogates_and_duplicate_keys_are_a_422_naming_the_field(client, path, raw, loc, kind):
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [d] = _serialisable(r)["detail"]
+    assert d["loc"] == loc and d["type"] == kind, d
+    assert client.calls == []
+
+
+@pytest.mark.parametrize("user_id", ["u\u202e2", "\u200b", "\ufeffu", "u\u2066x", "\U000e0001", "u\u0378"])
+def test_lookalike_ids_are_refused_with_a_body_that_serialises(client, user_id):
+    r = client.post("/v1/recommend", json={"user_id": user_id, "k": 3})
+    assert r.status_code == 422, r.text
+    assert _serialisable(r)["detail"][0]["loc"] == ["body", "user_id"]
+
+
+def test_the_strict_rule_covers_bodies_without_a_content_type_too(client):
+    r = client.post("/v1/recommend", content=b'{"user_id":"u1","k":NaN}')
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "non_finite_number"
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()))  # lone surrogates, controls and format characters too
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | _ANY_TEXT,
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ANY_TEXT.filter(lambda k: len(k) < 9),
+                                                                                  inner, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(["/v1/recommend", "/v1/score"]),
+       body=st.dictionaries(st.sampled_from(["user_id", "k", "context", "exclude", "item_ids", "x"]), _JSON, max_size=5))
+def test_no_json_value_in_any_field_gets_a_5xx(path, body):
+    api, _ = _app()
+    raw = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
+    with TestClient(api) as c:
+        r = c.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code < 500, (r.status_code, r.text)
+    if r.status_code >= 400:
+        _serialisable(r)
+
+
+def _asgi_post(api, chunks: list[bytes], declared: int, stall: bool) -> list[dict]:
+    """Drive the ASGI app directly: send `chunks`, then stall (never send the rest) or finish."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def run():
+        queue = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+        if not stall:
+            queue.append({"type": "http.request", "body": b"", "more_body": False})
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            await asyncio.sleep(3600)  # the client never sends the rest
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/recommend", "raw_path": b"/v1/recommend",
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "client": ("c", 1),
+                 "http_version": "1.1", "asgi": {"version": "3.0"},
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(declared).encode())]}
+        await asyncio.wait_for(api(scope, receive, send), 10)
+
+    asyncio.run(run())
+    return sent
+
+
+def test_a_stalled_body_gets_408_and_the_connection_closed_after_the_deadline():
+    api, calls = _app()
+    set_body_read_timeout_ms(200)
+    sent = _asgi_post(api, [b'{"user_id":'], declared=100, stall=True)
+    start = sent[0]
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert json.loads(sent[1]["body"])["detail"][0]["type"] == "body_timeout"
+    assert calls == []
+
+
+def test_a_body_sent_in_pieces_within_the_deadline_is_served():
+    api, calls = _app()
+    set_body_read_timeout_ms(2000)
+    body = json.dumps({"user_id": "u", "k": 4}).encode()
+    sent = _asgi_post(api, [body[:3], body[3:]], declared=len(body), stall=False)
+    assert sent[0]["status"] == 200 and calls[0].k == 4
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), True])
+def test_the_body_deadline_must_be_positive_and_finite(value):
+    with pytest.raises(ValueError, match="body_read_timeout_ms"):
+        set_body_read_timeout_ms(value)
