@@ -94,7 +94,7 @@ def test_serve_with_the_split_layout_answers(settings, ray_serve, tmp_path, monk
     port = ray_serve.rsplit(":", 1)[1]
     seen: dict = {}
 
-    def requests_instead_of_waiting():
+    def requests_instead_of_waiting(*args, **kwargs):  # in place of serving until stopped (and reloads)
         import time
 
         deadline = time.monotonic() + 180
@@ -103,7 +103,9 @@ def test_serve_with_the_split_layout_answers(settings, ray_serve, tmp_path, monk
         seen["answer"] = httpx.post(f"{ray_serve}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60)
         seen["deployments"] = set(serve.status().applications["recstream"].deployments)
 
-    monkeypatch.setattr(cli, "_wait_forever", requests_instead_of_waiting)
+    import services.launch
+
+    monkeypatch.setattr(services.launch, "serve_until_stopped", requests_instead_of_waiting)
     try:
         out = CliRunner().invoke(cli.app, ["serve", "--config", str(config), "--layout", "split", "--port", port,
                                            "--artifacts-dir", str(tmp_path / "artifacts")])
