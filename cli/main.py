@@ -41,7 +41,7 @@ _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
                  "train -> Ray Serve -> impressions."),
         "stack": ("deploy.local.commands", None, "Local Kafka (KRaft) + Redis stack."),
         "serve": ("services.commands", "serve", "Run the Ray Serve application (two-tower -> HCN -> ranker) until "
-                  "interrupted."),
+                  "interrupted; `serve reload` applies a new config to it in place."),
         "bench": ("benchmarks.commands", None, "Benchmarks that write JSON and Markdown under reports/."),
         "train": ("pipelines.training.commands", "train",
                   "Train one model and save it under artifacts/models/<name>/<version>/."),

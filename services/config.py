@@ -6,7 +6,7 @@ The variants and their versions travel only in each deployment's `user_config`, 
 application's `args`: Ray Serve hashes `args` into the code version, so a version there would make
 every model update a restart of every replica, while a `user_config` change calls `reconfigure` on
 the live replicas (services/app.py). In a Ray Serve config file the variants therefore sit under
-`deployments[].user_config`; `from_file` reads them from there.
+`deployments[].user_config`; services/serve_file.py reads them from there.
 """
 
 from __future__ import annotations
@@ -131,12 +131,3 @@ class ServeConfig(BaseModel):
         """The Ray Serve deployments this layout runs (services/app.py build_app)."""
         return ("ingress",) + (("retrieval", "coarse") if self.layout == "split" else ()) + \
             (("ranker",) if self.ranker_deployment else ())
-
-    @classmethod
-    def from_file(cls, path: str, **overrides) -> "ServeConfig":
-        """A YAML file of ServeConfig fields, or a Ray Serve config file (deploy/serve/recstream.yaml):
-        then the `args` of its recstream application with the variants of its deployments'
-        `user_config`. `overrides` win over the file."""
-        from services.serve_file import read_serve_file
-
-        return read_serve_file(path, **overrides).config

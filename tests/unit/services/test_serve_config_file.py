@@ -23,10 +23,10 @@ def test_serve_config_file_validates_as_ray_serve_schema_and_serve_config():
     assert {d.name for d in app.deployments} == {"ingress", "ranker"}
     assert "variants" not in app.args, "a version under args would restart every replica on a version change"
     assert all(d.user_config["variants"] == app.deployments[0].user_config["variants"] for d in app.deployments)
-    cfg = ServeConfig.from_file(str(FILE))
+    cfg = read_serve_file(FILE).config
     assert cfg.layout == "fused" and set(cfg.variants) == {"A", "B"}
     assert cfg.variants["B"].exploration.policy == "epsilon_slot"
-    assert ServeConfig.from_file(str(FILE), port=9000).port == 9000
+    assert read_serve_file(FILE, port=9000).config.port == 9000
     sf = read_serve_file(FILE)
     assert sf.deployments["ingress"]["max_ongoing_requests"] == 1000 and "user_config" not in sf.deployments["ingress"]
     assert sf.http_options["request_timeout_s"] == 30
@@ -53,7 +53,7 @@ def _write(tmp_path, doc) -> Path:
 
 
 def test_the_document_recstream_serve_applies_reads_back_as_the_same_config(tmp_path):
-    cfg = ServeConfig.from_file(str(FILE), layout="split")
+    cfg = read_serve_file(FILE, layout="split").config
     app = app_document(cfg, {"ingress": {"max_ongoing_requests": 7}}, env={"RECSTREAM_REDIS_PREFIX": "t"})
     assert [d["name"] for d in app["deployments"]] == ["ingress", "retrieval", "coarse", "ranker"]
     assert app["runtime_env"] == {"env_vars": {"RECSTREAM_REDIS_PREFIX": "t"}} and "variants" not in app["args"]
