@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.config import ServeConfig
 from services.serve_file import ServeFileError, app_document, read_serve_file
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,6 +52,8 @@ def _write(tmp_path, doc) -> Path:
 
 
 def test_the_document_recstream_serve_applies_reads_back_as_the_same_config(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
     cfg = read_serve_file(FILE, layout="split").config
     app = app_document(cfg, {"ingress": {"max_ongoing_requests": 7}}, env={"RECSTREAM_REDIS_PREFIX": "t"})
     assert [d["name"] for d in app["deployments"]] == ["ingress", "retrieval", "coarse", "ranker"]
