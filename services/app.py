@@ -51,6 +51,14 @@ install_http_hardening(api, ServeConfig.model_fields["max_body_bytes"].default) 
 _schema_limits: dict[str, Any] = {}
 
 
+def set_schema_limits(**limits: Any) -> None:
+    """Called by the ingress. A function, not `_schema_limits.update` in the method: Ray Serve ships
+    the ingress class by value, and a module dict its methods name travels as a copy, while a
+    module function (like `_openapi`, which FastAPI calls) stays this module's."""
+    _schema_limits.clear()
+    _schema_limits.update(limits)
+
+
 def _explicit_patterns(node: Any) -> Any:
     """The id rule's `\\p{..}` classes as explicit ranges: OpenAPI tools (Swagger UI, schemathesis)
     read ECMA/Python regexes, which have no Unicode category classes."""
@@ -195,9 +203,9 @@ class Ingress:
         runtimes = await asyncio.to_thread(load)
         self.recommender.vectors = vectors_for(runtimes)
         self.recommender.set_variants(runtimes)
-        _schema_limits.update(max_k=self.config.max_k, max_exclude=self.config.max_exclude,
-                              max_score_items=self.config.max_score_items, replay_header=self.config.replay_header,
-                              variants=sorted(runtimes))
+        set_schema_limits(max_k=self.config.max_k, max_exclude=self.config.max_exclude,
+                          max_score_items=self.config.max_score_items, replay_header=self.config.replay_header,
+                          variants=sorted(runtimes))
         await self.recommender.warm_up()
         self._loaded = True
         log.info("serving variants %s", self.recommender.model_versions)
