@@ -27,6 +27,7 @@ from ray import serve
 
 from recstream.ids import explicit_pattern
 from recstream.settings import Settings
+from scoring.servables import pick_device
 from services import metrics as m
 from services.api import (ERROR_RESPONSES, NOT_READY_RESPONSE, RecommendRequest, RecommendResponse, ScoreRequest,
                           ScoreResponse)
@@ -36,7 +37,6 @@ from services.impression_log import ImpressionLogger
 from services.inputs import PopularItems, RedisInputs
 from services.pipeline import Recommender, VariantRuntime
 from services.runtime import load_stage, make_stage, parse_variants, variant_runtimes, vectors_for
-from scoring.servables import pick_device
 from services.serve_file import INGRESS_MAX_ONGOING_REQUESTS
 from services.stages import StageRequest, StageResult
 

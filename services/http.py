@@ -117,10 +117,6 @@ async def _send_json(send: Send, status: int, content: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTimeout(Exception):
-    pass
-
-
 class _ClientGone(Exception):
     pass
 
