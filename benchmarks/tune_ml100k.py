@@ -31,7 +31,7 @@ from pipelines.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
 
 
