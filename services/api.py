@@ -100,9 +100,9 @@ def _error(description: str) -> dict:
 ERROR_RESPONSES: dict[int | str, dict] = {
     400: _error("Content-Length is not a non-negative integer"),
     408: _error("the request body did not arrive within the server's body_read_timeout_ms; the connection is closed"),
-    413: _error("the body is larger than max_body_bytes, or a list longer than the server's max_exclude / "
-                "max_score_items"),
-    422: _error("invalid input, the field named in loc: out of range, wrong type, an id that breaks the id rule, "
-                "a duplicate JSON key, NaN/Infinity or a lone surrogate"),
+    413: _error("the body is larger than max_body_bytes"),
+    422: _error("invalid input, the field named in loc: out of range (k above max_k, a list longer than "
+                "max_exclude / max_score_items), wrong type, an id that breaks the id rule, a duplicate JSON key, "
+                "NaN/Infinity or a lone surrogate"),
 }
 NOT_READY_RESPONSE: dict[int | str, dict] = {503: _error("models not loaded yet")}

@@ -59,25 +59,32 @@ def set_schema_limits(**limits: Any) -> None:
     _schema_limits.update(limits)
 
 
-def _explicit_patterns(node: Any) -> Any:
-    """The id rule's `\\p{..}` classes as explicit ranges: OpenAPI tools (Swagger UI, schemathesis)
-    read ECMA/Python regexes, which have no Unicode category classes."""
-    if isinstance(node, dict):
-        return {explicit_pattern(k) if isinstance(k, str) else k:
-                explicit_pattern(v) if k == "pattern" and isinstance(v, str) else _explicit_patterns(v)
-                for k, v in node.items()}
+def _portable(node: Any) -> Any:
+    """FastAPI's schema in terms every OpenAPI tool reads as the server means it:
+    - the id rule's `\\p{..}` classes as explicit ranges (ECMA and Python regexes have none);
+    - pydantic's `dict[Key, Value]` (`patternProperties` {key pattern: value}) as `propertyNames` +
+      `additionalProperties`: under patternProperties a key that misses the pattern is simply
+      unconstrained, while the server refuses it."""
     if isinstance(node, list):
-        return [_explicit_patterns(v) for v in node]
+        return [_portable(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: explicit_pattern(v) if k == "pattern" and isinstance(v, str) else _portable(v) for k, v in node.items()}
+    pattern_props = node.get("patternProperties")
+    if isinstance(pattern_props, dict) and len(pattern_props) == 1 and "additionalProperties" not in node:
+        [(key_pattern, value)] = node.pop("patternProperties").items()
+        node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": explicit_pattern(key_pattern)}
+        node["additionalProperties"] = value
     return node
 
 
 def _openapi() -> dict:
     """FastAPI's document with the limits this replica enforces, so that everything the schema
     allows is accepted: k up to max_k, the list caps, the replay header's accepted values (this
-    replica's variants; the header is left out when replay_header is off), and the id rule in a
-    regex dialect every OpenAPI tool reads."""
+    replica's variants; the header is left out when replay_header is off), in terms every OpenAPI
+    tool reads (`_portable`)."""
     if api.openapi_schema is None:
-        api.openapi_schema = _explicit_patterns(get_openapi(title=api.title, version=api.version,
+        api.openapi_schema = _portable(get_openapi(title=api.title, version=api.version,
                                                             description=api.description, routes=api.routes))
     spec = copy.deepcopy(api.openapi_schema)
     lim = dict(_schema_limits)
@@ -220,7 +227,7 @@ class Ingress:
             raise HTTPException(422, detail=[{"loc": ["body", "k"], "msg": f"k ({req.k}) must be <= max_k ({c.max_k})",
                                               "type": "less_than_equal"}])
         if len(req.exclude) > c.max_exclude:
-            raise HTTPException(413, detail=[{"loc": ["body", "exclude"], "type": "too_long",
+            raise HTTPException(422, detail=[{"loc": ["body", "exclude"], "type": "too_long",
                                               "msg": f"exclude has {len(req.exclude)} items, max_exclude is {c.max_exclude}"}])
         if x_recstream_replay is not None:
             if not c.replay_header or x_recstream_replay not in self.recommender.variants:
@@ -233,7 +240,7 @@ class Ingress:
     @api.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         if len(req.item_ids) > self.config.max_score_items:
-            raise HTTPException(413, detail=[{"loc": ["body", "item_ids"], "type": "too_long",
+            raise HTTPException(422, detail=[{"loc": ["body", "item_ids"], "type": "too_long",
                                               "msg": f"item_ids has {len(req.item_ids)} items, max_score_items is "
                                                      f"{self.config.max_score_items}"}])
         return await self.recommender.score(req)

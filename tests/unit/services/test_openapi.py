@@ -44,6 +44,13 @@ def test_the_document_states_this_replicas_limits_and_replay_variants(spec, monk
     assert app._openapi()["paths"]["/v1/recommend"]["post"]["parameters"] == []  # every value would get a 422
 
 
+def test_context_keys_are_constrained_as_the_server_constrains_them(spec):
+    ctx = spec["components"]["schemas"]["RecommendRequest"]["properties"]["context"]["anyOf"][0]
+    assert "patternProperties" not in ctx  # under it, a key missing the pattern would be unconstrained
+    assert ctx["propertyNames"]["pattern"] == ids.explicit_pattern(ids.SAFE_TEXT_PATTERN)
+    assert ctx["additionalProperties"]["type"] == "string"
+
+
 def test_the_id_pattern_is_spelled_with_explicit_ranges_that_equal_the_servers_rule(spec):
     text = json.dumps(spec, ensure_ascii=False, allow_nan=False)
     text.encode("utf-8")  # the document is served as UTF-8: no literal surrogate in it
