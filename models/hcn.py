@@ -206,6 +206,7 @@ class HCN(ItemEmbeddings, nn.Module):
     def score_sets(self, u: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Each row's own candidates: u (B, K, d) x cands (B, C) -> (B, C), the same score as `score`."""
         b, n_c = cands.shape
-        v = self.item_vectors(cands.reshape(-1)).view(b, n_c, -1)  # (B, C, d); no item features on this path
+        uniq, inv = torch.unique(cands, return_inverse=True)  # (U,), (B, C): each item's tower once (U <= catalogue)
+        v = self.item_vectors(uniq)[inv]  # (B, C, d); no item features on this path
         s = torch.matmul(u, v.transpose(1, 2)) / self.config.temperature  # (B, K, C)
         return (torch.softmax(self.config.score_power * s, dim=1) * s).sum(1)  # (B, C)

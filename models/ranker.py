@@ -63,7 +63,7 @@ from models.layers import (
     ItemEmbeddings,
     dense_input,
 )
-from models.sdim import SdimInterest
+from models.sdim import SdimInterest, sdim_interest_sets
 from models.sdim_hash import SdimConfig
 
 
@@ -180,19 +180,20 @@ class CtrRanker(ItemEmbeddings, nn.Module):
             raise ValueError("a batch with 'cands' needs a RankerConfig with listwise=True")
         cands = batch["cands"]  # (B, C)
         b, n_c = cands.shape
-        flat = {"user": batch["user"].repeat_interleave(n_c), "item": cands.reshape(-1),
-                "hist": batch["hist"].repeat_interleave(n_c, dim=0)}  # (B*C,), (B*C,), (B*C, L)
+        hist = batch["hist"]  # (B, L)
+        target = self.item_embed(cands)  # (B, C, d)
+        user = (self.user_emb(batch["user"]) if c.use_user_id else target.new_zeros(b, c.dim))[:, None].expand(-1, n_c, -1)  # (B, C, d)
+        long = self.long_interest_sets(target, hist)  # (B, C, d)
+        short_seq = hist[:, -c.short_len :]  # (B, 50)
+        short = self.din.forward_sets(target, self.item_embed(short_seq), short_seq > 0)  # (B, C, d)
+        flat_feats = {}
         if "user_feats" in batch:
-            flat["user_feats"] = batch["user_feats"].repeat_interleave(n_c, dim=0)  # (B*C, Fu)
+            flat_feats["user_feats"] = batch["user_feats"].repeat_interleave(n_c, dim=0)  # (B*C, Fu)
         if "cand_item_feats" in batch:
-            flat["item_feats"] = batch["cand_item_feats"].reshape(b * n_c, -1)  # (B*C, Fi)
-        target = self.item_embed(flat["item"])  # (B*C, d)
-        user = self.user_emb(flat["user"]) if c.use_user_id else torch.zeros_like(target)  # (B*C, d)
-        long = self.long_interest(target, flat["hist"])  # (B*C, d)
-        short_seq = flat["hist"][:, -c.short_len :]  # (B*C, 50)
-        short = self.din(target, self.item_embed(short_seq), short_seq > 0)  # (B*C, d)
-        dense = self.dense_parts(flat, len(target))  # 0-2 x (B*C, d)
-        x0 = torch.cat([user, target, long, short, target * long, target * short, *dense], dim=-1)  # (B*C, 6d..8d)
+            flat_feats["item_feats"] = batch["cand_item_feats"].reshape(b * n_c, -1)  # (B*C, Fi)
+        dense = [x.view(b, n_c, -1) for x in self.dense_parts(flat_feats, b * n_c)]  # 0-2 x (B, C, d)
+        x0 = torch.cat([user, target, long, short, target * long, target * short, *dense], dim=-1)  # (B, C, 6d..8d)
+        x0 = x0.reshape(b * n_c, -1)  # (B*C, 6d..8d)
         order, like = (h.view(b, n_c) for h in self.heads(x0))  # (B, C) each
         out = {"score": order, "logit": like, "prob": torch.sigmoid(like)}
         if "label" in batch:
@@ -234,6 +235,19 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         x0 = torch.cat([user_vec, target, long, short, target * long, target * short, *dense], dim=-1)  # (M, 6d..8d)
         order, like = self.heads(x0)  # (M,) each
         return order if head == "order" else like
+
+    def long_interest_sets(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Long-term interest of C candidates per row (B, C, d) over each row's history (B, L):
+        SDIM with tables built once per row; the other blocks on the broadcast batch."""
+        if self.long_block is None:
+            return torch.zeros_like(target)
+        seq = hist[:, -self.config.long_len :]  # (B, L)
+        keys, mask = self.item_embed(seq), seq > 0  # (B, L, d), (B, L)
+        if isinstance(self.long_block, SdimInterest):
+            return sdim_interest_sets(self.long_block.hasher, target, keys, mask)  # (B, C, d)
+        b, n_c, d = target.shape
+        flat = self.long_block(target.reshape(b * n_c, d), keys.repeat_interleave(n_c, 0), mask.repeat_interleave(n_c, 0))
+        return flat.view(b, n_c, d)  # (B, C, d)
 
     def long_interest_one_user(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """Long-term interest of M candidates (M, d) over one history (L,): SDIM through bucket tables

@@ -54,14 +54,18 @@ class CascadeBenchConfig:
     k: int = 20
     n_folds: int = 2
     hcn_hard: int = 32  # hard negatives per HCN set, from the out-of-fold top-1,000
-    ranker_hard: int = 15  # hard negatives per ranker set, from the out-of-fold top-200
-    ranker_random: int = 4
+    ranker_hard: int = 12  # hard negatives per ranker set, from the out-of-fold top-200
+    ranker_random: int = 3
     hcn_epochs: int = 3
-    ranker_epochs: int = 4
+    ranker_epochs: int = 3
     ranker_batch_size: int = 128
     ranker_lr: float = 1e-3
     ranker_long_term: str = "sdim"
-    ranker_positions_per_user: int = 40  # the ranker trains on each user's last 40 positions (time budget)
+    # a smaller network than the synthetic benchmark's (dim 64, 3 cross layers, MLP 256-128): one
+    # listwise step scores batch x set rows, and at the full size an epoch alone overran the 5-minute
+    # budget on one thread (1.4 s per 128 x 20 rows)
+    ranker_dim: int = 32
+    ranker_positions_per_user: int = 20  # the ranker trains on each user's last 20 positions (time budget)
     fusion_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
     def __post_init__(self) -> None:
@@ -120,7 +124,7 @@ def set_metrics(scores: np.ndarray, cands: np.ndarray, positives: np.ndarray, k:
         return 0.0, 0.0
     rec, nd = recall_ndcg_at_k(scores[present], where[present].argmax(1), k)
     frac = present.mean()
-    return rec * frac, nd * frac
+    return float(rec * frac), float(nd * frac)
 
 
 def top_by(scores: np.ndarray, cands: np.ndarray, n: int) -> np.ndarray:
@@ -149,7 +153,7 @@ def _fit_fold_two_tower(splits, seed: int, epochs: int):
 
 def run_seed(seed: int, cfg: CascadeBenchConfig, progress: bool = False) -> dict[str, float]:
     torch.set_num_threads(NUM_THREADS)
-    t_all = time.perf_counter()
+    t_all, cpu_all = time.perf_counter(), time.process_time()
     splits = build_ml100k_retrieval(ML100K_HIST_LEN, protocol=DEFAULT_PROTOCOL)
     train, valid, test = splits.train, splits.valid, splits.test
     n_items = splits.vocabs["item"].size
@@ -212,7 +216,9 @@ def run_seed(seed: int, cfg: CascadeBenchConfig, progress: bool = False) -> dict
     rk_job = default_job("ranker", "ml100k", train_overrides={
         "seed": seed, "num_threads": NUM_THREADS, "progress": progress, "epochs": cfg.ranker_epochs,
         "batch_size": cfg.ranker_batch_size, "lr": cfg.ranker_lr, "patience_epochs": 1},
-        model_overrides={"listwise": True, "long_term": cfg.ranker_long_term})
+        model_overrides={"listwise": True, "long_term": cfg.ranker_long_term, "dim": cfg.ranker_dim,
+                         "sdim": {"dim": cfg.ranker_dim}, "cross_layers": 2, "mlp_hidden": (4 * cfg.ranker_dim, 2 * cfg.ranker_dim),
+                         "din_hidden": (cfg.ranker_dim, cfg.ranker_dim // 2)})
     ranker = build(rk_job, splits)  # long_len = the 200 behaviours the samples keep
     keep = _last_positions(train, cfg.ranker_positions_per_user)
     like = (splits.extras["rating"]["train"] >= 4.0).astype(np.float32)
@@ -264,6 +270,7 @@ def run_seed(seed: int, cfg: CascadeBenchConfig, progress: bool = False) -> dict
     r.update({f"train_seconds_{k}": v for k, v in secs.items()})
     r["train_seconds_total"] = float(sum(secs.values()))
     r["seconds_total"] = time.perf_counter() - t_all
+    r["cpu_seconds_total"] = time.process_time() - cpu_all  # this process's CPU time: what contention cannot inflate
     r["epochs_two_tower"], r["epochs_hcn"], r["epochs_ranker"] = (float(tt_fit.best_epoch), float(hcn_fit.best_epoch),
                                                                   float(rk_fit.best_epoch))
     log.info("seed %d: %s", seed, {k: round(v, 4) for k, v in r.items()})
@@ -316,15 +323,15 @@ def write_reports(summary: dict, per_seed: dict, cfg: CascadeBenchConfig, out_di
              f"Protocol `{DEFAULT_PROTOCOL}` (leave-last-out, full catalogue, earlier items masked). Test numbers; "
              "every choice (epochs, fusion weights) was made on validation.", "",
              "| seed | retrieval R@1000 | coarse R@200 | two-tower R@20 | two-tower→HCN R@20 | ranker alone R@20 | "
-             "cascade R@20 | cascade NDCG@20 | two-tower NDCG@20 | fusion w (ret, coarse, ranker) | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cascade R@20 | cascade NDCG@20 | two-tower NDCG@20 | fusion w (ret, coarse, ranker) | train s | all s (CPU s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in seeds:
         v = per_seed[s]
         lines.append(f"| {s} | {v['retrieval_recall_at_1000']:.4f} | {v['coarse_recall_at_200']:.4f} | "
                      f"{v['two_tower_only_recall_at_20']:.4f} | {v['two_tower_hcn_recall_at_20']:.4f} | "
                      f"{v['ranker_alone_recall_at_20']:.4f} | {v['cascade_recall_at_20']:.4f} | {v['cascade_ndcg_at_20']:.4f} | "
                      f"{v['two_tower_only_ndcg_at_20']:.4f} | {v['fusion_retrieval_weight']:g}, {v['fusion_coarse_weight']:g}, "
-                     f"{v['fusion_ranker_weight']:g} | {v['train_seconds_total']:.0f} |")
+                     f"{v['fusion_ranker_weight']:g} | {v['train_seconds_total']:.0f} | {v['seconds_total']:.0f} ({v['cpu_seconds_total']:.0f}) |")
     if len(seeds) > 1:
         m = summary
         lines.append(f"| mean ± std | {m['retrieval_recall_at_1000_ml100k']:.4f} | {m['coarse_recall_at_200_ml100k']:.4f} | "
@@ -332,7 +339,8 @@ def write_reports(summary: dict, per_seed: dict, cfg: CascadeBenchConfig, out_di
                      f"{m['two_tower_hcn_recall_at_20_ml100k']:.4f} | {m['ranker_alone_recall_at_20_ml100k']:.4f} | "
                      f"{m['cascade_recall_at_20_ml100k']:.4f} ± {m['cascade_recall_at_20_ml100k_std']:.4f} | "
                      f"{m['cascade_ndcg_at_20_ml100k']:.4f} ± {m['cascade_ndcg_at_20_ml100k_std']:.4f} | "
-                     f"{m['two_tower_only_ndcg_at_20_ml100k']:.4f} | | {m['train_seconds_total_ml100k']:.0f} |")
+                     f"{m['two_tower_only_ndcg_at_20_ml100k']:.4f} | | {m['train_seconds_total_ml100k']:.0f} | "
+                     f"{m['seconds_total_ml100k']:.0f} ({m['cpu_seconds_total_ml100k']:.0f}) |")
     lines += ["", "Validation (what chose the epochs and the fusion weights):", "",
               "| seed | two-tower R@20 | two-tower→HCN R@20 | ranker alone R@20 | cascade R@20 |", "|---|---|---|---|---|"]
     for s in seeds:
