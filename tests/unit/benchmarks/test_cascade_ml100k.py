@@ -1,10 +1,10 @@
-"""Helpers of the cascade benchmark (pipelines/bench/cascade_ml100k.py): metrics over a candidate
+"""Helpers of the cascade benchmark (benchmarks/cascade_ml100k.py): metrics over a candidate
 set count a positive the set lost as a miss; the ranker's positions are each user's last ones."""
 
 import numpy as np
 import pytest
 
-from pipelines.bench.cascade_ml100k import CascadeBenchConfig, _last_positions, set_metrics, top_by
+from benchmarks.cascade_ml100k import CascadeBenchConfig, _last_positions, set_metrics, top_by
 from pipelines.data.datasets import Samples, SequenceStore
 
 

@@ -1,10 +1,10 @@
-"""Score fusion (services/fusion.py): the fused order equals its formula."""
+"""Score fusion (scoring/fusion.py): the fused order equals its formula."""
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from services.fusion import FusionConfig, fuse, fused_order, zscore
+from scoring.fusion import FusionConfig, fuse, fused_order, zscore
 
 
 def test_fused_order_equals_the_formula():
