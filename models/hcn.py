@@ -13,6 +13,10 @@ below are our design (papers/HCN.md, "inferred"), not the paper's:
 - score(u, v) = sum_k softmax_k(p s_k) s_k with s_k = <u_k, v> / T: K dot products per candidate,
   no per-candidate attention over the sequence, so U is computed once per request (cacheable).
 Training: in-batch sampled softmax with logQ correction + lambda * ||C C^T - I||_F^2 / K^2.
+With `cands` (B, C) in the batch (issue 22: column 0 the positive, the rest the two-tower's
+candidates for that position, mined out of fold by pipelines/training/cascade_data.py), the
+softmax over each row's own candidate set is added with weight `cand_weight`, so HCN learns to
+order what the retrieval stage hands it, not only the whole catalogue.
 
 Batch keys: user (B,), hist (B, H) right-aligned past items (0 = pad), item (B,). With
 `n_user_feats` / `n_item_feats` > 0 also `user_feats` (B, Fu) and `item_feats` (B, Fi) float32, the
@@ -33,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.layers import MLP, HashedEmbedding, ItemEmbeddings, dense_input, l2_normalize
@@ -58,6 +63,7 @@ class HcnConfig:
     freq_alpha: float = 0.01
     n_user_feats: int = 0  # dense user features into the gate's profile; 0 = none (older artefacts)
     n_item_feats: int = 0  # dense item features into the item tower; 0 = none
+    cand_weight: float = 1.0  # weight of the candidate-set softmax (only for batches that carry `cands`)
 
     def __post_init__(self) -> None:
         if self.n_user_feats < 0 or self.n_item_feats < 0:
@@ -189,4 +195,18 @@ class HCN(ItemEmbeddings, nn.Module):
         logits = self.score(u, self.item_vectors(items, batch.get("item_feats")))  # (B, B): user i vs in-batch item j
         log_q = self.freq.log_q(items) if self.config.logq_correction else None
         main = in_batch_softmax_loss(logits, items, log_q)
-        return {"loss": main + self.config.div_weight * div, "main_loss": main, "div_loss": div, "interests": u}
+        out = {"loss": main + self.config.div_weight * div, "main_loss": main, "div_loss": div, "interests": u}
+        if "cands" in batch:
+            cand = self.score_sets(u, batch["cands"])  # (B, C)
+            dup = (batch["cands"] == items[:, None]) & (torch.arange(cand.shape[1], device=cand.device) > 0)  # (B, C)
+            cand_loss = F.cross_entropy(cand.masked_fill(dup, float("-inf")), torch.zeros_like(items))
+            out.update(loss=out["loss"] + self.config.cand_weight * cand_loss, cand_loss=cand_loss)
+        return out
+
+    def score_sets(self, u: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        """Each row's own candidates: u (B, K, d) x cands (B, C) -> (B, C), the same score as `score`."""
+        b, n_c = cands.shape
+        uniq, inv = torch.unique(cands, return_inverse=True)  # (U,), (B, C): each item's tower once (U <= catalogue)
+        v = self.item_vectors(uniq)[inv]  # (B, C, d); no item features on this path
+        s = torch.matmul(u, v.transpose(1, 2)) / self.config.temperature  # (B, K, C)
+        return (torch.softmax(self.config.score_power * s, dim=1) * s).sum(1)  # (B, C)

@@ -238,6 +238,22 @@ class DinAttention(nn.Module):
         return w @ keys  # (M, D)
 
 
+    def forward_sets(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """forward_shared_keys for a batch: C queries per row against that row's sequence."""
+        # query (B, C, D), keys (B, L, D), mask (B, L)
+        first = self.mlp[0]
+        w_q, w_k, w_diff, w_prod = first.weight.split(query.shape[-1], dim=1)  # each (H, D)
+        per_q = query @ (w_q + w_diff).T + first.bias  # (B, C, H)
+        per_k = keys @ (w_k - w_diff).T  # (B, L, H)
+        per_pair = (query.unsqueeze(2) * keys.unsqueeze(1)) @ w_prod.T  # (B, C, L, H)
+        h = per_pair + per_q.unsqueeze(2) + per_k.unsqueeze(1)  # (B, C, L, H)
+        for layer in list(self.mlp)[1:]:
+            h = layer(h)
+        w = h.squeeze(-1) * mask.unsqueeze(1).to(h.dtype)  # (B, C, L)
+        w = w / mask.sum(1).clamp_min(1).to(w.dtype)[:, None, None]  # length-normalised
+        return w @ keys  # (B, C, D)
+
+
 class CrossNetV2(nn.Module):
     """DCNv2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l (full-rank W)."""
 

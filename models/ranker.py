@@ -27,6 +27,17 @@ training and serving); each is projected to d by one linear layer and joins x0:
 
 With both at 0 (the default) the network, its parameters and its checkpoints are exactly as before.
 
+Listwise (`listwise=True`, issue 22): the batch carries `cands` (B, C), column 0 the positive and
+the rest the candidates the stage above would hand over (pipelines/training/cascade_data.py), and
+`label` (B,) the positive's like label (rating >= 4). Two heads share x0 of every candidate:
+
+    order  = w_r . [CrossNetV2(x0), MLP(x0)]    loss_order = CE(softmax_C(order), column 0)
+    like   = w   . [CrossNetV2(x0), MLP(x0)]    loss_like  = BCE(like, [label, 0, ..., 0])
+    loss   = loss_order + like_weight * loss_like
+
+`order` ranks (the sampled softmax over the candidate set fits Recall@K); `prob` = sigmoid(like)
+is the click / like probability /v1/score returns. Without `cands` the pointwise path is unchanged.
+
 Serving scores M candidates of one user with `score_user`, which computes the user side once
 (user embedding, history embeddings, user features, SDIM tables from the history) and splits DIN's
 first layer (DinAttention.forward_shared_keys); it equals `forward` on the broadcast batch.
@@ -52,7 +63,7 @@ from models.layers import (
     ItemEmbeddings,
     dense_input,
 )
-from models.sdim import SdimInterest
+from models.sdim import SdimInterest, sdim_interest_sets
 from models.sdim_hash import SdimConfig
 
 
@@ -74,6 +85,8 @@ class RankerConfig:
     sdim: SdimConfig = field(default_factory=SdimConfig)
     n_user_feats: int = 0  # dense user features (features.vectors.USER_VECTOR_NAMES); 0 = none (older artefacts)
     n_item_feats: int = 0  # dense item features (features.vectors.ITEM_VECTOR_NAMES); 0 = none
+    listwise: bool = False  # adds the ordering head trained by softmax over `cands`; False = older artefacts
+    like_weight: float = 0.5  # weight of the like head's BCE beside the listwise loss
 
     def __post_init__(self) -> None:
         if self.long_term not in ("sdim", "collision", "attention", "none"):
@@ -106,6 +119,7 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         # created last, and only when used: a config without features keeps the old parameters and init
         self.user_feat_proj = nn.Linear(c.n_user_feats, c.dim) if c.n_user_feats else None
         self.item_feat_proj = nn.Linear(c.n_item_feats, c.dim) if c.n_item_feats else None
+        self.order_head = nn.Linear(x_dim + self.mlp.out_dim, 1) if c.listwise else None
 
     def item_embed(self, items: torch.Tensor) -> torch.Tensor:
         item, cat = self.item_parts(items)
@@ -136,7 +150,15 @@ class CtrRanker(ItemEmbeddings, nn.Module):
     def logit(self, x0: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)).squeeze(-1)  # (B,)
 
+    def heads(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order logit, like logit), each (B,); the order head is the like head without listwise."""
+        h = torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)  # (B, x_dim + mlp_out)
+        like = self.head(h).squeeze(-1)  # (B,)
+        return (self.order_head(h).squeeze(-1) if self.order_head is not None else like), like
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "cands" in batch:
+            return self.forward_listwise(batch)
         c = self.config
         target = self.item_embed(batch["item"])  # (B, d)
         user = self.user_emb(batch["user"]) if c.use_user_id else torch.zeros_like(target)  # (B, d)
@@ -151,9 +173,43 @@ class CtrRanker(ItemEmbeddings, nn.Module):
             out["loss"] = F.binary_cross_entropy_with_logits(logit, batch["label"].float())
         return out
 
+    def forward_listwise(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Candidate sets: every candidate of row b scored with row b's user side (broadcast)."""
+        c = self.config
+        if self.order_head is None:
+            raise ValueError("a batch with 'cands' needs a RankerConfig with listwise=True")
+        cands = batch["cands"]  # (B, C)
+        b, n_c = cands.shape
+        hist = batch["hist"]  # (B, L)
+        target = self.item_embed(cands)  # (B, C, d)
+        user = (self.user_emb(batch["user"]) if c.use_user_id else target.new_zeros(b, c.dim))[:, None].expand(-1, n_c, -1)  # (B, C, d)
+        long = self.long_interest_sets(target, hist)  # (B, C, d)
+        short_seq = hist[:, -c.short_len :]  # (B, 50)
+        short = self.din.forward_sets(target, self.item_embed(short_seq), short_seq > 0)  # (B, C, d)
+        flat_feats = {}
+        if "user_feats" in batch:
+            flat_feats["user_feats"] = batch["user_feats"].repeat_interleave(n_c, dim=0)  # (B*C, Fu)
+        if "cand_item_feats" in batch:
+            flat_feats["item_feats"] = batch["cand_item_feats"].reshape(b * n_c, -1)  # (B*C, Fi)
+        dense = [x.view(b, n_c, -1) for x in self.dense_parts(flat_feats, b * n_c)]  # 0-2 x (B, C, d)
+        x0 = torch.cat([user, target, long, short, target * long, target * short, *dense], dim=-1)  # (B, C, 6d..8d)
+        x0 = x0.reshape(b * n_c, -1)  # (B*C, 6d..8d)
+        order, like = (h.view(b, n_c) for h in self.heads(x0))  # (B, C) each
+        out = {"score": order, "logit": like, "prob": torch.sigmoid(like)}
+        if "label" in batch:
+            target_col = torch.zeros(b, dtype=torch.long, device=order.device)
+            # a sampled candidate that is the positive again (random draws) is masked, not pushed down
+            dup = (cands == cands[:, :1]) & (torch.arange(n_c, device=cands.device) > 0)  # (B, C)
+            loss_order = F.cross_entropy(order.masked_fill(dup, float("-inf")), target_col)
+            like_target = torch.zeros_like(like)
+            like_target[:, 0] = batch["label"].float()
+            loss_like = F.binary_cross_entropy_with_logits(like, like_target)
+            out.update(loss=loss_order + c.like_weight * loss_like, order_loss=loss_order, like_loss=loss_like)
+        return out
+
     def score_user(self, user: torch.Tensor, hist: torch.Tensor, items: torch.Tensor,
                    long_interest: torch.Tensor | None = None, user_feats: torch.Tensor | None = None,
-                   item_feats: torch.Tensor | None = None) -> torch.Tensor:
+                   item_feats: torch.Tensor | None = None, head: Literal["like", "order"] = "like") -> torch.Tensor:
         """Serving: logits of M candidates for ONE user, the user side computed once.
 
         Equals `forward` on the broadcast batch (user and hist repeated M times) within float
@@ -164,6 +220,7 @@ class CtrRanker(ItemEmbeddings, nn.Module):
             items: (M,) long candidate rows.
             long_interest: (M, d) SDIM interest from the BSE tables, or None to compute it from hist.
             user_feats: (1, Fu) float32, needed when n_user_feats > 0; item_feats: (M, Fi) likewise.
+            head: "like" (the probability's logit, default) or "order" (the listwise ordering head).
         Returns:
             (M,) logits.
         """
@@ -176,7 +233,21 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         short = self.din.forward_shared_keys(target, self.item_embed(short_seq), short_seq > 0)  # (M, d)
         dense = self.dense_parts({"user_feats": user_feats, "item_feats": item_feats}, m, n_user_rows=1)  # 0-2 x (M, d)
         x0 = torch.cat([user_vec, target, long, short, target * long, target * short, *dense], dim=-1)  # (M, 6d..8d)
-        return self.logit(x0)  # (M,)
+        order, like = self.heads(x0)  # (M,) each
+        return order if head == "order" else like
+
+    def long_interest_sets(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Long-term interest of C candidates per row (B, C, d) over each row's history (B, L):
+        SDIM with tables built once per row; the other blocks on the broadcast batch."""
+        if self.long_block is None:
+            return torch.zeros_like(target)
+        seq = hist[:, -self.config.long_len :]  # (B, L)
+        keys, mask = self.item_embed(seq), seq > 0  # (B, L, d), (B, L)
+        if isinstance(self.long_block, SdimInterest):
+            return sdim_interest_sets(self.long_block.hasher, target, keys, mask)  # (B, C, d)
+        b, n_c, d = target.shape
+        flat = self.long_block(target.reshape(b * n_c, d), keys.repeat_interleave(n_c, 0), mask.repeat_interleave(n_c, 0))
+        return flat.view(b, n_c, d)  # (B, C, d)
 
     def long_interest_one_user(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """Long-term interest of M candidates (M, d) over one history (L,): SDIM through bucket tables

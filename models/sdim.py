@@ -62,6 +62,24 @@ class SdimInterest(nn.Module):
         return sdim_interest_from_tables(tables, cand_sig)  # (M, d)
 
 
+def sdim_interest_sets(hasher: SdimHasher, cand_emb: torch.Tensor, seq_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`SdimInterest.forward_shared` for a batch of rows, each with C candidates and its own
+    sequence: tables built once per row, then each candidate gathers its S buckets (training on
+    candidate sets: O(L*S*d + C*S*d) per row instead of O(C*L*S*d))."""
+    # cand_emb (B, C, d), seq_emb (B, L, d), mask (B, L)
+    b, n_c, d = cand_emb.shape
+    with torch.no_grad():
+        seq_sig = hasher.signatures(seq_emb)  # (B, L, S)
+        cand_sig = hasher.signatures(cand_emb)  # (B, C, S)
+        n_sig, n_buckets = seq_sig.shape[-1], hasher.config.n_buckets
+        member = F.one_hot(seq_sig, n_buckets).to(seq_emb.dtype) * mask[..., None, None].to(seq_emb.dtype)  # (B, L, S, 2**tau)
+    tables = torch.einsum("blsk,bld->bskd", member, seq_emb).reshape(b, n_sig * n_buckets, d)  # (B, S*2**tau, d)
+    normed = l2_normalize(tables)  # (B, S*2**tau, d): an empty bucket stays 0
+    rows = cand_sig + torch.arange(n_sig, device=cand_sig.device) * n_buckets  # (B, C, S) rows of each table
+    picked = torch.gather(normed, 1, rows.reshape(b, -1, 1).expand(-1, -1, d))  # (B, C*S, d)
+    return picked.view(b, n_c, n_sig, d).mean(2)  # (B, C, d)
+
+
 def build_bucket_tables(
     seq_emb: np.ndarray, hasher: SdimHasher, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

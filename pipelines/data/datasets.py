@@ -230,7 +230,8 @@ def build_ml100k_retrieval(hist_len: int = 200, data=None, protocol: str = DEFAU
     each sample's history, so the protocol also fixes the mask."""
     parts, vocabs, item_cat, catalogue = _ml100k_parts(hist_len, data, protocol)
     return Splits("retrieval", parts["train"][0], parts["valid"][0], parts["test"][0], vocabs, item_cat,
-                  catalogue=catalogue, meta={"dataset": "ml100k", "split": "leave-last-out", "protocol": protocol})
+                  catalogue=catalogue, meta={"dataset": "ml100k", "split": "leave-last-out", "protocol": protocol},
+                  extras={"rating": {name: parts[name][1] for name in parts}})  # (n,) rating of each sample
 
 
 def _with_negatives(s: Samples, n_items: int, seed: int, pos_label: np.ndarray | None = None) -> Samples:
