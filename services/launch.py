@@ -39,6 +39,9 @@ from services.serve_file import DEFAULT_HTTP_OPTIONS, ServeFile, app_document, a
 log = logging.getLogger(__name__)
 
 APP_NAME = "recstream"
+# Serve kills a proxy that is not ready within 5 s (its default), and `serve.start` then fails: seen
+# on a busy 2-core host. A Ray this process starts inherits the variable.
+PROXY_READY_CHECK_TIMEOUT_S = "60"
 
 
 class ServeReloadError(RecstreamError):
@@ -49,6 +52,7 @@ def start_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", PROXY_READY_CHECK_TIMEOUT_S)
         # Logical CPUs: replicas reserve fractions (ServeConfig.num_cpus), so several deployments fit on 2 cores.
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                  configure_logging=False, namespace="recstream")

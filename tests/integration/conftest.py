@@ -104,9 +104,10 @@ def ray_serve():
     from deploy.local import free_ports
 
     port = int(os.environ.get("RECSTREAM_TEST_SERVE_PORT") or free_ports(1)[0])
-    # Serve kills a proxy that is not ready within 5 s, and serve.start then fails: seen twice on
-    # this shared 2-core machine at load 10. Read by the controller, which inherits this environment.
-    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    from services.launch import PROXY_READY_CHECK_TIMEOUT_S
+
+    # as `recstream serve` does (services/launch.py): seen killing the proxy at load 10 here
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", PROXY_READY_CHECK_TIMEOUT_S)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="recstream-test",
              configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})

@@ -1,6 +1,6 @@
 """The `recstream` command as a user types it: `stack up` twice, `status`, `topics`, `produce`,
-`stack down` on a stack of its own (temp home, ports from the OS), and `serve --layout split` on
-the session's Ray."""
+`stack down` on a stack of its own (temp home, ports from the OS), `serve --layout split` on
+the session's Ray, and `serve` + `serve reload` as two processes."""
 
 from __future__ import annotations
 
@@ -120,3 +120,82 @@ def test_serve_with_the_split_layout_answers(settings, ray_serve, tmp_path, monk
     assert body["model_versions"] == {"retrieval": "v1", "coarse": "v1", "ranker": "v1"}, body
     # every stage answered; the stream never wrote this prefix's BSE tables for ranker v1
     assert body["degraded_reasons"] == ["bse:version_missing"], body
+
+
+def test_serve_then_serve_reload_swaps_a_version_in_place(settings, tmp_path):
+    """The README's procedure as a user runs it: `recstream serve --config FILE` in one process,
+    then `recstream serve reload --config NEW` from another; the new version answers, through the
+    same replicas, without a restart of the server."""
+    import signal
+    import time
+
+    import yaml
+
+    from tests.serving_fixtures import save_stage_models
+
+    root = tmp_path / "artifacts"
+    save_stage_models(root, version="v1", seed=0)
+    save_stage_models(root, version="v2", seed=1)
+    [port] = free_ports(1)
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/serve/recstream.yaml").read_text())
+    app = doc["applications"][0]
+    app["args"].update(user_feature_source="none", candidate_top_k=200, coarse_top_k=50, max_k=20,
+                       popular_pool_size=100, deadlines={"inputs_timeout_ms": 3000, "candidates_timeout_ms": 3000,
+                                                         "coarse_timeout_ms": 3000, "ranker_timeout_ms": 5000,
+                                                         "redis_timeout_ms": 1000})
+    for d in app["deployments"]:
+        d.pop("autoscaling_config", None)  # one replica each: the test checks that they survive
+
+    def write(name: str, ranker: str) -> Path:
+        variant = {"share": 1.0, **{s: {"name": n, "version": "v1"} for s, n in
+                                    (("retrieval", "two_tower"), ("coarse", "hcn"))},
+                   "ranker": {"name": "ranker", "version": ranker}}
+        for d in app["deployments"]:
+            d["user_config"] = {"variants": {"A": variant}}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}, **settings.to_env(),
+           "RECSTREAM_HOME": str(tmp_path / "home")}
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(write("v1.yaml", "v1")),
+                               "--port", str(port), "--artifacts-dir", str(root)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ask() -> dict:
+        r = httpx.post(f"{url}/v1/recommend", json={"user_id": "u3", "k": 5}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "recstream serve never became ready"
+            time.sleep(0.5)
+        assert ask()["model_versions"]["ranker"] == "v1"
+
+        reload = _cli(env, "serve", "reload", "--config", str(write("v2.yaml", "v2")), "--port", str(port),
+                      timeout_s=400)
+        assert reload.returncode == 0, reload.stdout[-2000:] + reload.stderr[-2000:]
+        assert "applied in place" in reload.stdout and '"ranker": "v2"' in reload.stdout, reload.stdout
+        assert ask()["model_versions"]["ranker"] == "v2"
+        assert server.poll() is None
+
+        bad = _cli(env, "serve", "reload", "--config", str(tmp_path / "missing.yaml"), "--port", str(port))
+        assert bad.returncode != 0 and "missing.yaml" in bad.stderr
+        assert ask()["model_versions"]["ranker"] == "v2"  # a refused reload leaves the server as it was
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            out, _ = server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, _ = server.communicate()
+    assert "stopping" in out, out[-2000:]
