@@ -98,7 +98,10 @@ def _variants(ranker: str = "v1", b_ranker: str | None = None) -> dict:
 
 def _config(world, **kw) -> ServeConfig:
     # generous deadlines: the 2-core CI machine is busy; the deadline tests set their own
+    # body_read_timeout_ms 15 s: the stalled-upload test measures normal requests while all its
+    # stalled ones are still open; on a loaded 2-core machine 10 requests took 7.5 s, past the 5 s default
     base = dict(artifacts_dir=str(world["root"]), candidate_top_k=200, coarse_top_k=50, max_k=20, popular_pool_size=100,
+                body_read_timeout_ms=15_000,
                 user_feature_source="none", variants=_variants("v1", b_ranker="v2"), max_score_items=5,
                 deadlines={"inputs_timeout_ms": 2000, "candidates_timeout_ms": 2000, "coarse_timeout_ms": 2000,
                            "ranker_timeout_ms": 3000, "redis_timeout_ms": 500})
