@@ -211,6 +211,29 @@ class LoggedRequest(BaseModel):
     exclude: list[str] = Field(default_factory=list)
 
 
+class ServedScores(BaseModel):
+    """How the final order of one served request came about, per support item (aligned with
+    `ImpressionLog.support`), so replaying the served version gives back exactly its greedy order
+    and a re-weighted fusion can be evaluated without re-scoring (scoring/fusion.py):
+
+        final(i) = sum_s fusion[s] * (stages[s][i] - stats[s][0]) / (stats[s][1] + Z_EPS)
+
+    `stats` are each stage's mean and standard deviation over all the candidates the fusion
+    z-scored (the coarse cut), not only the support. A stage that did not run, or failed and was
+    replaced by its fallback, is missing from `stages`; `cascade` names the last stage whose order
+    was served (a prefix of retrieval -> coarse -> ranker).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cascade: str = Field(description="last stage whose scores made the order: retrieval, coarse or ranker")
+    stages: dict[str, list[float]] = Field(description="stage -> its score of each support item")
+    stats: dict[str, list[float]] = Field(default_factory=dict, description="stage -> [mean, std] over the fused candidates")
+    fusion: dict[str, float] = Field(default_factory=dict, description="stage -> fusion weight (empty: the stage's own order)")
+    final: list[float] = Field(description="the score the support was ordered by, per support item")
+    like: list[float] | None = Field(None, description="the ranker's like/click probability per support item")
+
+
 class ImpressionLog(BaseModel):
     """One served request, logged to `recstream.impressions` keyed by user_id."""
 
@@ -230,6 +253,8 @@ class ImpressionLog(BaseModel):
     support: list[str] | None = Field(None, description="the final ranking's head the slate was drawn from (top "
                                       "k + pool_size): what an evaluated policy may re-rank with full coverage")
     slate: list[SlateItem]
+    scores: ServedScores | None = Field(None, description="the stages' scores of the support and the fusion that "
+                                        "ordered it (None: a server from before this field)")
     features: dict | None = Field(None, description="what the ranker saw (history tail, user and shown items' "
                                   "feature vectors, whether long-term interest was present), so training can "
                                   "learn from exactly what was served")

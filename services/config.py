@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scoring.config import ExplorationConfig, ModelRef
+from scoring.fusion import FusionConfig
 
 
 class StageDeadlines(BaseModel):
@@ -49,6 +50,12 @@ class VariantConfig(BaseModel):
     coarse: ModelRef = Field(default_factory=lambda: ModelRef(name="hcn"), description="HCN artefact")
     ranker: ModelRef = Field(default_factory=lambda: ModelRef(name="ranker"), description="SDIM+DIN ranker artefact")
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    cascade: Literal["retrieval", "coarse", "ranker"] = Field(
+        "ranker", description="the last stage that orders the answer: retrieval (two-tower only), coarse (two-tower "
+                              "-> HCN) or ranker (the full cascade); the stages after it do not run")
+    fusion: FusionConfig | None = Field(None, description="weights of the stages' z-scored scores in the final order "
+                                        "(ranker cascade only); None: the ranker artefact's own, chosen on validation "
+                                        "when it was trained, else the ranker's order alone")
 
 
 def _default_variants() -> dict[str, VariantConfig]:
