@@ -209,7 +209,8 @@ class CtrRanker(ItemEmbeddings, nn.Module):
 
     def score_user(self, user: torch.Tensor, hist: torch.Tensor, items: torch.Tensor,
                    long_interest: torch.Tensor | None = None, user_feats: torch.Tensor | None = None,
-                   item_feats: torch.Tensor | None = None, head: Literal["like", "order"] = "like") -> torch.Tensor:
+                   item_feats: torch.Tensor | None = None,
+                   head: Literal["like", "order", "both"] = "like") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Serving: logits of M candidates for ONE user, the user side computed once.
 
         Equals `forward` on the broadcast batch (user and hist repeated M times) within float
@@ -220,9 +221,10 @@ class CtrRanker(ItemEmbeddings, nn.Module):
             items: (M,) long candidate rows.
             long_interest: (M, d) SDIM interest from the BSE tables, or None to compute it from hist.
             user_feats: (1, Fu) float32, needed when n_user_feats > 0; item_feats: (M, Fi) likewise.
-            head: "like" (the probability's logit, default) or "order" (the listwise ordering head).
+            head: "like" (the probability's logit, default), "order" (the listwise ordering head) or
+                "both" (one forward pass for the two).
         Returns:
-            (M,) logits.
+            (M,) logits, or (order, like) for "both".
         """
         c = self.config
         m = len(items)
@@ -234,7 +236,7 @@ class CtrRanker(ItemEmbeddings, nn.Module):
         dense = self.dense_parts({"user_feats": user_feats, "item_feats": item_feats}, m, n_user_rows=1)  # 0-2 x (M, d)
         x0 = torch.cat([user_vec, target, long, short, target * long, target * short, *dense], dim=-1)  # (M, 6d..8d)
         order, like = self.heads(x0)  # (M,) each
-        return order if head == "order" else like
+        return (order, like) if head == "both" else order if head == "order" else like
 
     def long_interest_sets(self, target: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """Long-term interest of C candidates per row (B, C, d) over each row's history (B, L):

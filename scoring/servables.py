@@ -177,6 +177,14 @@ class RankerServable(_Servable):
     def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], tables: np.ndarray | None,
               user_feats: np.ndarray | None, item_feats: np.ndarray | None) -> np.ndarray:
         """Returns (M,) click probabilities of `items`. tables None: long-term block empty (zeros)."""
+        return self.score_heads(user_id, hist, items, tables, user_feats, item_feats)[1]
+
+    def score_heads(self, user_id: str, hist: Sequence[str], items: Sequence[str], tables: np.ndarray | None,
+                    user_feats: np.ndarray | None, item_feats: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ((M,) ordering scores, (M,) click probabilities) of `items` in one forward pass.
+
+        A listwise ranker orders by its order head's logit; an older pointwise one by its click
+        logit (the two heads are then the same head). tables None: long-term block empty (zeros)."""
         d = self.device
         rows = self.vocabs["item"].encode(items)  # (M,)
         long = self.long_interest(rows, tables)
@@ -186,12 +194,12 @@ class RankerServable(_Servable):
         hist_len = self.model.config.long_len if self.long_term == "attention" else self.model.config.short_len
         as_t = lambda x: None if x is None else torch.as_tensor(x, device=d)  # noqa: E731
         with torch.inference_mode():
-            logits = self.model.score_user(
+            order, like = self.model.score_user(
                 torch.tensor([self.vocabs["user"].index(user_id)], device=d), _hist_rows(self.vocabs["item"], hist, hist_len).to(d),
                 torch.from_numpy(rows).to(d), long_interest=as_t(long),
                 user_feats=as_t(user_feats) if self.uses_user_features else None,
-                item_feats=as_t(item_feats) if self.uses_item_features else None)  # (M,)
-            return torch.sigmoid(logits).float().cpu().numpy()
+                item_feats=as_t(item_feats) if self.uses_item_features else None, head="both")  # (M,) each
+            return order.float().cpu().numpy(), torch.sigmoid(like).float().cpu().numpy()
 
 
 class ModelCache:
