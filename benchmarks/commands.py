@@ -57,8 +57,10 @@ def bench_serving(out_dir: str = typer.Option("reports", help="where serving.jso
                   duration_s: float = typer.Option(8.0, help="seconds per throughput / latency measurement"),
                   concurrency: int = typer.Option(16, help="closed-loop clients"),
                   port: int = typer.Option(0, help="Serve HTTP port on loopback (0: one the OS reports free)"),
-                  ml100k: bool = typer.Option(True, help="also: ML-100k Recall@20 served over HTTP vs offline"),
-                  ml100k_epochs: int = typer.Option(10, help="ML-100k training epochs per model (early stopping)"),
+                  ml100k: bool = typer.Option(True, help="also: the ML-100k cascade served over HTTP (every prefix) vs offline"),
+                  ml100k_seeds: list[int] = typer.Option([0, 1, 2], "--ml100k-seed", help="ML-100k training seeds (repeat)"),
+                  cascade_set: list[str] = typer.Option([], "--cascade-set", help="override a CascadeConfig field for the "
+                                                        "ML-100k cascade, FIELD=VALUE (repeat)"),
                   throughput: bool = typer.Option(True, help="the throughput/latency part")) -> None:
     """Bare Ray Serve hops vs the real pipeline (fused, split), ANN recall, ranker cost; loopback only."""
     import tempfile
@@ -85,7 +87,8 @@ def bench_serving(out_dir: str = typer.Option("reports", help="where serving.jso
                 res.update(run(s, Path(tmp), f"http://127.0.0.1:{port}", n_items=items, duration_s=duration_s,
                                concurrency=concurrency, progress=typer.echo))
             if ml100k:
-                res.update(_ml100k_served_vs_offline(s, Path(tmp), f"http://127.0.0.1:{port}", ml100k_epochs))
+                res.update(_ml100k_served_vs_offline(s, Path(tmp), f"http://127.0.0.1:{port}", tuple(ml100k_seeds),
+                                                     tuple(cascade_set)))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -103,40 +106,22 @@ def bench_serving(out_dir: str = typer.Option("reports", help="where serving.jso
     typer.echo((out / "serving.md").read_text())
 
 
-def _ml100k_served_vs_offline(s: Settings, work, base_url: str, epochs: int = 10) -> dict:
-    """ML-100k's training interactions through the stream, the three models trained on what it
-    wrote, then every test user's top 20 from the live HTTP API and from the same request path
-    offline (dataset histories, Feast offline join, in-memory BSE): Recall@20 of both."""
+def _ml100k_served_vs_offline(s: Settings, work, base_url: str, seeds: tuple[int, ...], cascade_set: tuple[str, ...]) -> dict:
+    """ML-100k through the stream into scratch topics and keys, then the cascade per seed served
+    over HTTP (benchmarks.serving.ml100k_cascade_served)."""
     import uuid
 
-    from ray import serve
-
-    from demo.ml100k_world import VERSION, offline_inputs, stream_and_train
+    from benchmarks.serving import ml100k_cascade_served
     from recstream.kafka_io import ensure_topics
-    from services.app import build_app
-    from benchmarks.serving import served_vs_offline
-    from services.config import ServeConfig
 
     tag = f"ml{uuid.uuid4().hex[:6]}"
     scratch = s.model_copy(update={"events_topic": f"{tag}.events", "dlq_topic": f"{tag}.events.dlq",
                                    "impressions_topic": f"{tag}.impressions", "redis_prefix": tag})
     ensure_topics(scratch)
-    world = stream_and_train(scratch, work / "ml100k-artifacts", epochs=epochs, progress=typer.echo)
-    ref = lambda name: {"name": name, "version": VERSION}  # noqa: E731
-    config = ServeConfig(artifacts_dir=str(world.root),
-                         variants={"A": {"share": 1.0, "retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}},
-                         deadlines={"inputs_timeout_ms": 2000, "candidates_timeout_ms": 3000, "coarse_timeout_ms": 3000,
-                                    "ranker_timeout_ms": 5000, "redis_timeout_ms": 1000})
-    serve.run(build_app(scratch, config), name="ml100k", route_prefix="/ml100k")
-    try:
-        res = served_vs_offline(f"{base_url}/ml100k", config, world.cases, offline_inputs(scratch, world))
-    finally:
-        serve.delete("ml100k")
-    res["ml100k_two_tower_only_offline_recall_at_20"] = world.offline_recall_two_tower
-    res["ml100k_epochs"] = epochs
-    res.update({f"ml100k_{k}_s": round(v, 1) for k, v in world.seconds.items()})
-    typer.echo(f"ML-100k Recall@20 served {res['served_recall_at_20_ml100k']:.4f} vs offline "
-               f"{res['offline_recall_at_20_ml100k']:.4f} (identical top-20 for {res['ml100k_identical_top_k_share']:.1%})")
+    res = ml100k_cascade_served(scratch, work, base_url, seeds, cascade_set, progress=typer.echo)
+    typer.echo(f"ML-100k cascade Recall@20 served {res['cascade_recall_at_20_ml100k']:.4f} ± "
+               f"{res['cascade_recall_at_20_ml100k_std']:.4f} over {len(seeds)} seeds; offline path "
+               f"{res['offline_recall_at_20_ml100k']:.4f}")
     return res
 
 

@@ -18,6 +18,8 @@ written straight to Redis under a scratch prefix that is removed afterwards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import time
@@ -324,19 +326,43 @@ def markdown(res: dict) -> str:
     if "n_items" in res:
         lines += [f"## Ray Serve hops vs the real pipeline (measured {res.get('throughput_measured_at', '?')})", ""]
         lines += _throughput_markdown(res)
-    if "served_recall_at_20_ml100k" in res:
-        lines += ["", f"## MovieLens-100k through the platform (measured {res.get('ml100k_measured_at', '?')})", "",
-                  "Training interactions streamed through Kafka -> popularity + feature-writer -> Feast; two-tower, HCN "
-                  "and ranker trained on what the stream wrote; bse-encoder tables for the ranker version; then every "
-                  "test user's top 20 asked of the live HTTP API and of the same request path offline (dataset "
-                  "histories, Feast offline point-in-time join, in-memory BSE).", "",
-                  "| measure | value |", "|---|---:|",
-                  f"| Recall@20 served over HTTP | {res['served_recall_at_20_ml100k']:.4f} |",
-                  f"| Recall@20 offline, same artefacts and path | {res['offline_recall_at_20_ml100k']:.4f} |",
-                  f"| users with identical top 20 | {res['ml100k_identical_top_k_share']:.1%} of {res['ml100k_users']} |",
-                  f"| two-tower alone, offline Recall@20 | {res['ml100k_two_tower_only_offline_recall_at_20']:.4f} |",
-                  f"| training epochs per model (early stopping) | at most {res.get('ml100k_epochs', '?')} |"]
+    if "cascade_recall_at_20_ml100k" in res:
+        lines += ["", f"## MovieLens-100k: the cascade served over HTTP (measured {res.get('ml100k_measured_at', '?')})", ""]
+        lines += _cascade_markdown(res)
     return "\n".join(lines) + "\n"
+
+
+def _cascade_markdown(res: dict) -> list[str]:
+    seeds = sorted(int(k.rsplit("seed", 1)[1]) for k in res if k.startswith("cascade_recall_at_20_ml100k_seed"))
+    lines = ["Training interactions (train + valid, standard protocol) streamed through Kafka -> popularity + "
+             "feature-writer -> Feast; the cascade trained per seed on the stream-joined splits "
+             "(pipelines/training/cascade.py: two-tower, HCN on the two-tower's out-of-fold candidates, listwise "
+             "ranker, fusion weights chosen on validation); the bse-encoder built the ranker version's SDIM tables "
+             "from the topic; then every test user's top 20 asked of the live HTTP API, once per prefix of the "
+             "cascade (variants with `cascade: retrieval|coarse`, and the ranker's order alone), and of the same "
+             "request path offline (dataset histories, in-memory BSE).", "",
+             "| seed | two-tower R@20 | two-tower→HCN R@20 | ranker alone R@20 | cascade R@20 | cascade NDCG@20 | "
+             "offline path R@20 | retrieval R@1000 | coarse R@200 | train CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    row = lambda sfx: (f"{res[f'two_tower_only_recall_at_20_ml100k{sfx}']:.4f} | {res[f'two_tower_hcn_recall_at_20_ml100k{sfx}']:.4f} | "  # noqa: E731
+                       f"{res[f'ranker_alone_recall_at_20_ml100k{sfx}']:.4f} | {res[f'cascade_recall_at_20_ml100k{sfx}']:.4f} | "
+                       f"{res[f'cascade_ndcg_at_20_ml100k{sfx}']:.4f} | {res[f'offline_recall_at_20_ml100k{sfx}']:.4f} | "
+                       f"{res[f'retrieval_recall_at_1000_ml100k{sfx}']:.4f} | {res[f'coarse_recall_at_200_ml100k{sfx}']:.4f} | "
+                       f"{res[f'train_cpu_seconds_ml100k{sfx}']:.0f}")
+    lines += [f"| {sd} | {row(f'_seed{sd}')} |" for sd in seeds]
+    lines.append(f"| mean | {row('')} |")
+    lines += ["", "| measure | value |", "|---|---:|",
+              f"| cascade Recall@20 over HTTP, mean ± std (goal ≥ 0.30) | {res['cascade_recall_at_20_ml100k']:.4f} ± "
+              f"{res['cascade_recall_at_20_ml100k_std']:.4f} |",
+              f"| cascade NDCG@20 over HTTP, mean ± std (goal ≥ 0.125) | {res['cascade_ndcg_at_20_ml100k']:.4f} ± "
+              f"{res['cascade_ndcg_at_20_ml100k_std']:.4f} |",
+              f"| cascade ≥ two-tower and ≥ two-tower→HCN on every seed | "
+              f"{'yes' if res['cascade_ge_prefixes_every_seed'] else 'NO'} |",
+              f"| served − offline Recall@20, mean (goal within 0.005) | "
+              f"{res['served_recall_at_20_ml100k'] - res['offline_recall_at_20_ml100k']:+.4f} |",
+              f"| users with identical top 20 served and offline | {res['ml100k_identical_top_k_share']:.1%} of "
+              f"{res['ml100k_users']:.0f} |",
+              f"| degraded answers | {res['ml100k_degraded_share']:.2%} |"]
+    return lines
 
 
 def _throughput_markdown(res: dict) -> list[str]:
@@ -380,43 +406,64 @@ class _ListPopular:
         return self.items[:n]
 
 
-def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concurrency: int = 4) -> dict:
+def _ranked_metrics(lists: dict[str, list[str]], targets: dict[str, str], k: int) -> tuple[float, float]:
+    """(Recall@k, NDCG@k) of one held-out item per user over the served lists."""
+    rec, ndcg = [], []
+    for u, items in lists.items():
+        top = items[:k]
+        hit = targets[u] in top
+        rec.append(float(hit))
+        ndcg.append(1.0 / np.log2(top.index(targets[u]) + 2) if hit else 0.0)
+    return float(np.mean(rec)), float(np.mean(ndcg))
+
+
+def ask_all(base_url: str, users: list[str], k: int, concurrency: int = 4,
+            variant: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
+    """Every user's top k from the live API ({user: items}, users whose answer was degraded);
+    `variant`: ask that variant through the replay header (not logged as served traffic)."""
+    import httpx
+
+    headers = {"x-recstream-replay": variant} if variant else {}
+    degraded: list[str] = []
+
+    async def main() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            async def one(u: str) -> None:
+                async with sem:
+                    r = await client.post("/v1/recommend", json={"user_id": u, "k": k}, headers=headers)
+                    r.raise_for_status()
+                    body = r.json()
+                    if body["degraded"]:
+                        log.warning("served answer for %s (%s) degraded: %s", u, variant, body["degraded_reasons"])
+                        degraded.append(u)
+                    out[u] = [i["item_id"] for i in body["items"]]
+            await asyncio.gather(*(one(u) for u in users))
+        return out
+
+    return asyncio.run(main()), degraded
+
+
+def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concurrency: int = 4,
+                      variants: tuple[str, ...] = ()) -> dict:
     """Recall@k of each test user's held-out item, asked of the live HTTP API and of the same
     request path run offline on `offline` (demo.ml100k_world.OfflineInputs).
 
     Args:
         config: the ServeConfig the live app was deployed with (same artefacts, same variants).
         cases: one row per user: user_id, test_item_id.
+        variants: also ask each of these variants (replay header) over HTTP: keys
+            <variant>_served_recall_at_<k>_ml100k and <variant>_served_ndcg_at_<k>_ml100k.
     """
-    import httpx
-
     from services.api import RecommendRequest
     from services.inputs import InMemoryInputs
     from services.runtime import local_recommender
 
     users = list(cases["user_id"])
     targets = dict(zip(cases["user_id"], cases["test_item_id"]))
-
-    degraded: list[str] = []
-
-    async def ask_all() -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        sem = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-            async def one(u: str) -> None:
-                async with sem:
-                    r = await client.post("/v1/recommend", json={"user_id": u, "k": k})
-                    r.raise_for_status()
-                    body = r.json()
-                    if body["degraded"]:
-                        log.warning("served answer for %s degraded: %s", u, body["degraded_reasons"])
-                        degraded.append(u)
-                    out[u] = [i["item_id"] for i in body["items"]]
-            await asyncio.gather(*(one(u) for u in users))
-        return out
-
     t = time.perf_counter()
-    served = asyncio.run(ask_all())
+    served, degraded = ask_all(base_url, users, k, concurrency)
     served_s = time.perf_counter() - t
     inputs = InMemoryInputs(histories=offline.histories, user_rows=offline.user_rows, tables=offline.tables,
                             item_rows=offline.item_rows)
@@ -426,8 +473,110 @@ def served_vs_offline(base_url: str, config, cases, offline, k: int = 20, concur
         return {u: [i.item_id for i in (await rec.recommend(RecommendRequest(user_id=u, k=k))).items] for u in users}
 
     off = asyncio.run(offline_all())
-    hit = lambda lists: float(np.mean([targets[u] in lists[u] for u in users]))  # noqa: E731
-    return {f"served_recall_at_{k}_ml100k": hit(served), f"offline_recall_at_{k}_ml100k": hit(off),
-            "ml100k_identical_top_k_share": float(np.mean([served[u] == off[u] for u in users])),
-            "ml100k_users": len(users), "ml100k_served_requests_s": served_s,
-            "ml100k_degraded_share": len(degraded) / max(1, len(users))}
+    recall, ndcg = _ranked_metrics(served, targets, k)
+    out = {f"served_recall_at_{k}_ml100k": recall, f"served_ndcg_at_{k}_ml100k": ndcg,
+           f"offline_recall_at_{k}_ml100k": _ranked_metrics(off, targets, k)[0],
+           "ml100k_identical_top_k_share": float(np.mean([served[u] == off[u] for u in users])),
+           "ml100k_users": len(users), "ml100k_served_requests_s": served_s,
+           "ml100k_degraded_share": len(degraded) / max(1, len(users))}
+    for name in variants:
+        lists, bad = ask_all(base_url, users, k, concurrency, variant=name)
+        out[f"{name}_served_recall_at_{k}_ml100k"], out[f"{name}_served_ndcg_at_{k}_ml100k"] = _ranked_metrics(lists, targets, k)
+        out["ml100k_degraded_share"] += len(bad) / max(1, len(users))
+    return out
+
+
+# ---- ML-100k: the cascade served over HTTP, per seed -------------------------------------------
+
+# One variant per prefix of the cascade, all the same versions; only FULL takes traffic, the
+# others are asked through the replay header, so one deployment serves all four orders.
+FULL = "cascade"
+PREFIX_VARIANTS = {"two_tower_only": {"cascade": "retrieval"}, "two_tower_hcn": {"cascade": "coarse"},
+                   "ranker_alone": {"fusion": {"ranker_weight": 1.0}}}
+
+
+def cascade_variants(version: str) -> dict[str, dict]:
+    ref = lambda name: {"name": name, "version": version}  # noqa: E731
+    models = {"retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}
+    return {FULL: {"share": 1.0, **models}, **{n: {"share": 0.0, **models, **v} for n, v in PREFIX_VARIANTS.items()}}
+
+
+def ml100k_cascade_served(s, work: Path, base_url: str, seeds: tuple[int, ...] = (0, 1, 2), cascade_set: tuple[str, ...] = (),
+                          progress=print) -> dict:
+    """ML-100k's training interactions through the stream (once), then per seed: the cascade
+    trained (pipelines/training/cascade.py) on the stream-joined splits, saved, the ranker
+    version's BSE tables built by a bse-encoder, deployed, and every test user's top 20 asked of
+    the live API for the full cascade and each prefix, and of the same request path offline.
+
+    Returns flat keys: per seed <key>_seed<N>, and the mean (and _std where it matters) over
+    seeds of cascade / prefix Recall@20 and NDCG@20 served over HTTP, retrieval recall@1000 and
+    coarse recall@200 (the offline evaluation of the same artefacts on the test split), served
+    vs offline Recall@20 of the full cascade, training seconds.
+    """
+    from ray import serve
+
+    from demo.ml100k_world import Ml100kWorld, build_bse, offline_inputs, stream_ml100k
+    from features.feast_repo import repo_for_settings
+    from pipelines.data.datasets import ml100k_test_cases
+    from pipelines.training.cascade import (PromotionRefused, config_from_overrides, evaluate_cascade, save_cascade,
+                                            train_cascade)
+    from pipelines.training.defaults import default_job
+    from pipelines.training.jobs import load_splits
+    from services.app import build_app
+    from services.config import ServeConfig
+
+    root = Path(work) / "ml100k-artifacts"
+    cfg = config_from_overrides(list(cascade_set))
+    stream_s = stream_ml100k(s, root, progress=progress)
+    splits = load_splits(default_job("two_tower", "ml100k", features="feast"), repo_for_settings(s))
+    cases = ml100k_test_cases()
+    per_seed: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        version = f"ml100k-s{seed}"
+        progress(f"seed {seed}: training the cascade on the stream-joined splits ...")
+        result = train_cascade(splits, cfg, seed)
+        try:
+            save_cascade(result, splits, version, root)
+        except PromotionRefused as e:  # the versions are named explicitly below; the refusal is reported
+            progress(f"seed {seed}: {e}")
+        test = evaluate_cascade(result, None, splits, "test")
+        bse_s = build_bse(s, root, version, progress=progress)
+        config = ServeConfig(artifacts_dir=str(root), variants=cascade_variants(version),
+                             deadlines={"inputs_timeout_ms": 2000, "candidates_timeout_ms": 3000, "coarse_timeout_ms": 3000,
+                                        "ranker_timeout_ms": 5000, "redis_timeout_ms": 1000})
+        name = f"ml100k{seed}"
+        serve.run(build_app(s, config), name=name, route_prefix=f"/{name}")
+        try:
+            world = Ml100kWorld(root, {m: version for m in ("two_tower", "hcn", "ranker")}, cases, {}, float("nan"))
+            res = served_vs_offline(f"{base_url}/{name}", config, cases, offline_inputs(s, world),
+                                    variants=tuple(PREFIX_VARIANTS))
+        finally:
+            serve.delete(name)
+        n, m = cfg.retrieval_top_n, cfg.coarse_top_n
+        row = {"cascade_recall_at_20": res["served_recall_at_20_ml100k"], "cascade_ndcg_at_20": res["served_ndcg_at_20_ml100k"],
+               "served_recall_at_20": res["served_recall_at_20_ml100k"], "offline_recall_at_20": res["offline_recall_at_20_ml100k"],
+               "identical_top_k_share": res["ml100k_identical_top_k_share"], "degraded_share": res["ml100k_degraded_share"],
+               "retrieval_recall_at_1000": test[f"retrieval_recall_at_{n}"], "coarse_recall_at_200": test[f"coarse_recall_at_{m}"],
+               "offline_eval_cascade_recall_at_20": test["cascade_recall_at_20"],
+               "train_cpu_seconds": float(sum(result.cpu_seconds.values())), "bse_seconds": bse_s,
+               "served_requests_s": res["ml100k_served_requests_s"]}
+        for prefix in PREFIX_VARIANTS:
+            row[f"{prefix}_recall_at_20"] = res[f"{prefix}_served_recall_at_20_ml100k"]
+            row[f"{prefix}_ndcg_at_20"] = res[f"{prefix}_served_ndcg_at_20_ml100k"]
+        row.update({f"fusion_{k}": v for k, v in result.fusion.model_dump().items()})
+        per_seed[seed] = row
+        progress(f"seed {seed}: served cascade R@20 {row['cascade_recall_at_20']:.4f} (offline path "
+                 f"{row['offline_recall_at_20']:.4f}), two-tower {row['two_tower_only_recall_at_20']:.4f}, two-tower->HCN "
+                 f"{row['two_tower_hcn_recall_at_20']:.4f}, ranker alone {row['ranker_alone_recall_at_20']:.4f}")
+    out: dict[str, float] = {"cascade_seeds": float(len(seeds)), "ml100k_stream_s": stream_s, "ml100k_users": float(len(cases))}
+    for key in per_seed[seeds[0]]:
+        vals = np.asarray([per_seed[sd][key] for sd in seeds])
+        out[f"{key}_ml100k"] = float(vals.mean())
+        out[f"{key}_ml100k_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.update({f"{key}_ml100k_seed{sd}": per_seed[sd][key] for sd in seeds})
+    out["ml100k_identical_top_k_share"] = out.pop("identical_top_k_share_ml100k")
+    out["ml100k_degraded_share"] = out.pop("degraded_share_ml100k")
+    out["cascade_ge_prefixes_every_seed"] = float(all(
+        r["cascade_recall_at_20"] >= max(r["two_tower_only_recall_at_20"], r["two_tower_hcn_recall_at_20"]) for r in per_seed.values()))
+    out["cascade_settings"] = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return out
