@@ -24,23 +24,26 @@ def get_settings() -> "Settings":
 
 
 DEMO_VERSION = "demo-ml100k"
-DEMO_VERSION_B = "demo-ml100k-b"  # the A/B's second ranker: the same model without user-id embeddings
+# The demo's cascade: the library defaults with shorter epoch caps, so a first run trains in a few
+# minutes on 2 cores (`--cascade-set FIELD=VALUE` overrides; `recstream bench cascade` measures the defaults).
+DEMO_CASCADE = ("two_tower_epochs=6", "oof_epochs=4", "hcn_epochs=2", "ranker_epochs=2")
 
 
 @app.command()
 def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", help="exit after the sample requests (tests, CI)"),
          port: int = typer.Option(8000, help="HTTP port"),
-         epochs: int = typer.Option(2, help="training epochs per model when the demo artefacts are not cached"),
+         cascade_set: list[str] = typer.Option(list(DEMO_CASCADE), "--cascade-set",
+                                               help="CascadeConfig overrides FIELD=VALUE for the demo's cascade (repeat)"),
          retrain: bool = typer.Option(False, help="train the demo artefacts again even when cached"),
-         ab: bool = typer.Option(True, help="end with an offline A/B report of the two ranker versions on the traffic "
-                                            "the demo served")) -> None:
+         ab: bool = typer.Option(True, help="end with an offline A/B report of the two variants (the full cascade "
+                                            "and the cascade without the ranker) on the traffic the demo served")) -> None:
     """Everything end to end: ML-100k -> Kafka -> processors -> Feast/BSE -> train -> Ray Serve -> impressions."""
     import subprocess
 
     import httpx
 
     from features.model_store import artifacts_root, list_versions
-    from demo.ml100k_world import build_bse, stream_ml100k, train_stage_models
+    from demo.ml100k_world import build_bse, stream_ml100k, train_cascade_models
     from deploy.local.commands import ensure_stack, external_servers
     from services.commands import start_serve, wait_forever
     from services.config import ServeConfig
@@ -67,15 +70,10 @@ def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", 
     else:
         for m in ("two_tower", "hcn", "ranker"):
             shutil.rmtree(root / "models" / m / DEMO_VERSION, ignore_errors=True)
-        typer.echo(f"training two-tower, HCN and ranker on what the stream wrote ({epochs} epochs at most each)...")
-        train_stage_models(s, root, DEMO_VERSION, epochs, progress=typer.echo)
-    if DEMO_VERSION_B not in list_versions("ranker", root) or retrain:
-        shutil.rmtree(root / "models" / "ranker" / DEMO_VERSION_B, ignore_errors=True)
-        typer.echo(f"training the A/B's second ranker {DEMO_VERSION_B} (no user-id embeddings)...")
-        train_stage_models(s, root, DEMO_VERSION_B, epochs, progress=typer.echo, models=("ranker",),
-                           ranker_overrides={"use_user_id": False})
+        typer.echo(f"training the cascade (two-tower, HCN, listwise ranker, fusion) on what the stream wrote "
+                   f"({' '.join(cascade_set)})...")
+        train_cascade_models(s, root, DEMO_VERSION, tuple(cascade_set), progress=typer.echo)
     build_bse(s, root, DEMO_VERSION, progress=typer.echo)
-    build_bse(s, root, DEMO_VERSION_B, progress=typer.echo)
 
     ref = lambda name: {"name": name, "version": DEMO_VERSION}  # noqa: E731
     models = {"retrieval": ref("two_tower"), "coarse": ref("hcn"), "ranker": ref("ranker")}
@@ -85,9 +83,11 @@ def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", 
     # Both variants explore (epsilon_slate: every item of the top k + pool can reach every slot),
     # so the A/B below can evaluate either ranker on all the traffic.
     explore = {"policy": "epsilon_slate", "epsilon": 0.3, "pool_size": 10}
+    # A: the full cascade (fused order); B: the same versions without the ranker (two-tower -> HCN),
+    # the A/B that says whether the ranker earns its stage.
     config = ServeConfig(port=port, artifacts_dir=str(root), deadlines=deadlines, variants={
         "A": {"share": 0.5, **models, "exploration": explore},
-        "B": {"share": 0.5, **models, "ranker": {"name": "ranker", "version": DEMO_VERSION_B}, "exploration": explore}})
+        "B": {"share": 0.5, **models, "cascade": "coarse", "exploration": explore}})
     url = start_serve(s, config)
     typer.echo(f"Ray Serve is up: {url}  (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
     with httpx.Client(base_url=url, timeout=60) as client:

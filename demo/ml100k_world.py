@@ -2,9 +2,10 @@
 
 `stream_and_train` does what a user of the platform does with a dataset: produce exactly the
 training interactions (train + valid of the leave-last-out split) to Kafka; the popularity and
-feature-writer processors apply them (Feast offline history on); train the two-tower, and HCN
-and the ranker on features joined point-in-time from the Feast offline store; then the
-bse-encoder builds the ranker version's SDIM tables from the same topic.
+feature-writer processors apply them (Feast offline history on); train the cascade (two-tower,
+HCN on the two-tower's candidates, listwise ranker, fusion weights) on the splits joined with the
+Feast offline store; then the bse-encoder builds the ranker version's SDIM tables from the same
+topic.
 
 `offline_inputs` builds, without reading anything the serving path reads (no Redis keys, no
 Feast online store), what an offline evaluation of the same artefacts feeds the same request
@@ -74,38 +75,31 @@ def stream_ml100k(s: Settings, root: Path, split: str = "train_valid", produce: 
     return seconds
 
 
-def train_stage_models(s: Settings, root: Path, version: str = VERSION, epochs: int = 10,
-                       progress: Callable[[str], None] = print, models: tuple[str, ...] = ("two_tower", "hcn", "ranker"),
-                       ranker_overrides: dict | None = None) -> tuple[dict[str, float], float]:
-    """Two-tower on ids and sequences; the ranker also on the stream's user and item features and
-    HCN on its user features, joined point-in-time from the Feast offline store. Returns (seconds
-    per model, two-tower test Recall@20)."""
+def train_cascade_models(s: Settings, root: Path, version: str = VERSION, overrides: tuple[str, ...] = (), seed: int = 0,
+                         progress: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
+    """The three stages trained as one cascade (pipelines/training/cascade.py) on the ML-100k
+    splits joined with what the stream wrote to the Feast offline store, saved as `version`, and
+    marked latest only when no shorter cascade beats it on validation (the promotion guard: a
+    refusal is reported, and the versions stay usable by name). Returns (seconds, two-tower test
+    Recall@20)."""
     from features.feast_repo import repo_for_settings
+    from pipelines.training.cascade import PromotionRefused, config_from_overrides, evaluate_cascade, save_cascade, train_cascade
     from pipelines.training.defaults import default_job
-    from pipelines.training.jobs import load_splits, run_job, save_job
-    from pipelines.training.metrics import evaluate_retrieval
+    from pipelines.training.jobs import load_splits
 
-    repo = repo_for_settings(s)
-    seconds: dict[str, float] = {}
-    recall_tt = float("nan")
-    for model, features in (("two_tower", "none"), ("hcn", "feast"), ("ranker", "feast")):
-        if model not in models:
-            continue
-        t = time.perf_counter()
-        # HCN takes the user features only: with item features as of the end of the data it ranked
-        # worse on ML-100k (test Recall@20 0.13 against 0.22 with user features only; see README)
-        overrides = {"use_user_id": True, **(ranker_overrides or {})} if model == "ranker" else \
-            {"n_item_feats": 0} if model == "hcn" else {}
-        # the same defaults as `recstream train` (pipelines/training/defaults.py), `epochs` as a cap
-        job = default_job(model, "ml100k", epochs, overrides, {"seed": 0, "progress": False}, features=features)
-        splits = load_splits(job, repo)
-        result = run_job(job, splits=splits)
-        save_job(job, result, version=version, root=root)
-        seconds[f"train_{model}"] = time.perf_counter() - t
-        if model == "two_tower":
-            recall_tt = evaluate_retrieval(result.model, splits.test, splits.catalogue, (20,))["recall_at_20"]
-        progress(f"trained {model} in {seconds[f'train_{model}']:.0f}s: test {result.test_metrics}")
-    return seconds, recall_tt
+    t = time.perf_counter()
+    splits = load_splits(default_job("two_tower", "ml100k", features="feast"), repo_for_settings(s))
+    result = train_cascade(splits, config_from_overrides(list(overrides)), seed)
+    try:
+        save_cascade(result, splits, version, root)
+    except PromotionRefused as e:
+        progress(f"cascade {version} saved but not marked latest: {e}")
+    test = evaluate_cascade(result, None, splits, "test")
+    seconds = {"train_cascade": time.perf_counter() - t}
+    progress(f"trained the cascade {version} in {seconds['train_cascade']:.0f}s: test Recall@20 two-tower "
+             f"{test['two_tower_only_recall_at_20']:.4f}, two-tower->HCN {test['two_tower_hcn_recall_at_20']:.4f}, "
+             f"cascade {test['cascade_recall_at_20']:.4f}; fusion {result.fusion.weights()}")
+    return seconds, test["two_tower_only_recall_at_20"]
 
 
 def build_bse(s: Settings, root: Path, version: str = VERSION, progress: Callable[[str], None] = print) -> float:
@@ -118,11 +112,12 @@ def build_bse(s: Settings, root: Path, version: str = VERSION, progress: Callabl
     return seconds
 
 
-def stream_and_train(s: Settings, root: Path, epochs: int = 10, progress: Callable[[str], None] = print) -> Ml100kWorld:
+def stream_and_train(s: Settings, root: Path, overrides: tuple[str, ...] = (),
+                     progress: Callable[[str], None] = print) -> Ml100kWorld:
     from pipelines.data.datasets import ml100k_test_cases
 
     seconds = {"stream": stream_ml100k(s, root, progress=progress)}
-    train_s, recall_tt = train_stage_models(s, root, VERSION, epochs, progress)
+    train_s, recall_tt = train_cascade_models(s, root, VERSION, overrides, progress=progress)
     seconds.update(train_s)
     seconds["bse"] = build_bse(s, root, VERSION, progress)
     return Ml100kWorld(root, {m: VERSION for m in ("two_tower", "hcn", "ranker")}, ml100k_test_cases(), seconds, recall_tt)
