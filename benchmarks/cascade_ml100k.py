@@ -26,7 +26,7 @@ import torch
 
 from pipelines.data.datasets import build_ml100k_retrieval
 from pipelines.data.movielens import DEFAULT_PROTOCOL
-from pipelines.training.cascade import CascadeConfig, evaluate_cascade, train_cascade
+from pipelines.training.cascade import CascadeConfig, config_from_overrides, evaluate_cascade, train_cascade
 from pipelines.training.jobs import ML100K_HIST_LEN
 
 log = logging.getLogger(__name__)
@@ -206,28 +206,6 @@ def write_reports(summary: dict, per_seed: dict, cfg: CascadeConfig, out_dir: Pa
     (out_dir / "cascade.md").write_text("\n".join(lines))
 
 
-def parse_overrides(pairs: list[str]) -> CascadeConfig:
-    """FIELD=VALUE pairs over CascadeConfig's defaults (int / float / str / None)."""
-    over: dict[str, Any] = {}
-    fields = {f.name: f for f in dataclasses.fields(CascadeConfig)}
-    for kv in pairs:
-        k, _, v = kv.partition("=")
-        if k not in fields:
-            raise ValueError(f"--set {k!r}: unknown field; known: {sorted(fields)}")
-        t = str(fields[k].type)
-        if v == "None" and "None" in t:
-            over[k] = None
-        elif t.startswith("int"):
-            over[k] = int(v)
-        elif t.startswith("float"):
-            over[k] = float(v)
-        elif t.startswith("tuple"):
-            over[k] = tuple(float(x) for x in v.split(","))
-        else:
-            over[k] = v
-    return CascadeConfig(**over)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -240,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        cfg = parse_overrides(a.set)
+        cfg = config_from_overrides(a.set)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     summary = run(a.seeds, cfg, a.out_dir, reuse=a.reuse, report=not a.no_report)

@@ -172,11 +172,12 @@ def bench_cascade(out_dir: Path = typer.Option(Path("reports"), help="where casc
                   reuse: bool = typer.Option(False, help="take a seed's result from cascade_runs/seed<N>.json when it "
                                              "was run with the same settings")) -> None:
     """The three-stage cascade on ML-100k, each stage trained for its place: every prefix's Recall@20 / NDCG@20."""
-    from benchmarks.cascade_ml100k import parse_overrides, run
+    from benchmarks.cascade_ml100k import run
+    from pipelines.training.cascade import config_from_overrides
 
     _setup_logging()
     try:
-        cfg = parse_overrides(set_ or [])
+        cfg = config_from_overrides(set_ or [])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     run(list(seeds), cfg, out_dir, reuse=reuse)

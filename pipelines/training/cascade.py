@@ -126,6 +126,31 @@ class CascadeConfig:
         return cls(**d)
 
 
+def config_from_overrides(pairs: list[str]) -> CascadeConfig:
+    """FIELD=VALUE pairs over CascadeConfig's defaults (int / float / str / None)."""
+    over: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(CascadeConfig)}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        if k not in fields:
+            raise ValueError(f"CascadeConfig has no field {k!r}; known: {sorted(fields)}")
+        t = str(fields[k].type)
+        try:
+            if v == "None" and "None" in t:
+                over[k] = None
+            elif t.startswith("int"):
+                over[k] = int(v)
+            elif t.startswith("float"):
+                over[k] = float(v)
+            elif t.startswith("tuple"):
+                over[k] = tuple(float(x) for x in v.split(","))
+            else:
+                over[k] = v
+        except ValueError as e:
+            raise ValueError(f"CascadeConfig.{k} ({v!r}) is not a {t}") from e
+    return CascadeConfig(**over)
+
+
 @dataclass
 class CascadeModels:
     two_tower: nn.Module
