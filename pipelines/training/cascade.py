@@ -51,7 +51,7 @@ from torch import nn
 from pipelines.data.datasets import Samples, Splits
 from pipelines.training.cascade_data import build_candidate_sets, mine_out_of_fold, top_n_masked
 from pipelines.training.defaults import default_job
-from pipelines.training.jobs import DATASETS, TrainJob, build, evaluator
+from pipelines.training.jobs import DATASETS, TrainJob, build, evaluator, model_config
 from pipelines.training.loop import TrainConfig, fit
 from pipelines.training.metrics import recall_ndcg_at_k
 from scoring.fusion import FusionConfig, fuse
@@ -284,6 +284,13 @@ def _with_hist(samples: Samples, hist_len: int) -> Samples:
     return dataclasses.replace(samples, hist_len=hist_len) if samples.hist_len != hist_len else samples
 
 
+def _at_least(splits: Splits, hist_len: int) -> Splits:
+    """The splits with every sample's history window at least `hist_len`: a stage must never train
+    on fewer behaviours than it reads at serving (e.g. samples cut at 16, a two-tower that pools 50)."""
+    lift = lambda s: _with_hist(s, max(s.hist_len, hist_len))  # noqa: E731
+    return dataclasses.replace(splits, train=lift(splits.train), valid=lift(splits.valid), test=lift(splits.test))
+
+
 def stage_windows(models: CascadeModels) -> dict[str, dict[str, int | str]]:
     """The history each stage reads, from the models' configs: the same fields the servables read
     (scoring/servables.py: RetrievalServable.hist_len, CoarseServable's long_len, RankerServable's
@@ -349,6 +356,7 @@ def _without_coarse(fusion: FusionConfig) -> FusionConfig:
 
 def _evaluate(models: CascadeModels, fusion: FusionConfig, splits: Splits, which: str, cfg: CascadeConfig,
               ret_cache: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    splits = _at_least(splits, max(models.two_tower.config.hist_len, models.hcn.config.long_len))
     samples = getattr(splits, which)
     rk_samples = _with_hist(samples, models.ranker.config.long_len)
     ret, tt_over_ret = ret_cache if ret_cache is not None else _retrieve(models.two_tower, samples, splits, cfg)
@@ -437,6 +445,9 @@ def train_cascade(splits: Splits, cfg: CascadeConfig | None = None, seed: int = 
     torch.set_num_threads(cfg.num_threads)
     splits = _ids_only(splits)
     data = _data_name(splits)
+    tt_job = _job("two_tower", data, seed, cfg, progress, {"epochs": cfg.two_tower_epochs})
+    hcn_job = _job("hcn", data, seed, cfg, progress, {"epochs": cfg.hcn_epochs}, {"distill_weight": cfg.distill_weight})
+    splits = _at_least(splits, max(model_config(tt_job, splits).hist_len, model_config(hcn_job, splits).long_len))
     train, valid = splits.train, splits.valid
     clock = _Clock()
     diag: dict[str, float] = {}
@@ -444,7 +455,6 @@ def train_cascade(splits: Splits, cfg: CascadeConfig | None = None, seed: int = 
 
     # 1. two-tower
     with clock.step("two_tower"):
-        tt_job = _job("two_tower", data, seed, cfg, progress, {"epochs": cfg.two_tower_epochs})
         tt = build(tt_job, splits)
         tt_fit = fit(tt, train, tt_job.train, evaluate=evaluator(tt_job, splits), monitor=tt_job.monitor, mode="max")
         tt.eval()
@@ -470,8 +480,6 @@ def train_cascade(splits: Splits, cfg: CascadeConfig | None = None, seed: int = 
 
     # 3. HCN on the two-tower's candidates
     with clock.step("hcn"):
-        hcn_job = _job("hcn", data, seed, cfg, progress, {"epochs": cfg.hcn_epochs},
-                       {"distill_weight": cfg.distill_weight})
         hcn = build(hcn_job, splits)
         hcn_sets = build_candidate_sets(train, mined.top, cfg.hcn_hard, 0, splits.catalogue, seed)
         eval_hcn = _hcn_evaluator(valid, ret_valid[0], cfg)
