@@ -1,8 +1,8 @@
-"""`recstream bench stream|models|serving|replay`: the benchmarks, each writing
+"""`recstream bench stream|models|serving|cascade|replay`: the benchmarks, each writing
 reports/<name>.{json,md} (a typer app the `recstream` command mounts; heavy imports inside the
 commands, so `recstream bench --help` stays light). One module per report: benchmarks/stream.py
 (with benchmarks/bse.py and benchmarks/item_reads.py), benchmarks/models.py, benchmarks/serving.py,
-benchmarks/replay.py."""
+benchmarks/cascade_ml100k.py, benchmarks/replay.py."""
 
 from __future__ import annotations
 
@@ -147,6 +147,26 @@ def bench_models(
         kwargs["sections"] = tuple(section)
     results = b.run_bench(out_dir, artifacts_dir, progress=progress, **kwargs)
     typer.echo(json.dumps(results, indent=2))
+
+
+@app.command("cascade")
+def bench_cascade(out_dir: Path = typer.Option(Path("reports"), help="where cascade.json and cascade.md go"),
+                  seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="seeds to run (repeat the option)"),
+                  set_: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE over CascadeConfig's defaults "
+                                                           "(pipelines/training/cascade.py), e.g. --set distill_epochs=1"),
+                  reuse: bool = typer.Option(False, help="take a seed's result from cascade_runs/seed<N>.json when it "
+                                             "was run with the same settings")) -> None:
+    """The three-stage cascade on ML-100k, each stage trained for its place: every prefix's Recall@20 / NDCG@20."""
+    from benchmarks.cascade_ml100k import run
+    from pipelines.training.cascade import config_from_overrides
+
+    _setup_logging()
+    try:
+        cfg = config_from_overrides(set_ or [])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    run(list(seeds), cfg, out_dir, reuse=reuse)
+    typer.echo((out_dir / "cascade.md").read_text())
 
 
 @app.command("replay")

@@ -8,6 +8,11 @@ can take dense stream features (ranker, HCN) name them: `user_vector_names` / `i
 `features.vectors`) and `feature_source` ("feast_offline" or "none").
 
 The root is `artifacts/` at the repository root, or $RECSTREAM_ARTIFACTS_DIR, or the `root` argument.
+
+Which version is "latest": the one `models/<name>/LATEST` names (written by `promote`, atomically),
+so that a saved version is served only once promoted (the cascade's promotion guard,
+pipelines/training/cascade.py). Without a LATEST file the newest version by created_at, as before
+promotion existed, so older artefact directories keep working.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "manifest.json"
+LATEST = "LATEST"  # models/<name>/LATEST: the promoted version's name, one line
 
 
 class ArtifactNotFound(RecstreamError):
@@ -179,12 +185,45 @@ def list_versions(name: str, root: str | Path | None = None) -> list[str]:
     return [v for _, v in sorted(rows)]
 
 
-def artifact_path(name: str, version: str | None = None, root: str | Path | None = None) -> Path:
+def promoted_version(name: str, root: str | Path | None = None) -> str | None:
+    """The version models/<name>/LATEST names, or None when nothing was promoted."""
+    pointer = artifacts_root(root) / "models" / name / LATEST
+    if not pointer.exists():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def promote(name: str, version: str, root: str | Path | None = None) -> Path:
+    """Mark `version` of `name` as latest (what 'latest' refs and load_artifact(version=None) load).
+
+    Raises:
+        ArtifactNotFound: no such saved version (a pointer to nothing is never written).
+    """
+    base = artifacts_root(root) / "models" / name
+    if not (base / version / MANIFEST).exists():
+        raise ArtifactNotFound(name, version, artifacts_root(root))
+    tmp = base / f".{LATEST}.tmp"
+    tmp.write_text(version + "\n")
+    tmp.replace(base / LATEST)  # atomic: a reader sees the old or the new pointer, never half of one
+    log.info("promoted %s/%s to latest", name, version)
+    return base / LATEST
+
+
+def latest_version(name: str, root: str | Path | None = None) -> str:
+    """The promoted version, or (no LATEST file) the newest by created_at."""
+    promoted = promoted_version(name, root)
+    if promoted is not None:
+        return promoted
     versions = list_versions(name, root)
+    if not versions:
+        raise ArtifactNotFound(name, None, artifacts_root(root))
+    return versions[-1]
+
+
+def artifact_path(name: str, version: str | None = None, root: str | Path | None = None) -> Path:
+    """The directory of `version` of `name` (None = latest_version)."""
     if version is None:
-        if not versions:
-            raise ArtifactNotFound(name, version, artifacts_root(root))
-        version = versions[-1]
+        version = latest_version(name, root)
     path = artifacts_root(root) / "models" / name / version
     if not (path / MANIFEST).exists():
         raise ArtifactNotFound(name, version, artifacts_root(root))

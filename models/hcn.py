@@ -16,7 +16,10 @@ Training: in-batch sampled softmax with logQ correction + lambda * ||C C^T - I||
 With `cands` (B, C) in the batch (issue 22: column 0 the positive, the rest the two-tower's
 candidates for that position, mined out of fold by pipelines/training/cascade_data.py), the
 softmax over each row's own candidate set is added with weight `cand_weight`, so HCN learns to
-order what the retrieval stage hands it, not only the whole catalogue.
+order what the retrieval stage hands it, not only the whole catalogue. With `cand_teacher` (B, C)
+too (the ranker's order logits of the same sets), KL(softmax(teacher) || softmax(HCN)) over the
+set is added with weight `distill_weight`: HCN distilled from the ranker's order, so that its top
+M keeps what the ranker would put on top.
 
 Batch keys: user (B,), hist (B, H) right-aligned past items (0 = pad), item (B,). With
 `n_user_feats` / `n_item_feats` > 0 also `user_feats` (B, Fu) and `item_feats` (B, Fi) float32, the
@@ -64,6 +67,9 @@ class HcnConfig:
     n_user_feats: int = 0  # dense user features into the gate's profile; 0 = none (older artefacts)
     n_item_feats: int = 0  # dense item features into the item tower; 0 = none
     cand_weight: float = 1.0  # weight of the candidate-set softmax (only for batches that carry `cands`)
+    # weight of KL(teacher || HCN) over each row's candidate set, for batches that carry
+    # `cand_teacher` (B, C): the ranker's order logits (distillation, issue 22); else unused
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_user_feats < 0 or self.n_item_feats < 0:
@@ -201,6 +207,12 @@ class HCN(ItemEmbeddings, nn.Module):
             dup = (batch["cands"] == items[:, None]) & (torch.arange(cand.shape[1], device=cand.device) > 0)  # (B, C)
             cand_loss = F.cross_entropy(cand.masked_fill(dup, float("-inf")), torch.zeros_like(items))
             out.update(loss=out["loss"] + self.config.cand_weight * cand_loss, cand_loss=cand_loss)
+            if "cand_teacher" in batch:
+                # keep what the ranker would put on top: HCN's softmax over the set matches the ranker's
+                teacher = F.softmax(batch["cand_teacher"].masked_fill(dup, float("-inf")), dim=1)  # (B, C)
+                log_student = F.log_softmax(cand.masked_fill(dup, float("-inf")), dim=1)  # (B, C)
+                kl = (teacher * (torch.log(teacher.clamp_min(1e-12)) - log_student.clamp_min(-1e4))).sum(1).mean()
+                out.update(loss=out["loss"] + self.config.distill_weight * kl, distill_loss=kl)
         return out
 
     def score_sets(self, u: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:

@@ -108,15 +108,21 @@ class CandidateSamples(Samples):
     """Samples with a candidate set per position: cands (n, C) int64, column 0 = the positive."""
 
     cands: np.ndarray | None = None
+    # (n, C) float32 a teacher's logits of the same candidates (HCN distilled from the ranker's
+    # order), emitted as "cand_teacher"; None = no distillation
+    teacher: np.ndarray | None = None
 
     def subset(self, idx: np.ndarray) -> "CandidateSamples":
         out = super().subset(idx)
-        return replace(out, cands=None if self.cands is None else self.cands[idx])
+        return replace(out, cands=None if self.cands is None else self.cands[idx],
+                       teacher=None if self.teacher is None else self.teacher[idx])
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         out = super().batch(idx)
         if self.cands is not None:
             out["cands"] = torch.from_numpy(np.ascontiguousarray(self.cands[idx], dtype=np.int64))  # (B, C)
+        if self.teacher is not None:
+            out["cand_teacher"] = torch.from_numpy(np.ascontiguousarray(self.teacher[idx], dtype=np.float32))  # (B, C)
         return out
 
 

@@ -4,6 +4,10 @@
     python -m pipelines.training.commands train --model ranker --data synthetic --workers 2
     python -m pipelines.training.commands train --model ranker --data ml100k --features feast
     python -m pipelines.training.commands evaluate --name two_tower
+    python -m pipelines.training.commands train cascade --version v1   # the three stages, promoted if they earn it
+
+`train` is a group: without a sub-command it trains one model (its options); `train cascade`
+trains the whole cascade (pipelines/training/cascade.py).
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
+train_app = typer.Typer(help="Train one model and save it under artifacts/models/<name>/<version>/.", add_completion=False)
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback(invoke_without_command=True)
 def train(
+    ctx: typer.Context,
     model: str = typer.Option("two_tower", help=f"one of {', '.join(MODELS)}"),
     data: str = typer.Option("ml100k", help="ml100k or synthetic"),
     epochs: Optional[int] = typer.Option(None, min=1, help="default: the model's for the data (pipelines/training/defaults.py)"),
@@ -58,6 +67,8 @@ def train(
     progress: bool = typer.Option(True, help="tqdm progress bars"),
 ) -> None:
     """Train one model and save it under artifacts/models/<name>/<version>/."""
+    if ctx.invoked_subcommand is not None:  # `train cascade ...`: the sub-command does the work
+        return
     from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
     from pipelines.data.synthetic import SyntheticConfig
     from pipelines.training.defaults import default_job
@@ -94,6 +105,50 @@ def train(
     path = save_job(job, result, name, version, root=artifacts_dir, extra={"workers": workers, "train_seconds": seconds})
     typer.echo(json.dumps({"artifact": str(path), "train_seconds": round(seconds, 1), "valid": result.valid_metrics,
                            "test": result.test_metrics}, indent=2, default=float))
+
+
+@train_app.command("cascade")
+def train_cascade_command(
+    version: str = typer.Option(..., help="artefact version of all three stages (two_tower, hcn, ranker)"),
+    seed: int = typer.Option(0),
+    features: str = typer.Option("none", help="none: ML-100k as the dataset gives it; feast: the splits the stream "
+                                 "wrote to the Feast offline store (`jobs.load_splits`; the cascade models use ids and "
+                                 "sequences only, so the features themselves are not fed)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE over CascadeConfig's defaults, "
+                                             "e.g. --set distill_epochs=1"),
+    artifacts_dir: Optional[Path] = typer.Option(None, help="artefacts root (default $RECSTREAM_ARTIFACTS_DIR or ./artifacts)"),
+    promote: bool = typer.Option(True, help="mark the versions latest if the promotion guard passes"),
+    progress: bool = typer.Option(False, help="tqdm progress bars"),
+) -> None:
+    """Train the cascade (two-tower -> HCN -> ranker -> fusion), save the three stages as VERSION, and
+    mark them latest only if no shorter cascade beats it on validation Recall@20 (exit 1 otherwise)."""
+    from pipelines.training.cascade import PromotionRefused, config_from_overrides, save_cascade, train_cascade
+    from pipelines.training.jobs import TrainJob, load_splits
+
+    _setup_logging()
+    if features not in ("none", "feast"):
+        raise typer.BadParameter(f"--features ({features!r}) must be none or feast")
+    try:
+        cfg = config_from_overrides(set_ or [])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    # HCN's job names the retrieval splits; with features="feast" they are joined from the offline store
+    splits = load_splits(TrainJob(model="hcn", data="ml100k", features=features))
+    t0 = time.perf_counter()
+    result = train_cascade(splits, cfg, seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    summary = {"version": version, "train_seconds": round(seconds, 1), "fusion": result.fusion.model_dump(),
+               "valid": result.valid}
+    try:
+        paths = save_cascade(result, splits, version, artifacts_dir, promote=promote)
+    except PromotionRefused as e:
+        typer.echo(json.dumps({**summary, "artifacts": {k: str(v) for k, v in e.paths.items()}, "promoted": False},
+                              indent=2, default=float))
+        for reason in e.reasons:
+            typer.echo(reason, err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps({**summary, "artifacts": {k: str(v) for k, v in paths.items()}, "promoted": promote},
+                          indent=2, default=float))
 
 
 @app.command()

@@ -78,3 +78,23 @@ def test_vocab_oov_buckets_are_stable():
     assert v.index("x") == 1 and v.index("y") == 2
     unk = v.index("never-seen")
     assert 3 <= unk < 7 and unk == Vocab.from_dict(v.to_dict()).index("never-seen")
+
+
+def test_promotion_pointer_decides_latest(tmp_path):
+    """Without LATEST the newest version is latest (old artefact dirs); promote() pins one, even an
+    older one, and refuses a version that was never saved."""
+    from features.model_store import ArtifactNotFound, latest_version, promote, promoted_version
+
+    m = _ranker()
+    window = {"train": {}}
+    save_artifact("ranker", "v1", m, m.config, VOCAB, {}, window, root=tmp_path)
+    save_artifact("ranker", "v2", m, m.config, VOCAB, {}, window, root=tmp_path)
+    assert promoted_version("ranker", tmp_path) is None and latest_version("ranker", tmp_path) == "v2"
+    promote("ranker", "v1", tmp_path)
+    assert latest_version("ranker", tmp_path) == "v1"
+    assert load_artifact("ranker", root=tmp_path)[1]["version"] == "v1"
+    save_artifact("ranker", "v3", m, m.config, VOCAB, {}, window, root=tmp_path)  # saved, not promoted
+    assert latest_version("ranker", tmp_path) == "v1" and list_versions("ranker", tmp_path) == ["v1", "v2", "v3"]
+    with pytest.raises(ArtifactNotFound, match="v9"):
+        promote("ranker", "v9", tmp_path)
+    assert latest_version("ranker", tmp_path) == "v1"
