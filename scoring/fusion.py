@@ -50,16 +50,25 @@ class FusionConfig(BaseModel):
         return {"retrieval": self.retrieval_weight, "coarse": self.coarse_weight, "ranker": self.ranker_weight}
 
 
-def zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """(…, M) scores standardised over the candidate axis; -inf (masked) entries stay -inf and are
-    left out of the mean and std."""
+def zstats(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over the candidate axis (kept as size-1 dims), -inf (masked) entries left out:
+    what `zscore` divides by, and what the impression log records for replay."""
     x = np.asarray(x, dtype=np.float64)
     finite = np.isfinite(x)
     n = np.maximum(finite.sum(axis, keepdims=True), 1)
     x0 = np.where(finite, x, 0.0)
     mean = x0.sum(axis, keepdims=True) / n
     var = (np.where(finite, x - mean, 0.0) ** 2).sum(axis, keepdims=True) / n
-    return np.where(finite, (x0 - mean) / (np.sqrt(var) + Z_EPS), -np.inf)
+    return mean, np.sqrt(var)
+
+
+def zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """(…, M) scores standardised over the candidate axis; -inf (masked) entries stay -inf and are
+    left out of the mean and std."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, std = zstats(x, axis)
+    finite = np.isfinite(x)
+    return np.where(finite, (np.where(finite, x, 0.0) - mean) / (std + Z_EPS), -np.inf)
 
 
 def fuse(scores: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:

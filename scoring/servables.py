@@ -167,6 +167,10 @@ class RankerServable(_Servable):
         self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
         # signatures of every item row, once: candidates gather theirs by row
         self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
+        # Platt scaling of the like head, fitted on validation at training (pipelines/training/cascade.py):
+        # a listwise ranker's like head sees hard negatives, so its raw sigmoid is not a probability
+        cal = (self.manifest.get("extra") or {}).get("like_calibration") or {}
+        self.like_scale, self.like_bias = float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0))
 
     def long_interest(self, rows: np.ndarray, tables: np.ndarray | None) -> np.ndarray | None:
         """(M, d) SDIM interest from the user's bucket tables (S, B, d); None -> the block is empty."""
@@ -199,7 +203,8 @@ class RankerServable(_Servable):
                 torch.from_numpy(rows).to(d), long_interest=as_t(long),
                 user_feats=as_t(user_feats) if self.uses_user_features else None,
                 item_feats=as_t(item_feats) if self.uses_item_features else None, head="both")  # (M,) each
-            return order.float().cpu().numpy(), torch.sigmoid(like).float().cpu().numpy()
+            prob = torch.sigmoid(self.like_scale * like + self.like_bias)
+            return order.float().cpu().numpy(), prob.float().cpu().numpy()
 
 
 class ModelCache:

@@ -53,7 +53,11 @@ class ScoreRequest(BaseModel):
 
 class ScoredItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(description="the score the answer is ordered by: the fused cascade score (z-scored stage "
+                                     "scores, weighted), or the last stage's own score when the variant serves a "
+                                     "shorter cascade or a stage fell back")
+    probability: float | None = Field(None, description="the ranker's calibrated like/click probability of the item "
+                                      "(what /v1/score returns); null when the ranker did not run")
 
 
 class RecommendResponse(BaseModel):

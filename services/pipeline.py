@@ -4,8 +4,13 @@
     inputs     history, user features, BSE tables: concurrently, each under its own deadline
     retrieval  two-tower top-N (+ popular items), seen and excluded items removed
     coarse     HCN, N -> M
-    ranker     SDIM + DIN + DCNv2 over M
+    ranker     SDIM + DIN + DCNv2 over M: an ordering score and a click probability per candidate
+    fusion     the final order: the stages' scores z-scored over the M candidates and blended with
+               the variant's weights (scoring/fusion.py)
     slate      the variant's exploration policy picks k, with each item's true propensity
+
+A variant may serve a prefix of the cascade (`cascade`: retrieval, coarse or ranker); the stages
+after it do not run, so one HTTP measurement can compare the prefixes.
 
 A failing or late step never fails the request; it falls back, and the answer says why
 (`degraded_reasons`, and `recstream_degraded_total{stage, reason}`):
@@ -31,12 +36,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recstream.events import ImpressionLog, LoggedRequest, SlateItem
+from recstream.events import ImpressionLog, LoggedRequest, ServedScores, SlateItem
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
 from services.breaker import CircuitBreaker
 from services.config import ServeConfig, VariantConfig
 from scoring.exploration import make_slate
+from scoring.fusion import STAGES, Z_EPS, FusionConfig, zstats
 from services.inputs import InputSources
 from services.stages import StageRequest, StageResult
 
@@ -75,6 +81,7 @@ class VariantRuntime:
     user_features: bool = False
     item_features: bool = False
     model_names: dict[str, str] = field(default_factory=dict)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 class _Trace:
@@ -187,13 +194,14 @@ class Recommender:
         jobs = [self._source(tr, "history", self.inputs.history, user_id, self.config.history_len, default=[])]
         if v.user_features and self.config.user_feature_source == "feast":
             jobs.append(self._source(tr, "user_features", self.inputs.user_features, user_id))
-        if v.sdim is not None:
+        long_term = v.sdim is not None and v.config.cascade == "ranker"  # a shorter cascade never reads the tables
+        if long_term:
             jobs.append(self._source(tr, "bse", self.inputs.bse_tables, user_id, v.versions["ranker"], v.sdim))
         got = await asyncio.gather(*jobs)
         history = got[0][0]
         user_row = got[1][0] if v.user_features and self.config.user_feature_source == "feast" else None
         tables = None
-        if v.sdim is not None:
+        if long_term:
             tables, ok = got[-1]
             if ok and tables is None:  # the BSE does not hold this ranker version (yet)
                 tr.degrade("bse", "version_missing")
@@ -210,10 +218,10 @@ class Recommender:
         return self.vectors.item_feature_matrix(raw)
 
     async def _candidates(self, tr: _Trace, user_id: str, history: list[str], exclude: list[str],
-                          v: VariantRuntime) -> list[tuple[str, float]]:
-        """N candidates: retrieval's best N - P and P popular items retrieval did not find (P =
-        popular_merge_k: new and trending items the two-tower may miss), seen and excluded items
-        removed; N popular items when retrieval failed."""
+                          v: VariantRuntime) -> tuple[list[tuple[str, float]], bool]:
+        """(N candidates, whether retrieval answered): retrieval's best N - P and P popular items
+        retrieval did not find (P = popular_merge_k: new and trending items the two-tower may miss),
+        seen and excluded items removed; N popular items when retrieval failed."""
         c = self.config
         n = c.candidate_top_k
         # over-fetch by what filtering may remove, so N candidates remain
@@ -243,7 +251,7 @@ class Recommender:
         popular = [p for p in popular if p[0] not in in_head][:n_pop]
         in_popular = {i for i, _ in popular}
         rest = [p for p in retrieved[len(head):] if p[0] not in in_popular]  # fills the slots popular could not
-        return head + popular + rest[: n - len(head) - len(popular)]
+        return head + popular + rest[: n - len(head) - len(popular)], res is not None
 
     async def warm_up(self) -> None:
         """One request through every stage without logging it: the first call over a deployment
@@ -267,23 +275,36 @@ class Recommender:
         c = self.config
         history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
 
-        cands = await self._candidates(tr, req.user_id, history, list(req.exclude), v)
+        cands, retrieved = await self._candidates(tr, req.user_id, history, list(req.exclude), v)
         items = [i for i, _ in cands]
-        item_vecs = await self._item_vectors(tr, items, v)
-
-        coarse = await self._stage(tr, "coarse", self.coarse,
-                                   StageRequest(req.user_id, history, v.model_names["coarse"], v.versions["coarse"],
-                                                top_k=c.coarse_top_k, items=items, user_feats=user_vec, item_feats=item_vecs),
-                                   c.deadlines.coarse_timeout_ms)
-        ordered = coarse.items if coarse is not None else cands[: c.coarse_top_k]  # fallback: retrieval order
-        survivors = [i for i, _ in ordered]
-        row = {item: n for n, item in enumerate(items)}
-        fine = await self._stage(tr, "ranker", self.ranker,
-                                 StageRequest(req.user_id, history, v.model_names["ranker"], v.versions["ranker"],
-                                              top_k=len(survivors), items=survivors, user_feats=user_vec, tables=tables,
-                                              item_feats=None if item_vecs is None else item_vecs[[row[i] for i in survivors]]),
-                                 c.deadlines.ranker_timeout_ms)
-        ranked = fine.items if fine is not None else ordered  # fallback: coarse order
+        stage_scores: dict[str, dict[str, float]] = {"retrieval": dict(cands)} if retrieved else {}
+        item_vecs, row, like = None, {}, None
+        if v.config.cascade == "retrieval":
+            # by score, stably: merged popular items sit at the retrieved floor, after every higher score
+            served = Served(sorted(cands, key=lambda p: -p[1]), "retrieval")
+        else:
+            item_vecs = await self._item_vectors(tr, items, v)
+            row = {item: n for n, item in enumerate(items)}
+            coarse = await self._stage(tr, "coarse", self.coarse,
+                                       StageRequest(req.user_id, history, v.model_names["coarse"], v.versions["coarse"],
+                                                    top_k=c.coarse_top_k, items=items, user_feats=user_vec, item_feats=item_vecs),
+                                       c.deadlines.coarse_timeout_ms)
+            if coarse is not None:
+                stage_scores["coarse"] = dict(coarse.items)
+            ordered = coarse.items if coarse is not None else cands[: c.coarse_top_k]  # fallback: retrieval order
+            served = Served(ordered, "coarse" if coarse is not None else "retrieval")
+            if v.config.cascade == "ranker":
+                survivors = [i for i, _ in ordered]
+                fine = await self._stage(tr, "ranker", self.ranker,
+                                         StageRequest(req.user_id, history, v.model_names["ranker"], v.versions["ranker"],
+                                                      top_k=len(survivors), items=survivors, user_feats=user_vec, tables=tables,
+                                                      item_feats=None if item_vecs is None else item_vecs[[row[i] for i in survivors]]),
+                                         c.deadlines.ranker_timeout_ms)
+                if fine is not None:  # else: the coarse order stands
+                    stage_scores["ranker"] = dict(fine.items)
+                    like = dict(zip((i for i, _ in fine.items), fine.probabilities or ()))
+                    served = fuse_stages(survivors, stage_scores, v.fusion)
+        ranked = served.ranked
 
         slots = make_slate(ranked, req.k, v.config.exploration, self.rng)
         m.EXPLORED.labels(variant).inc(sum(s.explored for s in slots))
@@ -291,7 +312,9 @@ class Recommender:
         m.STAGE_LATENCY.labels("total").observe(tr.timings["total"] / 1000)
         m.REQUESTS.labels(variant).inc()
         resp = RecommendResponse(
-            request_id=request_id, items=[ScoredItem(item_id=s.item_id, score=s.score) for s in slots], variant=variant,
+            request_id=request_id, variant=variant,
+            items=[ScoredItem(item_id=s.item_id, score=s.score, probability=like.get(s.item_id) if like else None)
+                   for s in slots],
             model_versions=dict(v.versions), degraded=bool(tr.reasons), degraded_reasons=tr.reasons,
             timings_ms=tr.timings)
         if self.impressions is not None and log_impression:
@@ -305,6 +328,7 @@ class Recommender:
                 request=LoggedRequest(k=req.k, context=req.context, exclude=list(req.exclude)), support=support,
                 slate=[SlateItem(item_id=s.item_id, position=p, score=s.score, propensity=s.propensity)
                        for p, s in enumerate(slots)],
+                scores=served.log(support, stage_scores, like),
                 features=self._served_features(history, user_vec, item_vecs, row, support, tables is not None),
             ))
         return resp
@@ -331,8 +355,52 @@ class Recommender:
                                               top_k=len(items), items=items, user_feats=user_vec, item_feats=item_vecs,
                                               tables=tables),
                                  self.config.deadlines.ranker_timeout_ms)
-        scores = dict(fine.items) if fine is not None else {}
+        scores = dict(zip((i for i, _ in fine.items), fine.probabilities or ())) if fine is not None else {}
         tr.timings["total"] = round((time.perf_counter() - tr.t0) * 1000, 3)
         return ScoreResponse(user_id=req.user_id, variant=variant, model_version=v.versions["ranker"],
                              scores={i: scores.get(i) for i in req.item_ids}, degraded=bool(tr.reasons),
                              degraded_reasons=tr.reasons, timings_ms=tr.timings)
+
+
+@dataclass
+class Served:
+    """The order a request is served in and how it came about.
+
+    ranked: (item, final score) best first; cascade: the last stage whose scores made it;
+    fusion / stats: the weights and each fused stage's (mean, std) over the candidates (empty
+    when the order is one stage's own scores)."""
+
+    ranked: list[tuple[str, float]]
+    cascade: str
+    fusion: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def log(self, support: list[str], stage_scores: dict[str, dict[str, float]],
+            like: dict[str, float] | None) -> ServedScores:
+        final = dict(self.ranked)
+        return ServedScores(
+            cascade=self.cascade, fusion=self.fusion, stats={s: list(v) for s, v in self.stats.items()},
+            stages={s: [sc[i] for i in support] for s, sc in stage_scores.items() if all(i in sc for i in support)},
+            final=[final[i] for i in support],
+            like=[like[i] for i in support] if like and all(i in like for i in support) else None)
+
+
+def fuse_stages(items: list[str], stage_scores: dict[str, dict[str, float]], fusion: FusionConfig) -> Served:
+    """The ranker cascade's final order over `items` (the coarse cut, in the order it came): each
+    weighted stage's scores z-scored over `items`, blended (scoring/fusion.py's formula, with the
+    stats kept for the log). A weighted stage that did not answer is left out of the blend; when
+    no weighted stage answered, the ranker's order alone."""
+    w = {s: wt for s, wt in fusion.weights().items() if wt > 0 and s in stage_scores}
+    if not w:
+        w = {"ranker": 1.0}
+    total = np.zeros(len(items))
+    stats: dict[str, tuple[float, float]] = {}
+    for s in STAGES:
+        if s not in w:
+            continue
+        x = np.asarray([stage_scores[s][i] for i in items], dtype=np.float64)  # (M,)
+        mean, std = (a.item() for a in zstats(x))  # (1,) each
+        stats[s] = (mean, std)
+        total += w[s] * (x - mean) / (std + Z_EPS)
+    order = np.argsort(-total, kind="stable")  # ties: the coarse order
+    return Served([(items[i], float(total[i])) for i in order], "ranker", w, stats)

@@ -10,6 +10,7 @@ from typing import Any
 
 from models.sdim_hash import SdimConfig
 from scoring.config import ModelRef
+from scoring.fusion import FusionConfig
 from services.config import ServeConfig, VariantConfig
 from services.inputs import InputSources
 from services.pipeline import Recommender, VariantRuntime
@@ -66,10 +67,20 @@ def variant_runtimes(variants: dict[str, VariantConfig], config: ServeConfig) ->
             return any(manifests[s]["config"].get(key, 0) > 0 for s in ("coarse", "ranker"))
 
         out[name] = VariantRuntime(name=name, config=v, versions={s: mf["version"] for s, mf in manifests.items()},
+                                   fusion=variant_fusion(v, manifests["ranker"]),
                                    sdim=_sdim(manifests["ranker"]["config"]), user_features=uses("n_user_feats"),
                                    item_features=uses("n_item_feats"),
                                    model_names={s: mf["name"] for s, mf in manifests.items()})
     return out
+
+
+def variant_fusion(v: VariantConfig, ranker_manifest: dict) -> FusionConfig:
+    """The variant's own fusion, else the one chosen on validation when its ranker was trained
+    (manifest extra.fusion), else the ranker's order alone."""
+    if v.fusion is not None:
+        return v.fusion
+    chosen = (ranker_manifest.get("extra") or {}).get("fusion")
+    return FusionConfig(**chosen) if chosen else FusionConfig()
 
 
 def vectors_for(runtimes: dict[str, VariantRuntime]) -> Any:

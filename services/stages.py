@@ -8,7 +8,7 @@ is swapped in whole, never half loaded.
 
     retrieval  StageRequest(user, history, top_k=N)           -> N (item, two-tower score)
     coarse     StageRequest(..., items=N candidates, top_k=M) -> M (item, HCN score)
-    ranker     StageRequest(..., items=M candidates)          -> all M (item, click probability)
+    ranker     StageRequest(..., items=M candidates)          -> all M (item, ordering score) + click probabilities
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class StageResult:
     reasons: list[str] = field(default_factory=list)
     version: str | None = None  # the model version that produced the scores
     error: str | None = None  # set by a stage deployment that failed: the ingress falls back
+    probabilities: list[float] | None = None  # ranker: click probability of each of `items`, aligned
 
 
 @dataclass
@@ -134,5 +135,7 @@ class RankerStage(_ModelStage):
 
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
-        scores = model.score(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
-        return StageResult(items=_top(req.items, scores, len(req.items)), version=model.version)
+        order, prob = model.score_heads(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
+        best = np.argsort(-order, kind="stable")
+        return StageResult(items=[(req.items[i], float(order[i])) for i in best], version=model.version,
+                           probabilities=[float(prob[i]) for i in best])

@@ -87,7 +87,8 @@ def test_every_stage_runs_reports_its_timing_and_version(artifacts):
     assert len(ids) == 10 == len(set(ids))
     assert not set(ids) & (set(HISTORIES["u1"]) | {"i1", "i2"})  # seen and excluded items never come back
     scores = [i.score for i in resp.items]
-    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)  # click probabilities, best first
+    assert scores == sorted(scores, reverse=True)  # the final (fused) score, best first
+    assert all(0 < i.probability < 1 for i in resp.items)  # the ranker's click probability beside it
     [log] = logger.records
     assert log.request_id == resp.request_id and [s.item_id for s in log.slate] == ids
     assert all(s.propensity == 1.0 for s in log.slate) and log.policy == "deterministic"
@@ -189,7 +190,7 @@ def test_served_scores_equal_the_models_offline_scores(artifacts):
              "hist": hist.expand(len(items), -1), "long_interest": torch.as_tensor(sdim_interest_from_tables(table, sigs))}
     with torch.no_grad():
         offline = model(batch)["prob"].numpy()
-    np.testing.assert_allclose([i.score for i in resp.items], offline, atol=1e-4)
+    np.testing.assert_allclose([i.probability for i in resp.items], offline, atol=1e-4)
 
 
 def test_score_endpoint_scores_given_items_including_unknown_ones(artifacts):
@@ -298,8 +299,9 @@ def test_candidates_keep_room_for_popular_items_retrieval_missed(artifacts):
     popular = ["new-item", "i3", "i299", "i1"] + [f"i{k}" for k in range(290, 299)]  # i3: seen by u1
     rec, _, _ = _rec(artifacts, popular=_Popular(popular))
     c = rec.config
-    cands = asyncio.run(rec._candidates(_Trace(), "u1", HISTORIES["u1"], [], rec.variants["A"]))
+    cands, retrieved = asyncio.run(rec._candidates(_Trace(), "u1", HISTORIES["u1"], [], rec.variants["A"]))
     ids = [i for i, _ in cands]
+    assert retrieved
     assert len(ids) == c.candidate_top_k == len(set(ids))
     assert "new-item" in ids[-c.popular_merge_k:]
     assert not set(ids) & set(HISTORIES["u1"])
@@ -362,3 +364,88 @@ def test_stage_latency_and_degraded_reasons_are_counted(artifacts):
         assert _sample("recstream_stage_latency_seconds_count", stage=s) - latency[s] == 2, s
     assert _sample("recstream_degraded_total", stage="coarse", reason="error") - degraded["error"] == 1
     assert _sample("recstream_degraded_total", stage="coarse", reason="deadline") == degraded["deadline"]
+
+
+# ---- the final order: fusion, cascade prefixes, and what the log keeps of them ----------------
+
+FUSED = {"retrieval_weight": 2.0, "coarse_weight": 0.5, "ranker_weight": 1.0}
+
+
+def _stage_scores(rec, user="u1"):
+    """Each stage's own scores of the coarse cut, straight from the stage objects."""
+    from services.stages import StageRequest
+
+    v = rec.variants["A"]
+    hist = HISTORIES[user]
+    cands, _ = asyncio.run(rec._candidates(_Trace(), user, hist, [], v))
+    items = [i for i, _ in cands]
+    coarse = rec.coarse(StageRequest(user, hist, "hcn", "v1", top_k=rec.config.coarse_top_k, items=items))
+    cut = [i for i, _ in coarse.items]
+    ranker = rec.ranker(StageRequest(user, hist, "ranker", "v1", top_k=len(cut), items=cut))
+    return cut, {"retrieval": dict(cands), "coarse": dict(coarse.items), "ranker": dict(ranker.items)}
+
+
+def test_the_final_order_is_the_fusion_formula_over_the_coarse_cut(artifacts):
+    from scoring.fusion import FusionConfig, fuse
+
+    rec, _, logger = _rec(artifacts, variants={"A": {"share": 1.0, "fusion": FUSED}})
+    resp = _run(rec, k=20)
+    cut, sc = _stage_scores(rec)
+    fused = fuse({s: np.asarray([sc[s][i] for i in cut]) for s in sc}, FusionConfig(**FUSED))  # (M,)
+    best = np.argsort(-fused, kind="stable")[:20]
+    assert [i.item_id for i in resp.items] == [cut[j] for j in best]
+    np.testing.assert_allclose([i.score for i in resp.items], fused[best], rtol=1e-9, atol=1e-9)
+    log = logger.records[-1].scores
+    assert log.cascade == "ranker" and log.fusion == {"retrieval": 2.0, "coarse": 0.5, "ranker": 1.0}
+    # the log alone gives back the final score of every support item
+    again = sum(w * (np.asarray(log.stages[s]) - log.stats[s][0]) / (log.stats[s][1] + 1e-6) for s, w in log.fusion.items())
+    np.testing.assert_allclose(again, log.final, rtol=1e-9, atol=1e-9)
+    assert log.final == sorted(log.final, reverse=True) and len(log.like) == len(log.final)
+
+
+def test_a_ranker_artefact_brings_the_fusion_chosen_on_validation(artifacts):
+    import json
+
+    from features.model_store import artifact_path
+
+    rec, _, _ = _rec(artifacts)
+    assert rec.variants["A"].fusion.weights() == {"retrieval": 0.0, "coarse": 0.0, "ranker": 1.0}  # none recorded
+    path = artifact_path("ranker", "v1", artifacts) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    try:
+        path.write_text(json.dumps({**manifest, "extra": {**(manifest.get("extra") or {}), "fusion": FUSED}}))
+        rec, _, _ = _rec(artifacts)
+        assert rec.variants["A"].fusion.weights() == {"retrieval": 2.0, "coarse": 0.5, "ranker": 1.0}
+        own = {"A": {"share": 1.0, "fusion": {"coarse_weight": 1.0, "ranker_weight": 0.0}}}
+        rec, _, _ = _rec(artifacts, variants=own)  # the variant's own weights win
+        assert rec.variants["A"].fusion.weights() == {"retrieval": 0.0, "coarse": 1.0, "ranker": 0.0}
+    finally:
+        path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("cascade", ["retrieval", "coarse"])
+def test_a_variant_serves_a_prefix_of_the_cascade(artifacts, cascade):
+    rec, _, logger = _rec(artifacts, variants={"A": {"share": 1.0, "cascade": cascade}})
+    resp = _run(rec, k=20)
+    cut, sc = _stage_scores(rec)
+    ran = {"retrieval": {"inputs", "retrieval", "total"}, "coarse": {"inputs", "retrieval", "coarse", "total"}}[cascade]
+    assert set(resp.timings_ms) == ran and not resp.degraded
+    own = sc[cascade]
+    expect = sorted(own, key=lambda i: -own[i])[:20]
+    assert [i.item_id for i in resp.items] == expect and all(i.probability is None for i in resp.items)
+    log = logger.records[-1].scores
+    assert log.cascade == cascade and log.fusion == {} and log.final == [own[i] for i in expect] and log.like is None
+
+
+def test_a_failed_fused_stage_leaves_the_blend_and_a_failed_ranker_serves_the_coarse_order(artifacts):
+    rec, _, logger = _rec(artifacts, variants={"A": {"share": 1.0, "fusion": FUSED}})
+    rec.coarse = _fails("coarse")
+    resp = _run(rec)
+    assert resp.degraded_reasons == ["coarse:error"]
+    assert logger.records[-1].scores.fusion == {"retrieval": 2.0, "ranker": 1.0}  # the blend without the coarse term
+    rec, _, logger = _rec(artifacts, variants={"A": {"share": 1.0, "fusion": FUSED}})
+    cut, _ = _stage_scores(rec)
+    rec.ranker = _fails("ranker")
+    resp = _run(rec, k=20)
+    assert [i.item_id for i in resp.items] == cut[:20]
+    assert logger.records[-1].scores.cascade == "coarse" and logger.records[-1].scores.fusion == {}
