@@ -13,6 +13,11 @@ ranker's logit) and across requests. The weights are chosen on validation
 (benchmarks/cascade_ml100k.py), never on test, and are part of a variant's serving config,
 so an A/B can compare fusions. `fuse` is the one implementation that serving, the offline
 benchmark and replay call.
+
+Replay sees only the support (the head of the final order) of a logged request, not all M
+candidates, so it cannot recompute the z-scores' mean and std; serving logs them per stage
+(`ImpressionLog.scores.stats`) and `fuse_with_stats` blends with those, which gives the served
+fused scores of the support exactly, and any other weighting of the same stages exactly too.
 """
 
 from __future__ import annotations
@@ -78,6 +83,36 @@ def fuse(scores: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
         raise ValueError(f"fusion: stages {missing} have weights {[w[s] for s in missing]} but no scores")
     used = [s for s in STAGES if w[s] > 0]
     return sum(w[s] * zscore(scores[s]) for s in used)
+
+
+def fuse_with_stats(stage_scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]],
+                    config: FusionConfig | dict[str, float]) -> np.ndarray:
+    """(S,) fused scores of S items whose stages' means and stds over the fused candidates are
+    known: sum over stages of weight * (x - mean) / (std + Z_EPS), the same numbers `fuse` gives
+    those items when `stats` are the candidates' own (a constant stage: std 0, z = 0 as in
+    `zscore`).
+
+    Args:
+        stage_scores: stage -> (S,) scores; a stage with weight 0 may be missing.
+        stats: stage -> (mean, std) over the candidates the fusion z-scored.
+        config: the weights, as a FusionConfig or the logged {stage: weight}.
+    """
+    w = config.weights() if isinstance(config, FusionConfig) else dict(config)
+    unknown = (set(stage_scores) | set(w)) - set(STAGES)
+    if unknown:
+        raise ValueError(f"fusion: unknown stages {sorted(unknown)}; known: {STAGES}")
+    used = [s for s in STAGES if w.get(s, 0.0) > 0]
+    if not used:
+        raise ValueError(f"fusion: weights {w} are all 0")
+    missing = [s for s in used if s not in stage_scores or s not in stats]
+    if missing:
+        raise ValueError(f"fusion: stages {missing} have weights {[w[s] for s in missing]} but no scores or stats "
+                         f"(scores for {sorted(stage_scores)}, stats for {sorted(stats)})")
+    out = 0.0
+    for s in used:
+        mean, std = stats[s]
+        out = out + w[s] * (np.asarray(stage_scores[s], dtype=np.float64) - mean) / (std + Z_EPS)
+    return np.asarray(out, dtype=np.float64)
 
 
 def fused_order(scores: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:

@@ -37,6 +37,42 @@ def _ref(spec: str, option: str):
     return ModelRef(name=name or "ranker", version=version)
 
 
+_VARIANT_KEYS = ("retrieval", "coarse", "ranker", "cascade", "retrieval_weight", "coarse_weight", "ranker_weight")
+
+
+def _variant(spec: str, impressions, scorers):
+    """'NAME=BASE[,KEY=VALUE...]' -> VariantPolicy: logged variant BASE as served (versions,
+    cascade, fusion read from the log), with the given stages' versions, cascade or fusion
+    weights replaced (weights not given are FusionConfig's defaults: retrieval 0, coarse 0,
+    ranker 1)."""
+    from pydantic import ValidationError
+
+    from pipelines.replay.policies import VariantPolicy
+    from scoring.fusion import FusionConfig
+
+    name, eq, rest = spec.partition("=")
+    base, *pairs = rest.split(",")
+    if not eq or not name or not base:
+        raise typer.BadParameter(f"--variant {spec!r}: want NAME=VARIANT[,KEY=VALUE...], e.g. A=A or "
+                                 "A-hcn=A,coarse_weight=0.5")
+    kv = {}
+    for pair in pairs:
+        k, eq, v = pair.partition("=")
+        if not eq or k not in _VARIANT_KEYS:
+            raise typer.BadParameter(f"--variant {spec!r}: {pair!r} is not KEY=VALUE with KEY one of {_VARIANT_KEYS}")
+        kv[k] = v
+    # a bare version names the stage's default artefact (VariantPolicy's STAGE_MODELS)
+    versions = {s: _ref(kv[s], "--variant") if ":" in kv[s] else kv[s]
+                for s in ("retrieval", "coarse", "ranker") if s in kv}
+    weights = {k: kv[k] for k in ("retrieval_weight", "coarse_weight", "ranker_weight") if k in kv}
+    try:
+        fusion = FusionConfig(**weights) if weights else None
+        return VariantPolicy.from_log(name, impressions, base, scorers, versions=versions, fusion=fusion,
+                                      cascade=kv.get("cascade"))
+    except (ValidationError, ValueError) as e:
+        raise typer.BadParameter(f"--variant {spec!r}: {e}") from e
+
+
 def load_log(s, parquet: Optional[str], since_ms: Optional[int], until_ms: Optional[int], window_s: float):
     from tqdm import tqdm
 
@@ -52,6 +88,15 @@ def load_log(s, parquet: Optional[str], since_ms: Optional[int], until_ms: Optio
 def run(out_dir: str = typer.Option("reports/replay", "--out", help="where report.{md,json} and the plots go"),
         candidate: list[str] = typer.Option([], help="NAME=[MODEL:]VERSION: a ranker version to evaluate by re-ranking "
                                                      "the logged support (repeatable)"),
+        variant: list[str] = typer.Option([], help="NAME=VARIANT[,KEY=VALUE...]: a whole served variant to evaluate, "
+                                                   "its versions, cascade and fusion as the log shows VARIANT served, "
+                                                   "each KEY replacing one: retrieval|coarse|ranker=[MODEL:]VERSION, "
+                                                   "cascade=retrieval|coarse|ranker, retrieval_weight|coarse_weight|"
+                                                   "ranker_weight=W (another fusion). E.g. A=A (variant A's versions "
+                                                   "on all traffic), A-hcn=A,coarse_weight=0.5 (A with another "
+                                                   "fusion). Repeatable"),
+        reproduce: bool = typer.Option(True, help="report served_order_reproduced_share: each request replayed with "
+                                                  "the variant that served it, as the log shows it"),
         direct_model: Optional[str] = typer.Option(None, help="[MODEL:]VERSION of the ranker DR uses as its direct "
                                                               "model (default: the first candidate's)"),
         from_parquet: Optional[str] = typer.Option(None, help="read an exported log instead of Kafka"),
@@ -73,7 +118,7 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
     and PNG plots."""
     from tqdm import tqdm
 
-    from pipelines.replay.policies import RankerPolicy, RankerScorer
+    from pipelines.replay.policies import RankerPolicy, RankerScorers, VariantPolicy
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from features.model_store import artifacts_root
@@ -84,21 +129,25 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
     types = tuple(t.strip() for t in reward_types.split(",") if t.strip())
     rlog = load_log(s, from_parquet, _ms(since), _ms(until), window_s)
     typer.echo(f"{len(rlog.impressions)} impressions, {len(rlog.events)} events read; skipped {rlog.skipped}")
-    scorers: dict = {}
-
-    def scorer(ref):
-        key = (ref.name, ref.version)
-        if key not in scorers:
-            scorers[key] = RankerScorer(ref, root)
-        return scorers[key]
-
+    scorers = RankerScorers(root)
     policies = []
     for spec in candidate:
         name, eq, ref = spec.partition("=")
         if not eq or not name:
             raise typer.BadParameter(f"--candidate {spec!r}: want NAME=[MODEL:]VERSION")
-        policies.append(RankerPolicy(name, scorer(_ref(ref, "--candidate"))))
-    dm = scorer(_ref(direct_model, "--direct-model")) if direct_model else (policies[0].scorer if policies else None)
+        policies.append(RankerPolicy(name, scorers.get(_ref(ref, "--candidate"))))
+    policies += [_variant(spec, rlog.impressions, scorers) for spec in variant]
+    if direct_model:
+        dm = scorers.get(_ref(direct_model, "--direct-model"))
+    elif policies:
+        first = policies[0]
+        dm = first.scorer if isinstance(first, RankerPolicy) else scorers.get(_served_ranker(first, rlog.impressions))
+    else:
+        dm = None
+    served = None
+    if reproduce:
+        served = {v: VariantPolicy.from_log(f"{v} as served", rlog.impressions, v, scorers)
+                  for v in sorted({i.variant for i in rlog.impressions})}
     traffic = None
     if traffic_url:
         variants = [v.strip() for v in traffic_variants.split(",") if v.strip()]
@@ -106,9 +155,22 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
                                   progress=lambda **kw: tqdm(**kw))
         traffic = TrafficResult(variants, answers, k)
     res = run_replay(rlog, policies, out_dir, dm, window_s, types, clip, n_boot, seed, traffic,
-                     progress=lambda xs, **kw: tqdm(xs, **kw))
+                     progress=lambda xs, **kw: tqdm(xs, **kw), served=served)
     typer.echo((Path(out_dir) / "report.md").read_text())
     typer.echo(f"wrote {out_dir}/report.json, report.md and plots ({len(res['policies'])} policies)")
+
+
+def _served_ranker(policy, impressions):
+    """The ranker a VariantPolicy orders with (its own, else the one its base variant served)."""
+    from scoring.config import ModelRef
+
+    ref = policy.versions.get("ranker")
+    if ref is not None:
+        return ref
+    served = [i.model_versions.get("ranker") for i in impressions if i.model_versions.get("ranker")]
+    if not served:
+        raise typer.BadParameter("no logged ranker version to use as DR's direct model: pass --direct-model")
+    return ModelRef(name="ranker", version=max(set(served), key=served.count))
 
 
 @app.command("export")

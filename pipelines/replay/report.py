@@ -9,18 +9,22 @@ from collections import Counter
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from pipelines.replay import estimators as E
 from pipelines.replay import traffic as T
 from pipelines.replay.data import DEFAULT_REWARD_TYPES, ReplayLog, attribute, interactions_after
-from pipelines.replay.policies import LoggedPolicy, SlatePolicy, build_rows
+from pipelines.replay.policies import LoggedPolicy, SlatePolicy, VariantPolicy, build_rows
+from pipelines.replay.reproduce import served_order_reproduced
 
 log = logging.getLogger(__name__)
 
 # Below this many effective samples in some slot an estimate is mostly a few heavy weights.
 ESS_WARN = 100
+# Below this share of the served greedy slots given back, replay is not evaluating what was served.
+REPRODUCED_WARN = 0.99
 
 
 @dataclass
@@ -33,7 +37,9 @@ class TrafficResult:
 def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Path, direct_model=None,
                window_s: float = 3600.0, reward_types=DEFAULT_REWARD_TYPES, clip: float | None = None,
                n_boot: int = 500, seed: int = 0, traffic: TrafficResult | None = None, plots: bool = True,
-               progress=None) -> dict:
+               progress=None, served: Mapping[str, VariantPolicy] | None = None) -> dict:
+    """served: logged variant -> the policy that replays it as served; with it the report says
+    how much of the served greedy order replay gives back (`served_order_reproduced_share`)."""
     if not rlog.impressions:
         raise ValueError("no impressions in the chosen range: nothing to evaluate")
     rewards = attribute(rlog, window_s, reward_types)
@@ -48,6 +54,13 @@ def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Pa
                     "model_versions": _count(json.dumps(i.model_versions, sort_keys=True) for i in imps)},
         "policies": {}, "differences": {},
     }
+    if served:
+        rep = served_order_reproduced(imps, served)
+        result["served_order_reproduced_share"] = rep["share"]
+        result["served_reproduction"] = rep
+        if rep["share"] is not None and rep["share"] < REPRODUCED_WARN:
+            log.warning("replay: replaying the served variants gives back %.1f%% of their greedy slots (%s)",
+                        100 * rep["share"], rep["paths"])
     estimates: dict[str, dict[str, E.Estimate]] = {}
     weight_samples: dict[str, np.ndarray] = {}
     it = progress(policies, desc="policies", unit="policy") if progress else policies
@@ -74,6 +87,8 @@ def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Pa
             "ess_per_slot": ess.round(1).tolist(), "unsupported_mass": built.unsupported_mass,
             "direct_model_theta": built.theta, "weight_mean": float(w.mean()) if len(w) else 0.0,
             "weight_max": float(w.max()) if len(w) else 0.0, "warnings": warnings}
+        if isinstance(pol, VariantPolicy):
+            result["policies"][pol.name]["replay_paths"] = pol.paths(imps)
     for a, b in itertools.combinations([p.name for p in policies], 2):
         result["differences"][f"{b} - {a}"] = {
             e: E.paired_difference(estimates[a][e], estimates[b][e]).to_dict()
@@ -158,6 +173,22 @@ def _plots(out: Path, estimates, weights, traffic: TrafficResult | None) -> None
         plt.close(fig)
 
 
+def _counts(c: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items()))
+
+
+def _reproduction_md(rep: dict) -> str:
+    if rep["share"] is None:
+        return "Served order reproduced: no greedy slot to check."
+    by = ", ".join(f"{v} {x:.1%}" for v, x in rep["by_variant"].items())
+    warn = "" if rep["share"] >= REPRODUCED_WARN else (" **Below 99%: the estimates describe policies that were "
+                                                        "not served; log `scores` (a current server) to fix it.**")
+    skipped = f"; skipped: {_counts(rep['skipped'])}" if rep["skipped"] else ""
+    return (f"Served order reproduced: replaying each request with the variant that served it gives back "
+            f"{rep['n_reproduced']:,} of {rep['n_greedy_slots']:,} logged greedy slots ({rep['share']:.1%}; {by}); "
+            f"paths: {_counts(rep['paths'])}{skipped}.{warn}")
+
+
 def _fmt(x: dict) -> str:
     return f"{x['value']:.4f} [{x['ci_low']:.4f}, {x['ci_high']:.4f}]"
 
@@ -176,6 +207,14 @@ def markdown(r: dict, plots: bool = True) -> str:
         ess = min(p["ess_per_slot"]) if p["ess_per_slot"] else 0
         lines.append(f"| {name} | {cell('ips')} | {cell('snips')} | {cell('dr')} | {cell('dm')} | {ess:,.0f} | "
                      f"{p['unsupported_mass']:.1%} |")
+    if "served_reproduction" in r:
+        lines += ["", _reproduction_md(r["served_reproduction"])]
+    paths = {n: p["replay_paths"] for n, p in r["policies"].items() if "replay_paths" in p}
+    if paths:
+        lines += ["", "Replay paths (requests; logged = the served final order, refused = logged stage scores "
+                      "re-fused, rescored = ranker re-computed from the logged inputs (approximate), no_scores = "
+                      "record without stage scores, re-scored; proxy/missing = a stage's scores stood in or "
+                      "were absent): " + "; ".join(f"{n}: {_counts(c)}" for n, c in paths.items()) + "."]
     lines += ["", "## Differences (paired: same resampled requests)", "",
               "| comparison | estimator | difference [95% CI] | p-value |", "|---|---|---|---|"]
     for name, d in r["differences"].items():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from scoring.fusion import FusionConfig, fuse, fused_order, zscore
+from scoring.fusion import FusionConfig, fuse, fuse_with_stats, fused_order, zscore
 
 
 def test_fused_order_equals_the_formula():
@@ -42,3 +42,37 @@ def test_config_is_strict_and_errors_carry_values():
         FusionConfig(ranker_weight=0.0)
     with pytest.raises(ValueError, match=r"\['coarse'\] have weights \[0.5\]"):
         fuse({"ranker": np.zeros(3)}, FusionConfig(coarse_weight=0.5))
+
+
+def test_fuse_with_stats_is_fuse_on_the_head_of_the_candidates():
+    """Given each stage's mean and std over all M candidates, the fused score of any subset (the
+    logged support) is what `fuse` gave those items over the M: replay re-fuses exactly."""
+    rng = np.random.default_rng(2)
+    scores = {"retrieval": rng.normal(3, 2, 80), "coarse": rng.normal(-1, 0.3, 80), "ranker": rng.normal(0, 4, 80)}
+    scores["coarse"][:5] = scores["coarse"][5]  # ties inside one stage change nothing
+    cfg = FusionConfig(retrieval_weight=0.3, coarse_weight=0.7, ranker_weight=1.0)
+    full = fuse(scores, cfg)
+    support = fused_order(scores, cfg)[:15]  # (S,) what serving logs
+    stats = {s: (float(x.mean()), float(x.std())) for s, x in scores.items()}
+    part = fuse_with_stats({s: x[support] for s, x in scores.items()}, stats, cfg)
+    np.testing.assert_allclose(part, full[support], rtol=1e-12)
+    # the logged {stage: weight} form is the same weighting
+    np.testing.assert_allclose(fuse_with_stats({s: x[support] for s, x in scores.items()}, stats, cfg.weights()),
+                               part, rtol=0)
+    # the support's own stats are another z-scoring: the scores change (the order of one stage's
+    # z-scores would not, a blend's does in general)
+    own = {s: (float(x[support].mean()), float(x[support].std())) for s, x in scores.items()}
+    assert not np.allclose(fuse_with_stats({s: x[support] for s, x in scores.items()}, own, cfg), part)
+
+
+def test_fuse_with_stats_errors_name_the_stages_and_values():
+    x = {"ranker": np.zeros(3)}
+    with pytest.raises(ValueError, match=r"\['coarse'\] have weights \[0.5\]"):
+        fuse_with_stats(x, {"ranker": (0.0, 1.0)}, FusionConfig(coarse_weight=0.5))
+    with pytest.raises(ValueError, match="unknown stages \\['fine'\\]"):
+        fuse_with_stats(x, {"ranker": (0.0, 1.0)}, {"fine": 1.0})
+    with pytest.raises(ValueError, match="all 0"):
+        fuse_with_stats(x, {"ranker": (0.0, 1.0)}, {"ranker": 0.0})
+    # a constant stage (std 0) contributes 0, as zscore does
+    np.testing.assert_array_equal(fuse_with_stats({"ranker": np.full(3, 2.0)}, {"ranker": (2.0, 0.0)}, {"ranker": 1.0}),
+                                  np.zeros(3))
