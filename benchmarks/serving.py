@@ -515,20 +515,17 @@ def ml100k_cascade_served(s, work: Path, base_url: str, seeds: tuple[int, ...] =
     """
     from ray import serve
 
-    from demo.ml100k_world import Ml100kWorld, build_bse, offline_inputs, stream_ml100k
-    from features.feast_repo import repo_for_settings
+    from demo.ml100k_world import Ml100kWorld, build_bse, cascade_splits, offline_inputs, stream_ml100k
     from pipelines.data.datasets import ml100k_test_cases
     from pipelines.training.cascade import (PromotionRefused, config_from_overrides, evaluate_cascade, save_cascade,
                                             train_cascade)
-    from pipelines.training.defaults import default_job
-    from pipelines.training.jobs import load_splits
     from services.app import build_app
     from services.config import ServeConfig
 
     root = Path(work) / "ml100k-artifacts"
     cfg = config_from_overrides(list(cascade_set))
     stream_s = stream_ml100k(s, root, progress=progress)
-    splits = load_splits(default_job("two_tower", "ml100k", features="feast"), repo_for_settings(s))
+    splits = cascade_splits(s)
     cases = ml100k_test_cases()
     per_seed: dict[int, dict[str, float]] = {}
     for seed in seeds:

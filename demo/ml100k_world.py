@@ -75,6 +75,16 @@ def stream_ml100k(s: Settings, root: Path, split: str = "train_valid", produce: 
     return seconds
 
 
+def cascade_splits(s: Settings):
+    """ML-100k's retrieval splits (standard protocol) joined point-in-time with what the stream
+    wrote to the Feast offline store: what the cascade trains on (HCN's job names that data)."""
+    from features.feast_repo import repo_for_settings
+    from pipelines.training.defaults import default_job
+    from pipelines.training.jobs import load_splits
+
+    return load_splits(default_job("hcn", "ml100k", features="feast"), repo_for_settings(s))
+
+
 def train_cascade_models(s: Settings, root: Path, version: str = VERSION, overrides: tuple[str, ...] = (), seed: int = 0,
                          progress: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
     """The three stages trained as one cascade (pipelines/training/cascade.py) on the ML-100k
@@ -82,13 +92,10 @@ def train_cascade_models(s: Settings, root: Path, version: str = VERSION, overri
     marked latest only when no shorter cascade beats it on validation (the promotion guard: a
     refusal is reported, and the versions stay usable by name). Returns (seconds, two-tower test
     Recall@20)."""
-    from features.feast_repo import repo_for_settings
     from pipelines.training.cascade import PromotionRefused, config_from_overrides, evaluate_cascade, save_cascade, train_cascade
-    from pipelines.training.defaults import default_job
-    from pipelines.training.jobs import load_splits
 
     t = time.perf_counter()
-    splits = load_splits(default_job("two_tower", "ml100k", features="feast"), repo_for_settings(s))
+    splits = cascade_splits(s)
     result = train_cascade(splits, config_from_overrides(list(overrides)), seed)
     try:
         save_cascade(result, splits, version, root)
