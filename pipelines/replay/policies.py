@@ -29,7 +29,7 @@ from pipelines.replay.estimators import SlotRows
 from recstream.events import ImpressionLog, ServedScores
 from scoring.config import ExplorationConfig, ModelRef
 from scoring.exploration import marginals
-from scoring.fusion import STAGES, FusionConfig, fuse_with_stats
+from scoring.fusion import STAGES, FusionConfig, fuse_with_stats, manifest_fusion
 
 Stage = Literal["retrieval", "coarse", "ranker"]
 
@@ -79,6 +79,7 @@ class RankerScorer:
         self.servable = RankerServable(ref, artifacts_dir)
         self.name = self.servable.name
         self.version = self.servable.version
+        self.fusion = manifest_fusion(self.servable.manifest)  # what a variant naming no fusion serves with it
         self._cache: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
 
     def scores(self, imp: ImpressionLog) -> dict[str, float]:
@@ -198,8 +199,9 @@ class VariantPolicy:
         name: the policy's name in the report.
         versions: stage -> ModelRef or version string (model: the stage's default artefact); a
             stage left out keeps the version each request was served with.
-        fusion: the weights of the ranker cascade's final order; None: the fusion each request
-            logged (the served variant's own, whichever the server resolved).
+        fusion: the weights of the ranker cascade's final order; None: as a variant that names
+            none is served (services/runtime.py): the fusion each request logged when its ranker
+            is the served one, else the other ranker artefact's own (`manifest_fusion`).
         cascade: the last stage that orders (retrieval and coarse order by their own scores).
         exploration: how the policy draws its slate from its order.
         scorers: where ranker versions come from when one must be re-scored (None: never
@@ -257,7 +259,7 @@ class VariantPolicy:
         if len(sc.final) != len(items) or any(len(x) != len(items) for x in sc.stages.values()):
             raise ValueError(f"impression {imp.request_id}: scores not aligned with its {len(items)} support items "
                              f"(final {len(sc.final)}, stages { {s: len(x) for s, x in sc.stages.items()} })")
-        weights = self._weights(sc)
+        weights = self._weights(imp)
         if self.path == "auto" and self._as_served(imp, weights):
             return Ranking(_by(items, np.asarray(sc.final)), "logged")
         x: dict[str, np.ndarray] = {}
@@ -284,12 +286,19 @@ class VariantPolicy:
             return Ranking(_by(items, next(iter(x.values()))), path, tuple(notes))
         return Ranking(_by(items, fuse_with_stats(x, stats, {s: weights[s] for s in x})), path, tuple(notes))
 
-    def _weights(self, sc: ServedScores) -> dict[str, float]:
-        """stage -> weight (> 0) of this policy's order of the request."""
+    def _weights(self, imp: ImpressionLog) -> dict[str, float]:
+        """stage -> weight (> 0) of this policy's order of the request. Without a fusion of its
+        own the policy serves as a variant naming none does: the served request's fusion with
+        the served ranker, another ranker version's own (chosen on validation, in its manifest)."""
+        sc = imp.scores
         if self.cascade != "ranker":
             return {self.cascade: 1.0}
-        w = self.fusion.weights() if self.fusion is not None else \
-            (sc.fusion if sc.cascade == "ranker" and sc.fusion else {"ranker": 1.0})
+        if self.fusion is not None:
+            w = self.fusion.weights()
+        elif self._differs(imp, "ranker"):
+            w = self._scorer(imp, "its fusion").fusion.weights()
+        else:
+            w = sc.fusion if sc.cascade == "ranker" and sc.fusion else {"ranker": 1.0}
         return {s: float(v) for s, v in w.items() if v > 0}
 
     def _as_served(self, imp: ImpressionLog, weights: dict[str, float]) -> bool:

@@ -58,8 +58,8 @@ def _log(n: int = 60, seed: int = 0, **kw):
 class _Heads:
     """A ranker version whose order scores are given per request (what RankerScorer re-computes)."""
 
-    def __init__(self, order: dict[str, dict[str, float]], version: str):
-        self.order, self.version, self.calls = order, version, 0
+    def __init__(self, order: dict[str, dict[str, float]], version: str, fusion: FusionConfig = FusionConfig()):
+        self.order, self.version, self.fusion, self.calls = order, version, fusion, 0
 
     def heads(self, imp):
         self.calls += 1
@@ -256,3 +256,22 @@ def test_from_log_takes_the_variants_own_settings_and_overrides():
     assert pol_b.paths(a) == {"refused": 6, "proxy:coarse": 6}
     pol = VariantPolicy.from_log("A, ranker k2", a, "A", versions={"ranker": "k2"})
     assert pol.versions["ranker"].version == "k2" and pol.fusion == FUSION
+
+
+def test_another_ranker_without_a_fusion_of_its_own_serves_its_artefacts_fusion():
+    imps = [r for r, _, _ in _log(10, seed=15)]
+    rng = np.random.default_rng(3)
+    new = {r.request_id: {i: float(rng.normal()) for i in r.support} for r in imps}
+    # k2 was trained with a fusion that weighs HCN only: its manifest's, not the logged one, orders
+    hcn = _Pool(k2=_Heads(new, "k2", FusionConfig(coarse_weight=1.0, ranker_weight=0.0)))
+    pol = VariantPolicy("k2 as trained", {"ranker": "k2"}, scorers=hcn)
+    for r in imps:
+        coarse = dict(zip(r.support, r.scores.stages["coarse"]))
+        assert pol.ranking(r) == pol.ranking(r) and pol.ranking(r).items == sorted(r.support, key=lambda i: -coarse[i])
+    # k2 trained to order alone: its re-computed order scores, nothing else
+    alone = VariantPolicy("k2 alone", {"ranker": "k2"}, scorers=_Pool(k2=_Heads(new, "k2")))
+    for r in imps:
+        assert alone.ranking(r).items == sorted(r.support, key=lambda i: -new[r.request_id][i])
+        assert alone.ranking(r).path == "rescored"
+    # the served ranker without a fusion given: the logged one (the served slate)
+    assert VariantPolicy("as served", {"ranker": "k1"}).paths(imps) == {"logged": 10}
