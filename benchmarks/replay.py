@@ -35,7 +35,7 @@ from pipelines.replay.simulator import SimConfig, SimPolicy, SimScorer, Simulato
 KEYS = ("ips", "snips", "dr")
 
 # Replay's ways of ordering a served request (VariantPolicy's `path`), each measured on the real path.
-REPLAY_PATHS = {"auto": "served_order_reproduced_share", "fusion": "served_order_reproduced_share_refused",
+REPLAY_PATHS = {"auto": "served_order_reproduced_share", "fusion": "served_order_reproduced_share_fused",
                 "rescore": "served_order_reproduced_share_rescored"}
 
 

@@ -147,14 +147,14 @@ class RankerPolicy:
         return marginals(ranked, len(imp.slate), self.exploration)
 
 
-ReplayPath = Literal["logged", "refused", "rescored", "no_scores"]
+ReplayPath = Literal["logged", "fused", "rescored", "no_scores"]
 
 
 @dataclass(frozen=True)
 class Ranking:
     """A policy's order of one request's support, and how replay got it.
 
-    path: logged (the served `final` order: same versions and fusion as served), refused (the
+    path: logged (the served `final` order: same versions and fusion as served), fused (the
     logged stage scores re-fused, exact on the support), rescored (the ranker's order scores
     re-computed from the logged inputs, an approximation), no_scores (a record from before
     `ImpressionLog.scores`: RankerPolicy's re-scoring). notes: approximations on the way,
@@ -175,7 +175,7 @@ class VariantPolicy:
 
     1. logged: every stage up to `cascade` has the version the request was served with and the
        fusion is the logged one -> the logged `final` order, i.e. the served greedy slate itself.
-    2. refused: the stages' versions as served, another fusion or cascade -> the logged stage
+    2. fused: the stages' versions as served, another fusion or cascade -> the logged stage
        scores blended with `scoring.fusion.fuse_with_stats` and the logged means and stds over
        all the fused candidates: the scores serving would have given these items, exactly.
     3. rescored: another ranker version (or a ranker the served request lacks) -> that ranker's
@@ -279,7 +279,7 @@ class VariantPolicy:
                     notes.append(f"proxy:{s}")
             else:
                 notes.append(f"missing:{s}")
-        path: ReplayPath = "rescored" if rescored else "refused"
+        path: ReplayPath = "rescored" if rescored else "fused"
         if not x:  # none of the stages it weighs ran when the request was served
             return Ranking(_by(items, np.asarray(sc.final)), path, tuple(notes))
         if len(x) == 1:  # one stage's own order: its raw scores, no z-score needed

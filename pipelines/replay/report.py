@@ -211,7 +211,7 @@ def markdown(r: dict, plots: bool = True) -> str:
         lines += ["", _reproduction_md(r["served_reproduction"])]
     paths = {n: p["replay_paths"] for n, p in r["policies"].items() if "replay_paths" in p}
     if paths:
-        lines += ["", "Replay paths (requests; logged = the served final order, refused = logged stage scores "
+        lines += ["", "Replay paths (requests; logged = the served final order, fused = logged stage scores "
                       "re-fused, rescored = ranker re-computed from the logged inputs (approximate), no_scores = "
                       "record without stage scores, re-scored; proxy/missing = a stage's scores stood in or "
                       "were absent): " + "; ".join(f"{n}: {_counts(c)}" for n, c in paths.items()) + "."]

@@ -15,13 +15,13 @@ def test_replaying_the_real_paths_log_gives_back_every_served_greedy_slot():
     for path, key in REPLAY_PATHS.items():
         assert r[key] == 1.0, (path, r[key], r[f"{key}_paths"])
     assert r["served_order_reproduced_share_paths"] == {"logged": n}
-    assert r["served_order_reproduced_share_refused_paths"] == {"refused": n}
+    assert r["served_order_reproduced_share_fused_paths"] == {"fused": n}
     assert r["served_order_reproduced_share_rescored_paths"] == {"rescored": n}
 
 
 def test_a_history_longer_than_the_logged_tail_costs_only_the_rescored_path():
     r = served_reproduction(n_requests=30, hist_len=120)
-    assert r["served_order_reproduced_share"] == 1.0 == r["served_order_reproduced_share_refused"]
+    assert r["served_order_reproduced_share"] == 1.0 == r["served_order_reproduced_share_fused"]
     # the served SDIM tables and DIN history cover 120 behaviours, the log's tail 50
     assert r["served_order_reproduced_share_rescored"] < 0.9
 

@@ -42,7 +42,7 @@ def test_run_with_variants_reports_the_served_order_reproduced(logged, tmp_path)
     assert j["served_order_reproduced_share"] == 1.0 and j["served_reproduction"]["paths"] == {"logged": 80}
     assert set(j["policies"]) == {"logged", "A", "A-hcn"}
     assert j["policies"]["A"]["replay_paths"] == {"logged": 80}
-    assert j["policies"]["A-hcn"]["replay_paths"] == {"refused": 80}
+    assert j["policies"]["A-hcn"]["replay_paths"] == {"fused": 80}
     # the served variant replayed deterministically: its greedy slots carry the same estimate
     # as the logged policy's where they agree, and another fusion is a different policy
     assert j["policies"]["A"]["unsupported_mass"] == 0.0
