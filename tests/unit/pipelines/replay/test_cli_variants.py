@@ -61,3 +61,18 @@ def test_variant_specs_are_checked_with_their_values(logged):
                       ("x=A,cascade=coarse,coarse_weight=1", "fusion orders the ranker cascade only")]:
         with pytest.raises(typer.BadParameter, match=msg):
             C._variant(spec, imps, None)
+
+
+def test_old_records_without_artefacts_cost_the_reproduction_check_not_the_report(tmp_path):
+    """A log from before `scores` needs the served ranker to replay the served order; without its
+    artefacts the report says why the share is missing and still estimates."""
+    from pipelines.replay.policies import RankerScorers, VariantPolicy
+    from pipelines.replay.report import run_replay
+
+    imps = [r.model_copy(update={"scores": None}) for r, _, _ in _log(20, seed=4)]
+    served = {"A": VariantPolicy("A as served", {"ranker": "k1"}, scorers=RankerScorers(str(tmp_path / "none")))}
+    res = run_replay(D.ReplayLog(imps, []), [], tmp_path / "out", n_boot=20, plots=False, served=served)
+    assert res["served_order_reproduced_share"] is None
+    assert "cannot load model 'ranker' version 'k1'" in res["served_reproduction"]["error"]
+    assert "Served order reproduced: unavailable (cannot load model" in (tmp_path / "out" / "report.md").read_text()
+    assert "ips" in res["policies"]["logged"]["estimates"]
