@@ -135,7 +135,9 @@ class RankerScorers:
 
 @dataclass
 class RankerPolicy:
-    """Re-rank the logged support by a ranker version; slate by `exploration` (deterministic)."""
+    """Re-rank the logged support by a ranker version's click probability alone (how servers
+    ordered before fusion); slate by `exploration` (deterministic). `--candidate` in the CLI.
+    A served variant, fusion and all, is VariantPolicy's."""
 
     name: str
     scorer: RankerScorer
