@@ -160,8 +160,9 @@ class Ranking:
     logged stage scores re-fused, exact on the support), rescored (the ranker's order scores
     re-computed from the logged inputs, an approximation), no_scores (a record from before
     `ImpressionLog.scores`: RankerPolicy's re-scoring). notes: approximations on the way,
-    "proxy:STAGE" (that stage's logged scores stand for another version's) and "missing:STAGE"
-    (the stage did not run or failed when the request was served, left out of the fusion).
+    "proxy:STAGE" (that stage's logged scores stand for another version's), "missing:STAGE"
+    (the stage did not run or failed when the request was served, left out of the fusion) and
+    "history_cut" (re-scored from a history tail shorter than what the server saw).
     """
 
     items: list[str]  # the support, best first
@@ -273,6 +274,8 @@ class VariantPolicy:
             if s == "ranker" and (differs or self.path == "rescore" or s not in sc.stages):
                 x[s], stats[s] = self._rescore(imp, sc, items)
                 rescored = True
+                if _history_cut(imp):
+                    notes.append("history_cut")
             elif s in sc.stages:
                 x[s] = np.asarray(sc.stages[s], dtype=np.float64)
                 if s in sc.stats:
@@ -371,6 +374,12 @@ def _stage_ref(policy: str, stage: str, v: ModelRef | str) -> ModelRef:
         raise ValueError(f"variant policy {policy!r}: {stage} version 'latest' cannot be compared with the logged "
                          "versions; name the version")
     return ref
+
+
+def _history_cut(imp: ImpressionLog) -> bool:
+    """The server saw more history than the log kept: re-computed ranker inputs miss some."""
+    feats = imp.features or {}
+    return int(feats.get("history_len") or 0) > len(feats.get("history_tail") or [])
 
 
 def _by(items: list[str], score: np.ndarray) -> list[str]:

@@ -24,6 +24,7 @@ def test_a_history_longer_than_the_logged_tail_costs_only_the_rescored_path():
     assert r["served_order_reproduced_share"] == 1.0 == r["served_order_reproduced_share_fused"]
     # the served SDIM tables and DIN history cover 120 behaviours, the log's tail 50
     assert r["served_order_reproduced_share_rescored"] < 0.9
+    assert r["served_order_reproduced_share_rescored_paths"] == {"rescored": 30, "history_cut": 30}
 
 
 def test_the_bench_report_carries_the_shares(tmp_path):

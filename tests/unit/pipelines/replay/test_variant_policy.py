@@ -161,6 +161,10 @@ def test_another_ranker_version_is_rescored_and_the_others_kept():
         r = pol.ranking(rec)
         assert r.path == "rescored" and r.items == [rec.support[j] for j in np.argsort(-fused, kind="stable")]
     assert served_order_reproduced(imps, {"A": pol})["share"] < 0.9
+    # a server that saw more history than the log's tail: the re-computation says so
+    cut = imps[0].model_copy(update={"request_id": "cut", "features": {"history_tail": ["i1"] * 50, "history_len": 80}})
+    new["cut"] = new[imps[0].request_id]
+    assert pol.ranking(cut).notes == ("history_cut",) and pol.ranking(imps[0]).notes == ()
 
 
 def test_an_old_record_without_scores_falls_back_to_rescoring_and_is_counted():
