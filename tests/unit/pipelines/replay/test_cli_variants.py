@@ -76,3 +76,15 @@ def test_old_records_without_artefacts_cost_the_reproduction_check_not_the_repor
     assert "cannot load model 'ranker' version 'k1'" in res["served_reproduction"]["error"]
     assert "Served order reproduced: unavailable (cannot load model" in (tmp_path / "out" / "report.md").read_text()
     assert "ips" in res["policies"]["logged"]["estimates"]
+
+
+def test_variants_on_a_scored_log_need_no_artefacts(logged, tmp_path):
+    from pipelines.replay.cli import app
+
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["run", "--from-parquet", str(logged / "log.parquet"), "--out", str(out),
+                                 "--artifacts-dir", str(tmp_path / "empty"), "--n-boot", "20", "--variant", "A=A"])
+    assert r.exit_code == 0, r.output
+    assert "DR's direct model unavailable" in r.output
+    j = json.loads((out / "report.json").read_text())
+    assert j["served_order_reproduced_share"] == 1.0 and "dr" not in j["policies"]["A"]["estimates"]
