@@ -173,10 +173,14 @@ def bench_cascade(out_dir: Path = typer.Option(Path("reports"), help="where casc
 def bench_replay(out_dir: str = typer.Option("reports", help="where replay.json and replay.md go"),
           impressions: int = typer.Option(100_000, help="simulated impressions per log"),
           reps: int = typer.Option(50, help="independent logs for the error and coverage figures"),
-          n_boot: int = typer.Option(200, help="bootstrap resamples per log")) -> None:
-    """Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."""
+          n_boot: int = typer.Option(200, help="bootstrap resamples per log"),
+          real_path_requests: int = typer.Option(300, help="requests served by the real request path (small random "
+                                                           "models) whose replay gives served_order_reproduced_share; "
+                                                           "0: skip")) -> None:
+    """Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed;
+    how much of the real request path's served order replay gives back."""
     from benchmarks.replay import run as run_bench
 
-    res = run_bench(out_dir, n=impressions, reps=reps, n_boot=n_boot)
+    res = run_bench(out_dir, n=impressions, reps=reps, n_boot=n_boot, real_path_requests=real_path_requests)
     typer.echo((Path(out_dir) / "replay.md").read_text())
     typer.echo(json.dumps(res, indent=2))

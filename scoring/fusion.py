@@ -50,6 +50,13 @@ class FusionConfig(BaseModel):
         return {"retrieval": self.retrieval_weight, "coarse": self.coarse_weight, "ranker": self.ranker_weight}
 
 
+def manifest_fusion(ranker_manifest: dict) -> FusionConfig:
+    """The fusion chosen on validation when a ranker was trained (its manifest's extra.fusion),
+    else the ranker's order alone: what a variant that names no fusion serves with that ranker."""
+    chosen = (ranker_manifest.get("extra") or {}).get("fusion")
+    return FusionConfig(**chosen) if chosen else FusionConfig()
+
+
 def zstats(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) over the candidate axis (kept as size-1 dims), -inf (masked) entries left out:
     what `zscore` divides by, and what the impression log records for replay."""

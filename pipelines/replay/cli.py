@@ -122,6 +122,7 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from features.model_store import artifacts_root
+    from scoring.errors import ModelLoadError
     from recstream.settings import get_settings
 
     s = get_settings()
@@ -139,9 +140,17 @@ def run(out_dir: str = typer.Option("reports/replay", "--out", help="where repor
     policies += [_variant(spec, rlog.impressions, scorers) for spec in variant]
     if direct_model:
         dm = scorers.get(_ref(direct_model, "--direct-model"))
+    elif policies and isinstance(policies[0], RankerPolicy):
+        dm = policies[0].scorer
     elif policies:
-        first = policies[0]
-        dm = first.scorer if isinstance(first, RankerPolicy) else scorers.get(_served_ranker(first, rlog.impressions))
+        # a variant policy may need no artefacts at all (logs with stage scores): without its
+        # ranker's, the report goes without DR rather than not at all
+        ref = _served_ranker(policies[0], rlog.impressions)
+        try:
+            dm = scorers.get(ref)
+        except ModelLoadError as e:
+            typer.echo(f"DR's direct model unavailable ({e}): IPS and SNIPS only; pass --direct-model", err=True)
+            dm = None
     else:
         dm = None
     served = None

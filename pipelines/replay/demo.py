@@ -69,7 +69,7 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     from tqdm import tqdm
 
     from pipelines.replay.data import read_kafka
-    from pipelines.replay.policies import RankerPolicy, RankerScorer
+    from pipelines.replay.policies import RankerScorers, VariantPolicy
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from recstream.kafka_io import make_producer
@@ -110,7 +110,12 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     progress(f"A/B: simulated users clicked {n_clicks} of {sum(len(i.slate) for i in imps)} shown items")
 
     rlog = read_kafka(s.kafka_bootstrap, s.impressions_topic, s.events_topic, since, until, window_s=600)
-    scorers = {v: RankerScorer(ModelRef(name="ranker", version=ver), str(root)) for v, ver in versions.items()}
-    candidates = [RankerPolicy(f"ranker {ver} ({v})", scorers[v]) for v, ver in versions.items()]
-    return run_replay(rlog, candidates, out_dir, direct_model=scorers[next(iter(versions))], window_s=600,
-                      traffic=TrafficResult(list(versions), answers, k), n_boot=500, seed=seed)
+    # The variants differ by their ranker only: each is replayed with its ranker on all the traffic
+    # (the served order where that ranker served, re-scored where the other one did), and with
+    # its own traffic for the reproduction check.
+    scorers = RankerScorers(str(root))
+    candidates = [VariantPolicy(f"ranker {ver} ({v})", {"ranker": ver}, scorers=scorers) for v, ver in versions.items()]
+    served = {v: VariantPolicy(f"{v} as served", {"ranker": ver}, scorers=scorers) for v, ver in versions.items()}
+    dm = scorers.get(ModelRef(name="ranker", version=versions[next(iter(versions))]))
+    return run_replay(rlog, candidates, out_dir, direct_model=dm, window_s=600,
+                      traffic=TrafficResult(list(versions), answers, k), n_boot=500, seed=seed, served=served)

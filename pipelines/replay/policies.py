@@ -29,7 +29,7 @@ from pipelines.replay.estimators import SlotRows
 from recstream.events import ImpressionLog, ServedScores
 from scoring.config import ExplorationConfig, ModelRef
 from scoring.exploration import marginals
-from scoring.fusion import STAGES, FusionConfig, fuse_with_stats
+from scoring.fusion import STAGES, FusionConfig, fuse_with_stats, manifest_fusion
 
 Stage = Literal["retrieval", "coarse", "ranker"]
 
@@ -79,6 +79,7 @@ class RankerScorer:
         self.servable = RankerServable(ref, artifacts_dir)
         self.name = self.servable.name
         self.version = self.servable.version
+        self.fusion = manifest_fusion(self.servable.manifest)  # what a variant naming no fusion serves with it
         self._cache: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
 
     def scores(self, imp: ImpressionLog) -> dict[str, float]:
@@ -134,7 +135,9 @@ class RankerScorers:
 
 @dataclass
 class RankerPolicy:
-    """Re-rank the logged support by a ranker version; slate by `exploration` (deterministic)."""
+    """Re-rank the logged support by a ranker version's click probability alone (how servers
+    ordered before fusion); slate by `exploration` (deterministic). `--candidate` in the CLI.
+    A served variant, fusion and all, is VariantPolicy's."""
 
     name: str
     scorer: RankerScorer
@@ -146,19 +149,20 @@ class RankerPolicy:
         return marginals(ranked, len(imp.slate), self.exploration)
 
 
-ReplayPath = Literal["logged", "refused", "rescored", "no_scores"]
+ReplayPath = Literal["logged", "fused", "rescored", "no_scores"]
 
 
 @dataclass(frozen=True)
 class Ranking:
     """A policy's order of one request's support, and how replay got it.
 
-    path: logged (the served `final` order: same versions and fusion as served), refused (the
+    path: logged (the served `final` order: same versions and fusion as served), fused (the
     logged stage scores re-fused, exact on the support), rescored (the ranker's order scores
     re-computed from the logged inputs, an approximation), no_scores (a record from before
     `ImpressionLog.scores`: RankerPolicy's re-scoring). notes: approximations on the way,
-    "proxy:STAGE" (that stage's logged scores stand for another version's) and "missing:STAGE"
-    (the stage did not run or failed when the request was served, left out of the fusion).
+    "proxy:STAGE" (that stage's logged scores stand for another version's), "missing:STAGE"
+    (the stage did not run or failed when the request was served, left out of the fusion) and
+    "history_cut" (re-scored from a history tail shorter than what the server saw).
     """
 
     items: list[str]  # the support, best first
@@ -174,7 +178,7 @@ class VariantPolicy:
 
     1. logged: every stage up to `cascade` has the version the request was served with and the
        fusion is the logged one -> the logged `final` order, i.e. the served greedy slate itself.
-    2. refused: the stages' versions as served, another fusion or cascade -> the logged stage
+    2. fused: the stages' versions as served, another fusion or cascade -> the logged stage
        scores blended with `scoring.fusion.fuse_with_stats` and the logged means and stds over
        all the fused candidates: the scores serving would have given these items, exactly.
     3. rescored: another ranker version (or a ranker the served request lacks) -> that ranker's
@@ -198,8 +202,9 @@ class VariantPolicy:
         name: the policy's name in the report.
         versions: stage -> ModelRef or version string (model: the stage's default artefact); a
             stage left out keeps the version each request was served with.
-        fusion: the weights of the ranker cascade's final order; None: the fusion each request
-            logged (the served variant's own, whichever the server resolved).
+        fusion: the weights of the ranker cascade's final order; None: as a variant that names
+            none is served (services/runtime.py): the fusion each request logged when its ranker
+            is the served one, else the other ranker artefact's own (`manifest_fusion`).
         cascade: the last stage that orders (retrieval and coarse order by their own scores).
         exploration: how the policy draws its slate from its order.
         scorers: where ranker versions come from when one must be re-scored (None: never
@@ -257,7 +262,7 @@ class VariantPolicy:
         if len(sc.final) != len(items) or any(len(x) != len(items) for x in sc.stages.values()):
             raise ValueError(f"impression {imp.request_id}: scores not aligned with its {len(items)} support items "
                              f"(final {len(sc.final)}, stages { {s: len(x) for s, x in sc.stages.items()} })")
-        weights = self._weights(sc)
+        weights = self._weights(imp)
         if self.path == "auto" and self._as_served(imp, weights):
             return Ranking(_by(items, np.asarray(sc.final)), "logged")
         x: dict[str, np.ndarray] = {}
@@ -269,6 +274,8 @@ class VariantPolicy:
             if s == "ranker" and (differs or self.path == "rescore" or s not in sc.stages):
                 x[s], stats[s] = self._rescore(imp, sc, items)
                 rescored = True
+                if _history_cut(imp):
+                    notes.append("history_cut")
             elif s in sc.stages:
                 x[s] = np.asarray(sc.stages[s], dtype=np.float64)
                 if s in sc.stats:
@@ -277,19 +284,26 @@ class VariantPolicy:
                     notes.append(f"proxy:{s}")
             else:
                 notes.append(f"missing:{s}")
-        path: ReplayPath = "rescored" if rescored else "refused"
+        path: ReplayPath = "rescored" if rescored else "fused"
         if not x:  # none of the stages it weighs ran when the request was served
             return Ranking(_by(items, np.asarray(sc.final)), path, tuple(notes))
         if len(x) == 1:  # one stage's own order: its raw scores, no z-score needed
             return Ranking(_by(items, next(iter(x.values()))), path, tuple(notes))
         return Ranking(_by(items, fuse_with_stats(x, stats, {s: weights[s] for s in x})), path, tuple(notes))
 
-    def _weights(self, sc: ServedScores) -> dict[str, float]:
-        """stage -> weight (> 0) of this policy's order of the request."""
+    def _weights(self, imp: ImpressionLog) -> dict[str, float]:
+        """stage -> weight (> 0) of this policy's order of the request. Without a fusion of its
+        own the policy serves as a variant naming none does: the served request's fusion with
+        the served ranker, another ranker version's own (chosen on validation, in its manifest)."""
+        sc = imp.scores
         if self.cascade != "ranker":
             return {self.cascade: 1.0}
-        w = self.fusion.weights() if self.fusion is not None else \
-            (sc.fusion if sc.cascade == "ranker" and sc.fusion else {"ranker": 1.0})
+        if self.fusion is not None:
+            w = self.fusion.weights()
+        elif self._differs(imp, "ranker"):
+            w = self._scorer(imp, "its fusion").fusion.weights()
+        else:
+            w = sc.fusion if sc.cascade == "ranker" and sc.fusion else {"ranker": 1.0}
         return {s: float(v) for s, v in w.items() if v > 0}
 
     def _as_served(self, imp: ImpressionLog, weights: dict[str, float]) -> bool:
@@ -360,6 +374,12 @@ def _stage_ref(policy: str, stage: str, v: ModelRef | str) -> ModelRef:
         raise ValueError(f"variant policy {policy!r}: {stage} version 'latest' cannot be compared with the logged "
                          "versions; name the version")
     return ref
+
+
+def _history_cut(imp: ImpressionLog) -> bool:
+    """The server saw more history than the log kept: re-computed ranker inputs miss some."""
+    feats = imp.features or {}
+    return int(feats.get("history_len") or 0) > len(feats.get("history_tail") or [])
 
 
 def _by(items: list[str], score: np.ndarray) -> list[str]:

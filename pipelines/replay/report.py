@@ -18,6 +18,7 @@ from pipelines.replay import traffic as T
 from pipelines.replay.data import DEFAULT_REWARD_TYPES, ReplayLog, attribute, interactions_after
 from pipelines.replay.policies import LoggedPolicy, SlatePolicy, VariantPolicy, build_rows
 from pipelines.replay.reproduce import served_order_reproduced
+from scoring.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,13 @@ def run_replay(rlog: ReplayLog, candidates: list[SlatePolicy], out_dir: str | Pa
         "policies": {}, "differences": {},
     }
     if served:
-        rep = served_order_reproduced(imps, served)
+        try:
+            rep = served_order_reproduced(imps, served)
+        except (ModelLoadError, ValueError) as e:
+            # records without stage scores need the served rankers' artefacts; their absence
+            # costs this check, not the estimates
+            log.warning("replay: served order reproduction unavailable: %s", e)
+            rep = {"share": None, "error": str(e)}
         result["served_order_reproduced_share"] = rep["share"]
         result["served_reproduction"] = rep
         if rep["share"] is not None and rep["share"] < REPRODUCED_WARN:
@@ -178,6 +185,8 @@ def _counts(c: dict) -> str:
 
 
 def _reproduction_md(rep: dict) -> str:
+    if "error" in rep:
+        return f"Served order reproduced: unavailable ({rep['error']})."
     if rep["share"] is None:
         return "Served order reproduced: no greedy slot to check."
     by = ", ".join(f"{v} {x:.1%}" for v, x in rep["by_variant"].items())
@@ -211,7 +220,7 @@ def markdown(r: dict, plots: bool = True) -> str:
         lines += ["", _reproduction_md(r["served_reproduction"])]
     paths = {n: p["replay_paths"] for n, p in r["policies"].items() if "replay_paths" in p}
     if paths:
-        lines += ["", "Replay paths (requests; logged = the served final order, refused = logged stage scores "
+        lines += ["", "Replay paths (requests; logged = the served final order, fused = logged stage scores "
                       "re-fused, rescored = ranker re-computed from the logged inputs (approximate), no_scores = "
                       "record without stage scores, re-scored; proxy/missing = a stage's scores stood in or "
                       "were absent): " + "; ".join(f"{n}: {_counts(c)}" for n, c in paths.items()) + "."]

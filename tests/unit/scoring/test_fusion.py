@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from scoring.fusion import FusionConfig, fuse, fuse_with_stats, fused_order, zscore
+from scoring.fusion import FusionConfig, fuse, fuse_with_stats, fused_order, manifest_fusion, zscore
 
 
 def test_fused_order_equals_the_formula():
@@ -76,3 +76,10 @@ def test_fuse_with_stats_errors_name_the_stages_and_values():
     # a constant stage (std 0) contributes 0, as zscore does
     np.testing.assert_array_equal(fuse_with_stats({"ranker": np.full(3, 2.0)}, {"ranker": (2.0, 0.0)}, {"ranker": 1.0}),
                                   np.zeros(3))
+
+
+def test_manifest_fusion_is_the_trained_choice_else_the_ranker_alone():
+    assert manifest_fusion({"extra": {"fusion": {"coarse_weight": 0.5}}}) == FusionConfig(coarse_weight=0.5)
+    assert manifest_fusion({"extra": {}}) == FusionConfig() == manifest_fusion({})
+    with pytest.raises(ValidationError, match="extra"):
+        manifest_fusion({"extra": {"fusion": {"hcn_weight": 1.0}}})

@@ -42,7 +42,7 @@ def test_run_with_variants_reports_the_served_order_reproduced(logged, tmp_path)
     assert j["served_order_reproduced_share"] == 1.0 and j["served_reproduction"]["paths"] == {"logged": 80}
     assert set(j["policies"]) == {"logged", "A", "A-hcn"}
     assert j["policies"]["A"]["replay_paths"] == {"logged": 80}
-    assert j["policies"]["A-hcn"]["replay_paths"] == {"refused": 80}
+    assert j["policies"]["A-hcn"]["replay_paths"] == {"fused": 80}
     # the served variant replayed deterministically: its greedy slots carry the same estimate
     # as the logged policy's where they agree, and another fusion is a different policy
     assert j["policies"]["A"]["unsupported_mass"] == 0.0
@@ -61,3 +61,30 @@ def test_variant_specs_are_checked_with_their_values(logged):
                       ("x=A,cascade=coarse,coarse_weight=1", "fusion orders the ranker cascade only")]:
         with pytest.raises(typer.BadParameter, match=msg):
             C._variant(spec, imps, None)
+
+
+def test_old_records_without_artefacts_cost_the_reproduction_check_not_the_report(tmp_path):
+    """A log from before `scores` needs the served ranker to replay the served order; without its
+    artefacts the report says why the share is missing and still estimates."""
+    from pipelines.replay.policies import RankerScorers, VariantPolicy
+    from pipelines.replay.report import run_replay
+
+    imps = [r.model_copy(update={"scores": None}) for r, _, _ in _log(20, seed=4)]
+    served = {"A": VariantPolicy("A as served", {"ranker": "k1"}, scorers=RankerScorers(str(tmp_path / "none")))}
+    res = run_replay(D.ReplayLog(imps, []), [], tmp_path / "out", n_boot=20, plots=False, served=served)
+    assert res["served_order_reproduced_share"] is None
+    assert "cannot load model 'ranker' version 'k1'" in res["served_reproduction"]["error"]
+    assert "Served order reproduced: unavailable (cannot load model" in (tmp_path / "out" / "report.md").read_text()
+    assert "ips" in res["policies"]["logged"]["estimates"]
+
+
+def test_variants_on_a_scored_log_need_no_artefacts(logged, tmp_path):
+    from pipelines.replay.cli import app
+
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["run", "--from-parquet", str(logged / "log.parquet"), "--out", str(out),
+                                 "--artifacts-dir", str(tmp_path / "empty"), "--n-boot", "20", "--variant", "A=A"])
+    assert r.exit_code == 0, r.output
+    assert "DR's direct model unavailable" in r.output
+    j = json.loads((out / "report.json").read_text())
+    assert j["served_order_reproduced_share"] == 1.0 and "dr" not in j["policies"]["A"]["estimates"]

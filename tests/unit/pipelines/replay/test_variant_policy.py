@@ -58,8 +58,8 @@ def _log(n: int = 60, seed: int = 0, **kw):
 class _Heads:
     """A ranker version whose order scores are given per request (what RankerScorer re-computes)."""
 
-    def __init__(self, order: dict[str, dict[str, float]], version: str):
-        self.order, self.version, self.calls = order, version, 0
+    def __init__(self, order: dict[str, dict[str, float]], version: str, fusion: FusionConfig = FusionConfig()):
+        self.order, self.version, self.fusion, self.calls = order, version, fusion, 0
 
     def heads(self, imp):
         self.calls += 1
@@ -94,12 +94,12 @@ def test_the_served_variant_gives_back_its_greedy_slate_at_every_slot():
     assert from_log.fusion == FUSION and {s: r.version for s, r in from_log.versions.items()} == VERSIONS
     assert served_order_reproduced(imps, {"A": from_log})["share"] == 1.0
     # re-fusing the logged stage scores with the logged stats instead of reading `final`: exact too
-    refused = VariantPolicy("A re-fused", VERSIONS, FUSION, path="fusion")
-    got = served_order_reproduced(imps, {"A": refused})
-    assert got["share"] == 1.0 and got["paths"] == {"refused": len(imps)}
+    refit = VariantPolicy("A re-fused", VERSIONS, FUSION, path="fusion")
+    got = served_order_reproduced(imps, {"A": refit})
+    assert got["share"] == 1.0 and got["paths"] == {"fused": len(imps)}
     # the fusion is not decoration: the ranker alone does not give back the served slate
     ranker_only = served_order_reproduced(imps, {"A": VariantPolicy("ranker only", VERSIONS, FusionConfig())})
-    assert ranker_only["share"] < 0.9 and ranker_only["paths"] == {"refused": len(imps)}
+    assert ranker_only["share"] < 0.9 and ranker_only["paths"] == {"fused": len(imps)}
 
 
 def test_the_served_variant_evaluates_as_the_logging_policy_on_its_greedy_slots():
@@ -118,7 +118,7 @@ def test_refusion_equals_the_formula_over_the_served_candidates():
         by_id = dict(zip(cands, z))
         want = sorted(rec.support, key=lambda i: -by_id[i])
         r = pol.ranking(rec)
-        assert r.path == "refused" and r.items == want
+        assert r.path == "fused" and r.items == want
 
 
 def test_another_fusion_or_cascade_changes_the_order_where_it_should():
@@ -134,7 +134,7 @@ def test_another_fusion_or_cascade_changes_the_order_where_it_should():
     assert changed > len(log) // 2  # HCN alone puts another slate on top in most requests
     # weights proportional to the served ones are the served order, though not the logged path
     scaled = VariantPolicy("scaled", VERSIONS, FusionConfig(retrieval_weight=1.6, coarse_weight=1.0, ranker_weight=2.0))
-    assert all(scaled.ranking(r).items == r.support and scaled.ranking(r).path == "refused" for r, _, _ in log)
+    assert all(scaled.ranking(r).items == r.support and scaled.ranking(r).path == "fused" for r, _, _ in log)
 
 
 def test_another_ranker_version_is_rescored_and_the_others_kept():
@@ -161,6 +161,10 @@ def test_another_ranker_version_is_rescored_and_the_others_kept():
         r = pol.ranking(rec)
         assert r.path == "rescored" and r.items == [rec.support[j] for j in np.argsort(-fused, kind="stable")]
     assert served_order_reproduced(imps, {"A": pol})["share"] < 0.9
+    # a server that saw more history than the log's tail: the re-computation says so
+    cut = imps[0].model_copy(update={"request_id": "cut", "features": {"history_tail": ["i1"] * 50, "history_len": 80}})
+    new["cut"] = new[imps[0].request_id]
+    assert pol.ranking(cut).notes == ("history_cut",) and pol.ranking(imps[0]).notes == ()
 
 
 def test_an_old_record_without_scores_falls_back_to_rescoring_and_is_counted():
@@ -187,7 +191,7 @@ def test_an_old_record_without_scores_falls_back_to_rescoring_and_is_counted():
 def test_a_retrieval_or_coarse_version_replay_cannot_rescore_is_a_noted_proxy():
     imps = [r for r, _, _ in _log(8, seed=11)]
     pol = VariantPolicy("new HCN", {"coarse": "c2"}, FUSION)
-    assert pol.paths(imps) == {"refused": 8, "proxy:coarse": 8}
+    assert pol.paths(imps) == {"fused": 8, "proxy:coarse": 8}
     assert all(pol.ranking(r).items == r.support for r in imps)  # same scores, same fusion: the served order
 
 
@@ -199,7 +203,7 @@ def test_a_stage_that_did_not_run_is_left_out_and_noted():
         "stats": {s: v for s, v in sc.stats.items() if s != "retrieval"},
         "fusion": {"coarse": 0.5, "ranker": 1.0}})})
     r = VariantPolicy("A", VERSIONS, FUSION).ranking(degraded)
-    assert r.path == "refused" and r.notes == ("missing:retrieval",)
+    assert r.path == "fused" and r.notes == ("missing:retrieval",)
     z = {s: (np.array(sc.stages[s]) - sc.stats[s][0]) / (sc.stats[s][1] + Z_EPS) for s in ("coarse", "ranker")}
     fused = 0.5 * z["coarse"] + z["ranker"]
     assert r.items == [rec.support[j] for j in np.argsort(-fused, kind="stable")]
@@ -253,6 +257,25 @@ def test_from_log_takes_the_variants_own_settings_and_overrides():
     assert served_order_reproduced(a + b, {"B": pol_b})["share"] == 1.0
     # B's versions and cascade on A's traffic: A's requests re-ordered by their logged HCN scores
     # (a proxy: B's HCN version c2 did not score them)
-    assert pol_b.paths(a) == {"refused": 6, "proxy:coarse": 6}
+    assert pol_b.paths(a) == {"fused": 6, "proxy:coarse": 6}
     pol = VariantPolicy.from_log("A, ranker k2", a, "A", versions={"ranker": "k2"})
     assert pol.versions["ranker"].version == "k2" and pol.fusion == FUSION
+
+
+def test_another_ranker_without_a_fusion_of_its_own_serves_its_artefacts_fusion():
+    imps = [r for r, _, _ in _log(10, seed=15)]
+    rng = np.random.default_rng(3)
+    new = {r.request_id: {i: float(rng.normal()) for i in r.support} for r in imps}
+    # k2 was trained with a fusion that weighs HCN only: its manifest's, not the logged one, orders
+    hcn = _Pool(k2=_Heads(new, "k2", FusionConfig(coarse_weight=1.0, ranker_weight=0.0)))
+    pol = VariantPolicy("k2 as trained", {"ranker": "k2"}, scorers=hcn)
+    for r in imps:
+        coarse = dict(zip(r.support, r.scores.stages["coarse"]))
+        assert pol.ranking(r) == pol.ranking(r) and pol.ranking(r).items == sorted(r.support, key=lambda i: -coarse[i])
+    # k2 trained to order alone: its re-computed order scores, nothing else
+    alone = VariantPolicy("k2 alone", {"ranker": "k2"}, scorers=_Pool(k2=_Heads(new, "k2")))
+    for r in imps:
+        assert alone.ranking(r).items == sorted(r.support, key=lambda i: -new[r.request_id][i])
+        assert alone.ranking(r).path == "rescored"
+    # the served ranker without a fusion given: the logged one (the served slate)
+    assert VariantPolicy("as served", {"ranker": "k1"}).paths(imps) == {"logged": 10}
