@@ -100,7 +100,7 @@ def demo(exit_after_samples: bool = typer.Option(False, "--exit-after-samples", 
         from pipelines.replay.demo import run_ab
 
         out = root / "replay" / "demo-ab"
-        run_ab(s, url, root, {"A": DEMO_VERSION, "B": DEMO_VERSION_B}, out, progress=typer.echo)
+        run_ab(s, url, root, dict(config.variants), out, progress=typer.echo)
         typer.echo((out / "report.md").read_text())
         typer.echo(f"A/B report: {out}/report.md (JSON: report.json; plots: estimates.png, weights.png, latency_cdf.png)")
     if exit_after_samples:

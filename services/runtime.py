@@ -10,7 +10,7 @@ from typing import Any
 
 from models.sdim_hash import SdimConfig
 from scoring.config import ModelRef
-from scoring.fusion import FusionConfig
+from scoring.fusion import FusionConfig, manifest_fusion
 from services.config import ServeConfig, VariantConfig
 from services.inputs import InputSources
 from services.pipeline import Recommender, VariantRuntime
@@ -77,10 +77,7 @@ def variant_runtimes(variants: dict[str, VariantConfig], config: ServeConfig) ->
 def variant_fusion(v: VariantConfig, ranker_manifest: dict) -> FusionConfig:
     """The variant's own fusion, else the one chosen on validation when its ranker was trained
     (manifest extra.fusion), else the ranker's order alone."""
-    if v.fusion is not None:
-        return v.fusion
-    chosen = (ranker_manifest.get("extra") or {}).get("fusion")
-    return FusionConfig(**chosen) if chosen else FusionConfig()
+    return v.fusion if v.fusion is not None else manifest_fusion(ranker_manifest)
 
 
 def vectors_for(runtimes: dict[str, VariantRuntime]) -> Any:

@@ -1,4 +1,5 @@
-"""The demo's offline A/B: two ranker versions compared on the traffic the demo served.
+"""The demo's offline A/B: two served variants (the full cascade, and the cascade without its
+ranker) compared on the traffic the demo served.
 
 1. Every sampled ML-100k user asks the running server for 10 items; both variants explore with
    epsilon_slate, so each logged slot has a true propensity.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 import numpy as np
@@ -63,9 +64,10 @@ class CooccurrenceUsers:
                 if self.rng.random() < self.relevance(imp["user_id"], s["item_id"]) / (s["position"] + 1) ** eta]
 
 
-def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir: Path, n_users: int = 200,
+def run_ab(s: Settings, url: str, root: Path, variants: dict[str, Any], out_dir: Path, n_users: int = 200,
            k: int = 10, progress: Callable[[str], None] = print, seed: int = 0) -> dict:
-    """versions: variant -> ranker version. Returns the report dict (also written to out_dir)."""
+    """variants: the served variants (services.config.VariantConfig, versions pinned). Returns the
+    report dict (also written to out_dir)."""
     from tqdm import tqdm
 
     from pipelines.replay.data import read_kafka
@@ -73,7 +75,6 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     from pipelines.replay.report import TrafficResult, run_replay
     from pipelines.replay.traffic import replay_requests
     from recstream.kafka_io import make_producer
-    from scoring.config import ModelRef
 
     sim = CooccurrenceUsers(seed)
     users = list(np.random.default_rng(seed).choice(sim.users, size=min(n_users, len(sim.users)), replace=False))
@@ -93,7 +94,7 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     imps = rlog.impressions
     progress(f"A/B: {len(imps)} impressions logged; replaying them to A and B "
              f"(paired, at most {REPLAY_RATE_PER_S:g} requests/s)...")
-    answers = replay_requests(url, imps, list(versions), rate_per_s=REPLAY_RATE_PER_S,
+    answers = replay_requests(url, imps, list(variants), rate_per_s=REPLAY_RATE_PER_S,
                               max_in_flight=REPLAY_MAX_IN_FLIGHT,
                               progress=lambda **kw: tqdm(**kw))
 
@@ -110,12 +111,27 @@ def run_ab(s: Settings, url: str, root: Path, versions: dict[str, str], out_dir:
     progress(f"A/B: simulated users clicked {n_clicks} of {sum(len(i.slate) for i in imps)} shown items")
 
     rlog = read_kafka(s.kafka_bootstrap, s.impressions_topic, s.events_topic, since, until, window_s=600)
-    # The variants differ by their ranker only: each is replayed with its ranker on all the traffic
-    # (the served order where that ranker served, re-scored where the other one did), and with
-    # its own traffic for the reproduction check.
+    # Each variant is replayed as a whole (versions, cascade prefix, fusion) on all the traffic: the
+    # served order where it served, its own order from the logged stage scores (re-fused, or the
+    # ranker re-computed from the logged inputs) where the other variant served.
     scorers = RankerScorers(str(root))
-    candidates = [VariantPolicy(f"ranker {ver} ({v})", {"ranker": ver}, scorers=scorers) for v, ver in versions.items()]
-    served = {v: VariantPolicy(f"{v} as served", {"ranker": ver}, scorers=scorers) for v, ver in versions.items()}
-    dm = scorers.get(ModelRef(name="ranker", version=versions[next(iter(versions))]))
+    policies = {name: variant_policy(name, v, root, scorers) for name, v in variants.items()}
+    candidates = list(policies.values())
+    dm = scorers.get(next(iter(variants.values())).ranker)
     return run_replay(rlog, candidates, out_dir, direct_model=dm, window_s=600,
-                      traffic=TrafficResult(list(versions), answers, k), n_boot=500, seed=seed, served=served)
+                      traffic=TrafficResult(list(variants), answers, k), n_boot=500, seed=seed, served=policies)
+
+
+def variant_policy(name: str, v: Any, root: Path, scorers) -> Any:
+    """A served variant (services.config.VariantConfig) as a replay VariantPolicy: its versions, cascade prefix and fusion (the ranker
+    artefact's validated one when the variant names none, as the server resolves it)."""
+    from pipelines.replay.policies import VariantPolicy
+    from scoring.fusion import manifest_fusion
+    from scoring.servables import read_manifest
+
+    fusion = None
+    if v.cascade == "ranker":
+        fusion = v.fusion or manifest_fusion(read_manifest(v.ranker, str(root)))
+    label = {"ranker": "full cascade", "coarse": "two-tower -> HCN", "retrieval": "two-tower"}[v.cascade]
+    return VariantPolicy(f"{name}: {label}", {st: getattr(v, st) for st in ("retrieval", "coarse", "ranker")}, fusion,
+                         v.cascade, scorers=scorers)

@@ -1,10 +1,10 @@
-"""Helpers of the cascade benchmark (benchmarks/cascade_ml100k.py): metrics over a candidate
+"""Helpers of the cascade training (pipelines/training/cascade.py): metrics over a candidate
 set count a positive the set lost as a miss; the ranker's positions are each user's last ones."""
 
 import numpy as np
 import pytest
 
-from benchmarks.cascade_ml100k import CascadeBenchConfig, _last_positions, set_metrics, top_by
+from pipelines.training.cascade import CascadeConfig, last_positions, set_metrics, top_by
 from pipelines.data.datasets import Samples, SequenceStore
 
 
@@ -28,9 +28,9 @@ def test_last_positions_per_user():
     ts = np.array([0, 1, 2, 0, 1, 3]) * 1000
     store = SequenceStore(users, items, ts, 3)
     s = Samples(store, users, items, ts, store.own_rows(), 4)
-    assert sorted(_last_positions(s, 2).tolist()) == [2, 3, 4, 5]  # user 1: its 2 latest (rows 2, 5); user 2: both
+    assert sorted(last_positions(s, 2).tolist()) == [2, 3, 4, 5]  # user 1: its 2 latest (rows 2, 5); user 2: both
 
 
 def test_config_cross_checks_carry_values():
     with pytest.raises(ValueError, match=r"coarse_top_n \(300\) must be <= retrieval_top_n \(200\)"):
-        CascadeBenchConfig(retrieval_top_n=200, coarse_top_n=300)
+        CascadeConfig(retrieval_top_n=200, coarse_top_n=300)
