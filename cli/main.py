@@ -54,7 +54,8 @@ _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
     },
     "replay": {
         "bench": ("benchmarks.commands", "replay",
-                  "Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed."),
+                  "Off-policy estimators' error and 95% interval coverage on 100k simulated impressions; replay speed; "
+                  "how much of the real request path's served order replay gives back."),
     },
 }
 
