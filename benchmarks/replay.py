@@ -77,12 +77,12 @@ def real_path_variants():
 
 
 def served_reproduction(n_requests: int = 300, n_items: int = 400, n_users: int = 60, hist_len: int = 120,
-                        k: int = 10, seed: int = 0, progress=None) -> dict:
+                        served_history_len: int = 50, k: int = 10, seed: int = 0, progress=None) -> dict:
     """Impressions from the real request path, replayed with the variants that served them.
 
-    Histories are longer (hist_len) than the logged tail (50) and the served SDIM tables are built
-    over all of them, as the BSE does: the re-scoring path meets the same information loss as on
-    a real log. Returns the three shares (REPLAY_PATHS), the paths each took, and counts."""
+    Histories (hist_len) are longer than the window a request reads and logs (served_history_len,
+    ServeConfig.history_len) and the served SDIM tables are built over all of them, as the BSE
+    does: the re-scoring path meets the same information loss as on a real log. Returns the three shares (REPLAY_PATHS), the paths each took, and counts."""
     from benchmarks.serving import save_bench_models
     from models.sdim import build_bucket_tables
     from pipelines.replay.policies import RankerScorers, VariantPolicy
@@ -106,7 +106,7 @@ def served_reproduction(n_requests: int = 300, n_items: int = 400, n_users: int 
         variants = real_path_variants()
         # deadlines far from the production ones: a shared CPU must not degrade requests at random
         config = ServeConfig(artifacts_dir=str(root), candidate_top_k=150, coarse_top_k=50, max_k=20,
-                             popular_pool_size=100, popular_merge_k=5, history_len=hist_len,
+                             popular_pool_size=100, popular_merge_k=5, history_len=served_history_len,
                              user_feature_source="none", variants=variants,
                              deadlines={"inputs_timeout_ms": 10_000, "candidates_timeout_ms": 10_000,
                                         "coarse_timeout_ms": 10_000, "ranker_timeout_ms": 10_000})
@@ -121,7 +121,7 @@ def served_reproduction(n_requests: int = 300, n_items: int = 400, n_users: int 
         serve_s = time.perf_counter() - t0
         imps = logger.records
         scorers = RankerScorers(str(root))
-        out: dict = {"n_requests": len(imps), "history_len": hist_len, "logged_history_tail": 50,
+        out: dict = {"n_requests": len(imps), "history_len": hist_len, "logged_history_tail": served_history_len,
                      "n_degraded": sum(i.degraded for i in imps),
                      "n_with_scores": sum(i.scores is not None for i in imps), "serve_wall_s": serve_s}
         for path, key in REPLAY_PATHS.items():
