@@ -176,8 +176,8 @@ class CtrRanker(ItemEmbeddings, nn.Module):
     def forward_listwise(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Candidate sets: every candidate of row b scored with row b's user side (broadcast)."""
         c = self.config
-        if self.order_head is None:
-            raise ValueError("a batch with 'cands' needs a RankerConfig with listwise=True")
+        if self.order_head is None and "label" in batch:  # scoring sets is fine: the like head orders them
+            raise ValueError("training on a batch with 'cands' needs a RankerConfig with listwise=True")
         cands = batch["cands"]  # (B, C)
         b, n_c = cands.shape
         hist = batch["hist"]  # (B, L)

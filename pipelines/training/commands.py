@@ -66,7 +66,8 @@ def train(
                                       "user,item (HCN on ML-100k did best with user only: see the README)"),
     progress: bool = typer.Option(True, help="tqdm progress bars"),
 ) -> None:
-    """Train one model and save it under artifacts/models/<name>/<version>/."""
+    """Train one model and save it under artifacts/models/<name>/<version>/. An ML-100k HCN or ranker is
+    marked latest only if the cascade with it keeps its validation Recall@20 (exit 1 otherwise)."""
     if ctx.invoked_subcommand is not None:  # `train cascade ...`: the sub-command does the work
         return
     from models.layers import Vocab  # noqa: F401  (keeps import errors here, not mid-training)
@@ -94,6 +95,15 @@ def train(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    from features.model_store import ArtifactNotFound, latest_version
+
+    guarded = data == "ml100k" and model in ("hcn", "ranker") and (name or model) == model
+    previous = None
+    if guarded:
+        try:
+            previous = latest_version(model, artifacts_dir)
+        except ArtifactNotFound:
+            pass
     t0 = time.perf_counter()
     if workers > 1 or gpu:
         from pipelines.training.distributed import fit_distributed
@@ -105,6 +115,13 @@ def train(
     path = save_job(job, result, name, version, root=artifacts_dir, extra={"workers": workers, "train_seconds": seconds})
     typer.echo(json.dumps({"artifact": str(path), "train_seconds": round(seconds, 1), "valid": result.valid_metrics,
                            "test": result.test_metrics}, indent=2, default=float))
+    if guarded:  # a coarse or fine stage earns `latest` only if the whole cascade keeps its validation recall
+        from pipelines.training.promotion import guard_stage
+
+        verdict = guard_stage(model, path.name, previous, artifacts_dir)
+        typer.echo(verdict.message, err=not verdict.promoted)
+        if not verdict.promoted:
+            raise typer.Exit(1)
 
 
 @train_app.command("cascade")

@@ -191,3 +191,35 @@ def test_config_fails_at_load_with_the_values():
         config_from_overrides(["nope=1"])
     assert config_from_overrides(["oof_epochs=4", "distill_weight=0.5", "ranker_long_len=None"]) == \
         CascadeConfig(oof_epochs=4, distill_weight=0.5, ranker_long_len=None)
+
+
+def test_a_stage_trained_alone_is_promoted_only_if_the_cascade_keeps_its_recall(result, splits, tmp_path):
+    """`recstream train --model ranker|hcn` (pipelines/training/promotion.py): a worse ranker is saved
+    but the previous one stays latest, with the drop in the message; an equal one is promoted."""
+    from features.model_store import save_artifact
+    from pipelines.training.promotion import guard_stage
+
+    from features.model_store import promote
+
+    save_cascade(result, splits, "v1", tmp_path, promote=False)
+    for name in ("two_tower", "hcn", "ranker"):
+        promote(name, "v1", tmp_path)
+    fusion_only_ranker = {"fusion": {"retrieval_weight": 0.0, "coarse_weight": 0.0, "ranker_weight": 1.0}}
+    torch.manual_seed(1)
+    worse = type(result.models.ranker)(result.models.ranker.config)
+    for p in worse.parameters():  # an untrained ranker: its order is noise
+        nn.init.normal_(p, std=1.0)
+    worse.set_item_categories(torch.as_tensor(splits.item_cat))
+    save_artifact("ranker", "v2", worse.eval(), worse.config, splits.vocabs, {}, splits.data_window, root=tmp_path,
+                  extra=fusion_only_ranker)
+    v = guard_stage("ranker", "v2", "v1", tmp_path, splits=splits, cfg=CFG)
+    assert not v.promoted and latest_version("ranker", tmp_path) == "v1" and "v2" in list_versions("ranker", tmp_path)
+    assert "ranker v2 lowers validation Recall@10 of the cascade from" in v.message
+    assert v.valid["cascade_recall_at_10"] < v.valid["two_tower_hcn_recall_at_10"]
+
+    same = result.models.ranker
+    save_artifact("ranker", "v3", same.eval(), same.config, splits.vocabs, {}, splits.data_window, root=tmp_path,
+                  extra={"fusion": result.fusion.model_dump()})
+    v = guard_stage("ranker", "v3", "v1", tmp_path, splits=splits, cfg=CFG)
+    assert v.promoted == (v.valid["cascade_recall_at_10"] >= v.valid["two_tower_hcn_recall_at_10"])
+    assert latest_version("ranker", tmp_path) == ("v3" if v.promoted else "v1")
