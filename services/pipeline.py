@@ -369,21 +369,27 @@ class Recommender:
 class Served:
     """The order a request is served in and how it came about.
 
-    ranked: (item, final score) best first; cascade: the last stage whose scores made it;
-    fusion / stats: the weights and each fused stage's (mean, std) over the candidates (empty
-    when the order is one stage's own scores)."""
+    ranked: (item, final score) best first, every candidate the order was chosen from (the coarse
+    cut, or retrieval's N for the retrieval prefix); cascade: the last stage whose scores made
+    it; fusion: the weights of the blend (empty when the order is one stage's own scores)."""
 
     ranked: list[tuple[str, float]]
     cascade: str
     fusion: dict[str, float] = field(default_factory=dict)
-    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def log(self, support: list[str], stage_scores: dict[str, dict[str, float]],
             like: dict[str, float] | None) -> ServedScores:
+        """The support's scores, and every logged stage's (mean, std) over all the candidates, not
+        only the support: the blend's own z-scores, and what replay needs to re-fuse the request
+        with other weights, or another variant's fusion on a request a shorter cascade served."""
         final = dict(self.ranked)
+        pool = [i for i, _ in self.ranked]
+        logged = {s: sc for s, sc in stage_scores.items() if all(i in sc for i in pool)}
+        stats = {s: [a.item() for a in zstats(np.asarray([sc[i] for i in pool], dtype=np.float64))]
+                 for s, sc in logged.items()}
         return ServedScores(
-            cascade=self.cascade, fusion=self.fusion, stats={s: list(v) for s, v in self.stats.items()},
-            stages={s: [sc[i] for i in support] for s, sc in stage_scores.items() if all(i in sc for i in support)},
+            cascade=self.cascade, fusion=self.fusion, stats=stats,
+            stages={s: [sc[i] for i in support] for s, sc in logged.items()},
             final=[final[i] for i in support],
             like=[like[i] for i in support] if like and all(i in like for i in support) else None)
 
@@ -397,13 +403,11 @@ def fuse_stages(items: list[str], stage_scores: dict[str, dict[str, float]], fus
     if not w:
         w = {"ranker": 1.0}
     total = np.zeros(len(items))
-    stats: dict[str, tuple[float, float]] = {}
     for s in STAGES:
         if s not in w:
             continue
         x = np.asarray([stage_scores[s][i] for i in items], dtype=np.float64)  # (M,)
         mean, std = (a.item() for a in zstats(x))  # (1,) each
-        stats[s] = (mean, std)
         total += w[s] * (x - mean) / (std + Z_EPS)
     order = np.argsort(-total, kind="stable")  # ties: the coarse order
-    return Served([(items[i], float(total[i])) for i in order], "ranker", w, stats)
+    return Served([(items[i], float(total[i])) for i in order], "ranker", w)

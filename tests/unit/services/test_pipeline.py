@@ -449,3 +449,22 @@ def test_a_failed_fused_stage_leaves_the_blend_and_a_failed_ranker_serves_the_co
     resp = _run(rec, k=20)
     assert [i.item_id for i in resp.items] == cut[:20]
     assert logger.records[-1].scores.cascade == "coarse" and logger.records[-1].scores.fusion == {}
+
+
+def test_a_shorter_cascade_logs_what_replaying_the_full_one_on_its_traffic_needs(artifacts):
+    """The demo's A/B replays the full cascade on requests the two-tower -> HCN variant served: the
+    log must carry every stage's stats over the coarse cut, so the blend can be rebuilt there."""
+    from pipelines.replay.policies import RankerScorers, VariantPolicy
+    from scoring.fusion import FusionConfig
+
+    rec, _, logger = _rec(artifacts, variants={"A": {"share": 1.0, "cascade": "coarse"}})
+    _run(rec, k=20)
+    log = logger.records[-1]
+    cut, sc = _stage_scores(rec)
+    assert set(log.scores.stats) == {"retrieval", "coarse"}
+    for s in ("retrieval", "coarse"):
+        x = np.asarray([sc[s][i] for i in cut])
+        np.testing.assert_allclose(log.scores.stats[s], [x.mean(), x.std()], rtol=1e-9)
+    full = VariantPolicy("full", {"ranker": "v1"}, FusionConfig(**FUSED), "ranker", scorers=RankerScorers(str(artifacts)))
+    ranking = full.ranking(log)
+    assert ranking.path == "rescored" and sorted(ranking.items) == sorted(log.support)
