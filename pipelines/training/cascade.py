@@ -543,13 +543,12 @@ def train_cascade(splits: Splits, cfg: CascadeConfig | None = None, seed: int = 
 
         if cfg.ranker_validate_each_epoch:
             rk_fit = fit(ranker, rk_sets, rk_job.train, evaluate=eval_ranker, monitor="recall", mode="max")
-        else:  # every epoch kept: the last one is the model (patience never stops a decreasing loss early)
+        else:  # a fixed epoch count: fit keeps the lowest training loss, the last epoch while the loss falls
             rk_fit = fit(ranker, rk_sets, dataclasses.replace(rk_job.train, patience_epochs=cfg.ranker_epochs))
-            rk_fit.best_epoch = len(rk_fit.history)
         ranker.eval()
     history["ranker"] = rk_fit.history
     log.info("seed %d ranker: %d sets x %d, best epoch %d, valid %s", seed, len(rk_sets), rk_sets.cands.shape[1],
-             rk_fit.best_epoch, rk_fit.best_metrics, )
+             rk_fit.best_epoch, rk_fit.best_metrics)
 
     # 5. HCN distilled from the ranker's order, kept only if validation coarse recall rises
     if cfg.distill_epochs:
