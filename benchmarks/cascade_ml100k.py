@@ -195,8 +195,9 @@ def write_reports(summary: dict, per_seed: dict, cfg: CascadeConfig, out_dir: Pa
               f"{cfg.ranker_random} random ones; each user's last {cfg.ranker_positions_per_user} positions and a smaller "
               f"network (dim {cfg.ranker_dim}) for the time budget. Its SDIM block sees the user's whole history "
               f"({cfg.ranker_long_len or 'the longest history in the data'} behaviours), as the BSE tables it reads at "
-              f"serving; DIN the last 50. Early stopping on validation Recall@{cfg.k} over the validation coarse "
-              f"top-{cfg.coarse_top_n}.",
+              f"serving; DIN the last 50. " + (f"Early stopping on validation Recall@{cfg.k} over the validation coarse "
+              f"top-{cfg.coarse_top_n}." if cfg.ranker_validate_each_epoch else f"A fixed {cfg.ranker_epochs} epochs, no "
+              "validation pass per epoch (for the CPU budget; with one, it peaked at its last epoch in 3 of 5 earlier runs)."),
               "- Final order: scoring/fusion.py, the stages' scores z-scored over the coarse candidates and blended; "
               "the weights are the best of a grid on validation Recall@20 (NDCG@20 breaks ties).",
               "- \"ranker alone\" orders the same coarse candidates by the ranker's order head only; \"two-tower→ranker\" "

@@ -10,7 +10,8 @@ The final order is `fused` descending (ties: the stage order's rank, i.e. a stab
 candidates as the coarse stage handed them). z-scoring makes the weights comparable across
 stages whose scores live on different scales (cosine / temperature, HCN's pooled logits, the
 ranker's logit) and across requests. The weights are chosen on validation
-(benchmarks/cascade_ml100k.py), never on test, and are part of a variant's serving config,
+(pipelines/training/cascade.py `choose_fusion`; saved in the ranker artefact's manifest at
+extra["fusion"]), never on test, and are part of a variant's serving config,
 so an A/B can compare fusions. `fuse` is the one implementation that serving, the offline
 benchmark and replay call.
 

@@ -4,7 +4,9 @@
   sees the whole history at training as the BSE tables do at serving (served scores = trained scores);
 - the promotion guard refuses a cascade whose later stage lowers validation Recall@k and names the
   stage, saves its versions without marking them latest, and promotes a cascade that earns it;
-- HCN's distillation term is a KL divergence: zero when HCN already orders as the teacher.
+- HCN's distillation term is a KL divergence: zero when HCN already orders as the teacher;
+- metrics over a candidate set count a positive the set lost as a miss; the ranker's positions are
+  each user's last ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from features.model_store import latest_version, list_versions, promoted_version
 from models.sdim import build_bucket_tables
 from models.sdim_hash import SdimHasher
-from pipelines.data.datasets import build_synthetic_retrieval
+from pipelines.data.datasets import Samples, SequenceStore, build_synthetic_retrieval
 from pipelines.data.synthetic import SyntheticConfig
 from pipelines.training.cascade import (
     CascadeConfig,
@@ -35,6 +37,8 @@ from pipelines.training.cascade import (
     ranker_scores,
     save_cascade,
     score_sets_catalogue,
+    set_metrics,
+    top_by,
     train_cascade,
 )
 from scoring.config import ModelRef
@@ -196,10 +200,8 @@ def test_config_fails_at_load_with_the_values():
 def test_a_stage_trained_alone_is_promoted_only_if_the_cascade_keeps_its_recall(result, splits, tmp_path):
     """`recstream train --model ranker|hcn` (pipelines/training/promotion.py): a worse ranker is saved
     but the previous one stays latest, with the drop in the message; an equal one is promoted."""
-    from features.model_store import save_artifact
+    from features.model_store import promote, save_artifact
     from pipelines.training.promotion import guard_stage
-
-    from features.model_store import promote
 
     save_cascade(result, splits, "v1", tmp_path, promote=False)
     for name in ("two_tower", "hcn", "ranker"):
@@ -223,3 +225,26 @@ def test_a_stage_trained_alone_is_promoted_only_if_the_cascade_keeps_its_recall(
     v = guard_stage("ranker", "v3", "v1", tmp_path, splits=splits, cfg=CFG)
     assert v.promoted == (v.valid["cascade_recall_at_10"] >= v.valid["two_tower_hcn_recall_at_10"])
     assert latest_version("ranker", tmp_path) == ("v3" if v.promoted else "v1")
+
+
+def test_set_metrics_counts_a_lost_positive_as_a_miss():
+    cands = np.array([[5, 6, 7], [8, 9, 10]])
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    rec, nd = set_metrics(scores, cands, np.array([6, 99]), k=1)  # row 0: hit at rank 0; row 1: not in the set
+    assert rec == pytest.approx(0.5) and nd == pytest.approx(0.5)
+    rec, nd = set_metrics(scores, cands, np.array([7, 8]), k=2)  # both at rank 1 / rank 0
+    assert rec == pytest.approx(1.0) and nd == pytest.approx((1 / np.log2(3) + 1.0) / 2)
+
+
+def test_top_by_keeps_the_best_first():
+    cands = np.array([[5, 6, 7, 8]])
+    assert top_by(np.array([[0.1, 0.9, 0.5, 0.7]]), cands, 2).tolist() == [[6, 8]]
+
+
+def test_last_positions_per_user():
+    users = np.array([1, 1, 1, 2, 2, 1])
+    items = np.arange(1, 7)
+    ts = np.array([0, 1, 2, 0, 1, 3]) * 1000
+    store = SequenceStore(users, items, ts, 3)
+    s = Samples(store, users, items, ts, store.own_rows(), 4)
+    assert sorted(last_positions(s, 2).tolist()) == [2, 3, 4, 5]  # user 1: its 2 latest (rows 2, 5); user 2: both
