@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from pipelines.data.datasets import Samples, Splits
+from pipelines.training.calibration import expected_calibration_error, fit_platt
 from pipelines.training.cascade_data import build_candidate_sets, mine_out_of_fold, top_n_masked
 from pipelines.training.defaults import default_job
 from pipelines.training.jobs import DATASETS, TrainJob, build, evaluator, model_config
@@ -194,6 +195,7 @@ class CascadeResult:
     seed: int
     diagnostics: dict[str, float] = field(default_factory=dict)
     fit_history: dict[str, list[dict]] = field(default_factory=dict)
+    like_calibration: dict[str, float] = field(default_factory=dict)  # Platt (scale, bias) of the like head
 
 
 class PromotionRefused(Exception):
@@ -234,15 +236,16 @@ def score_sets_catalogue(model: nn.Module, samples: Samples, cands: np.ndarray, 
 
 
 @torch.no_grad()
-def ranker_scores(model: nn.Module, samples: Samples, cands: np.ndarray, batch_users: int = 32) -> np.ndarray:
-    """(n, M) the ranker's ordering-head logits of each row's candidates."""
+def ranker_scores(model: nn.Module, samples: Samples, cands: np.ndarray, batch_users: int = 32,
+                  head: Literal["score", "logit"] = "score") -> np.ndarray:
+    """(n, M) the ranker's ordering-head logits of each row's candidates ("logit": the like head's)."""
     model.eval()
     out = np.empty(cands.shape, dtype=np.float32)
     for s in range(0, len(samples), batch_users):
         idx = np.arange(s, min(s + batch_users, len(samples)))
         batch = samples.batch(idx)
         batch["cands"] = torch.as_tensor(cands[idx], dtype=torch.long)
-        out[idx] = model(batch)["score"].float().numpy()
+        out[idx] = model(batch)[head].float().numpy()
     return out
 
 
@@ -581,12 +584,22 @@ def train_cascade(splits: Splits, cfg: CascadeConfig | None = None, seed: int = 
         fusion = choose_fusion(scores.sc.stage, scores.sc.coarse, valid.item, cfg)
         valid_metrics = _metrics_of(scores, fusion, valid, cfg)
 
+    # 7. the like head's Platt scaling on validation (what /v1/score returns): the event is "the
+    # user's next interaction is this candidate and is liked"; hard negatives made the raw head's
+    # sigmoid a probability under the training sets' sampling, not of that event
+    with clock.step("calibration"):
+        like = ranker_scores(ranker, rk_valid, scores.sc.coarse, head="logit")  # (n, M)
+        hit = (scores.sc.coarse == valid.item[:, None]) & (_like_labels(splits, "valid", len(valid))[:, None] > 0)  # (n, M)
+        platt = fit_platt(like.ravel(), hit.ravel().astype(np.float64))
+        diag.update(like_ece_raw=expected_calibration_error(1 / (1 + np.exp(-like.ravel())), hit.ravel()),
+                    like_ece_calibrated=expected_calibration_error(platt(like.ravel()), hit.ravel()))
+
     epochs = {"two_tower": tt_fit.best_epoch, "oof_two_tower": oof_epochs, "hcn": hcn_fit.best_epoch, "ranker": rk_fit.best_epoch}
     jobs = {"two_tower": tt_job, "hcn": hcn_job, "ranker": rk_job}
     log.info("seed %d: fusion %s, valid %s, cpu s %s", seed, fusion.model_dump(), {k: round(v, 4) for k, v in valid_metrics.items()},
              {k: round(v) for k, v in clock.cpu_seconds.items()})
     return CascadeResult(models, fusion, cfg, valid_metrics, epochs, clock.seconds, clock.cpu_seconds, jobs,
-                         stage_windows(models), seed, diag, history)
+                         stage_windows(models), seed, diag, history, platt.to_dict())
 
 
 def _hcn_evaluator(valid: Samples, ret: np.ndarray, cfg: CascadeConfig):
@@ -636,7 +649,8 @@ def save_cascade(result: CascadeResult, splits: Splits, version: str | None = No
 
     Manifests: extra["job"] (each stage's TrainJob), extra["windows"] (the history it reads),
     extra["cascade_valid"] (validation metrics of every prefix, all three), extra["fusion"]
-    (FusionConfig.model_dump(), the ranker's), extra["cascade"] (settings, seed, epochs, seconds).
+    (FusionConfig.model_dump(), the ranker's), extra["like_calibration"] (the like head's Platt scale and bias,
+    the ranker's), extra["cascade"] (settings, seed, epochs, seconds).
     Returns:
         {stage name: artefact directory}.
     Raises:
@@ -660,6 +674,8 @@ def save_cascade(result: CascadeResult, splits: Splits, version: str | None = No
                  "fit_history": result.fit_history.get(name, [])}
         if name == "ranker":
             extra["fusion"] = result.fusion.model_dump()
+            if result.like_calibration:  # read by scoring.servables.RankerServable
+                extra["like_calibration"] = result.like_calibration
         metrics = {"valid": {k: v for k, v in result.valid.items()}}
         paths[name] = save_artifact(name, version, model, model.config, splits.vocabs, metrics, splits.data_window,
                                     root=root, extra=extra)

@@ -248,3 +248,22 @@ def test_last_positions_per_user():
     store = SequenceStore(users, items, ts, 3)
     s = Samples(store, users, items, ts, store.own_rows(), 4)
     assert sorted(last_positions(s, 2).tolist()) == [2, 3, 4, 5]  # user 1: its 2 latest (rows 2, 5); user 2: both
+
+
+def test_the_like_head_is_calibrated_on_validation_and_served_so(result, splits, tmp_path):
+    """/v1/score returns the like head through the Platt scaling fitted on validation: the saved
+    ranker carries it and the servable applies it."""
+    cal = result.like_calibration
+    assert set(cal) == {"scale", "bias"} and np.isfinite(list(cal.values())).all()
+    assert result.diagnostics["like_ece_calibrated"] <= result.diagnostics["like_ece_raw"] + 1e-9
+    paths = save_cascade(result, splits, "v1", tmp_path, promote=False)
+    assert json.loads((paths["ranker"] / "manifest.json").read_text())["extra"]["like_calibration"] == cal
+    served = RankerServable(ModelRef(name="ranker", version="v1"), str(tmp_path))
+    items = list(splits.vocabs["item"].tokens[:5])
+    _, prob = served.score_heads("u-unknown", [], items, None, None, None)
+    with torch.no_grad():
+        rows = torch.as_tensor(served.vocabs["item"].encode(items))
+        _, like = served.model.score_user(torch.tensor([served.vocabs["user"].index("u-unknown")]),
+                                          torch.zeros(1, served.model.config.short_len, dtype=torch.long), rows,
+                                          long_interest=torch.zeros(len(items), served.model.config.dim), head="both")
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(cal["scale"] * like.numpy() + cal["bias"]))), rtol=1e-5, atol=1e-6)
