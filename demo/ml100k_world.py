@@ -110,12 +110,22 @@ def train_cascade_models(s: Settings, root: Path, version: str = VERSION, overri
 
 
 def build_bse(s: Settings, root: Path, version: str = VERSION, progress: Callable[[str], None] = print) -> float:
-    """The ranker version's SDIM tables, by a bse-encoder over the events topic; returns seconds."""
+    """The ranker version's SDIM tables: a bse-encoder applies what the events topic holds beyond
+    the stored offsets (the sequences, and this version's tables for those events), then `bse
+    rebuild` computes the version's tables from the stored sequences. The rebuild is what a second
+    version needs: the encoder's offsets are shared, so over a topic an earlier version's encoder
+    already consumed it applies nothing, and the new version would serve empty tables (silently:
+    the store cannot tell a missing table from an empty one). Returns seconds."""
     t = time.perf_counter()
-    env = {"RECSTREAM_ARTIFACTS_DIR": str(root)}
-    _wait([_process(s, env, "bse-encoder", "--embeddings", f"artifact:ranker/{version}", "--model-version", version)])
+    env = {**os.environ, **s.to_env(), "RECSTREAM_ARTIFACTS_DIR": str(root)}
+    spec = f"artifact:ranker/{version}"
+    _wait([_process(s, {"RECSTREAM_ARTIFACTS_DIR": str(root)}, "bse-encoder", "--embeddings", spec, "--model-version", version)])
+    done = subprocess.run([sys.executable, "-m", "cli", "bse", "rebuild", "--model-version", version, "--embeddings", spec],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"bse rebuild {version} failed (rc={done.returncode}): {done.stdout.decode()[-3000:]}")
     seconds = time.perf_counter() - t
-    progress(f"bse-encoder built the tables of ranker/{version} in {seconds:.0f}s")
+    progress(f"bse-encoder and rebuild made the tables of ranker/{version} in {seconds:.0f}s")
     return seconds
 
 
