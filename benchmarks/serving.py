@@ -132,8 +132,11 @@ def _bare_apps():
 
 # ---- the real pipeline's world --------------------------------------------------------------------
 
-def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int = 64, seed: int = 0) -> None:
-    """Randomly initialised two-tower, HCN and ranker of the production shapes, `n_items` items."""
+def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int = 64, seed: int = 0,
+                      listwise_ranker: str | None = None) -> None:
+    """Randomly initialised two-tower, HCN and ranker of the production shapes, `n_items` items.
+
+    listwise_ranker: also save a listwise ranker (order + like heads) under this model name."""
     import torch
 
     from features.model_store import save_artifact
@@ -147,7 +150,9 @@ def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int =
     cats = torch.as_tensor(np.r_[0, np.arange(n_items) % 20 + 1, np.zeros(voc["item"].n_oov_buckets)], dtype=torch.long)
     for name, model in (("two_tower", TwoTower(TwoTowerConfig(**dims))),
                         ("hcn", HCN(HcnConfig(**dims, long_len=50, short_len=10, n_iters=2))),
-                        ("ranker", CtrRanker(RankerConfig(**dims, long_len=1000)))):
+                        ("ranker", CtrRanker(RankerConfig(**dims, long_len=1000))),
+                        *([(listwise_ranker, CtrRanker(RankerConfig(**dims, long_len=1000, listwise=True)))]
+                          if listwise_ranker else [])):
         model.set_item_categories(cats)
         save_artifact(name, "bench", model.eval(), model.config, voc, {}, {"bench": True}, root=root)
 
@@ -233,6 +238,87 @@ def ranker_cost(root: Path, n_candidates: int = 200, reps: int = 30) -> dict:
         rk.score("b1", hist, items, tables, None, None)
     ms = 1000 * (time.perf_counter() - t) / reps
     return {"ranker_ms_per_request_200": ms, "ranker_us_per_candidate": 1000 * ms / n_candidates}
+
+
+def _median_ms(fn, reps: int) -> float:
+    """Median CPU time of fn() in ms after one warm-up call. CPU time of this process, not wall time:
+    with one torch and one BLAS thread it is the request's cost, and on a shared machine wall time
+    would also count the turns other processes take on the core; the median, not the mean, because
+    the cache still suffers from them."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
+    return 1000 * float(np.median(times))
+
+
+def _bench_request(rng: np.random.Generator, n_items: int, n_candidates: int, hist_len: int = 200) -> dict:
+    """One bench user's inputs: a history of `hist_len` catalogue items and `n_candidates` candidates."""
+    return {"user_id": f"b{rng.integers(USERS)}", "hist": [f"i{x}" for x in rng.integers(0, n_items, hist_len)],
+            "items": [f"i{x}" for x in rng.integers(0, n_items, n_candidates)]}
+
+
+def in_process_costs(root: Path, rankers: tuple[str, ...] = ("ranker",), candidate_top_k: int = 1000,
+                     coarse_top_k: int = 200, reps: int = 20, seed: int = 0) -> dict:
+    """Each stage's in-process cost of one request on one torch thread (median ms), no Ray, no Redis:
+    retrieval = user vector + exact top-`candidate_top_k`; coarse = HCN over those candidates;
+    ranker = both heads over `coarse_top_k` candidates with BSE tables (per ranker model name).
+    Uses only the servables' single-request API, so the same function measures older code too."""
+    import torch
+
+    from scoring.config import ModelRef
+    from scoring.servables import CoarseServable, RankerServable, RetrievalServable
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    ret = RetrievalServable(ModelRef(name="two_tower", version="bench"), str(root))
+    n_items = len(ret.item_ids)
+    req = _bench_request(rng, n_items, candidate_top_k)
+    out = {"in_process_retrieval_ms": _median_ms(lambda: ret.top_n(ret.user_vector(req["user_id"], req["hist"]),
+                                                                   candidate_top_k), reps)}
+    del ret
+    coarse = CoarseServable(ModelRef(name="hcn", version="bench"), str(root))
+    out["in_process_coarse_ms"] = _median_ms(lambda: coarse.score(req["user_id"], req["hist"], req["items"], None, None), reps)
+    del coarse
+    for name in rankers:
+        rk = RankerServable(ModelRef(name=name, version="bench"), str(root))
+        c = rk.model.config
+        tables = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+        items = req["items"][:coarse_top_k]
+        key = "in_process_ranker_ms" + ("" if name == "ranker" else f"_{name}")
+        out[key] = _median_ms(lambda: rk.score_heads(req["user_id"], req["hist"], items, tables, None, None), reps)
+    return out
+
+
+def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+                       n_candidates: int = 200, reps: int = 10, seed: int = 0) -> dict:
+    """The ranker's batched path on one torch thread: per batch size b, the median ms of one batch of b
+    requests (different users and histories, `n_candidates` each, with BSE tables) and the same b
+    requests scored one by one; `ranker_batch8_speedup` = (8 single requests) / (one batch of 8)."""
+    import torch
+
+    from scoring.config import ModelRef
+    from scoring.servables import RankerRequest, RankerServable
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    rk = RankerServable(ModelRef(name=name, version="bench"), str(root))
+    c = rk.model.config
+    n_items = len(rk.vocabs["item"])
+    reqs = []
+    for _ in range(max(batch_sizes)):
+        r = _bench_request(rng, n_items, n_candidates)
+        tables = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+        reqs.append(RankerRequest(r["user_id"], r["hist"], r["items"], tables))
+    out: dict[str, float] = {}
+    for b in batch_sizes:
+        batch = reqs[:b]
+        out[f"ranker_batch{b}_ms"] = _median_ms(lambda: rk.score_heads_batch(batch), reps)
+        out[f"ranker_batch{b}_singles_ms"] = _median_ms(lambda: [rk.score_heads_batch([r]) for r in batch], reps)
+        out[f"ranker_batch{b}_speedup"] = out[f"ranker_batch{b}_singles_ms"] / out[f"ranker_batch{b}_ms"]
+    return out
 
 
 def _ranker_batch_mean(app_name: str) -> float:
