@@ -296,7 +296,7 @@ def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int,
                        n_candidates: int = 200, reps: int = 10, seed: int = 0) -> dict:
     """The ranker's batched path on one torch thread: per batch size b, the median ms of one batch of b
     requests (different users and histories, `n_candidates` each, with BSE tables) and the same b
-    requests scored one by one; `ranker_batch8_speedup` = (8 single requests) / (one batch of 8)."""
+    requests scored one by one; `<name>_batch8_speedup` = (8 single requests) / (one batch of 8)."""
     import torch
 
     from scoring.config import ModelRef
@@ -314,10 +314,10 @@ def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int,
         reqs.append(RankerRequest(r["user_id"], r["hist"], r["items"], tables))
     out: dict[str, float] = {}
     for b in batch_sizes:
-        batch = reqs[:b]
-        out[f"ranker_batch{b}_ms"] = _median_ms(lambda: rk.score_heads_batch(batch), reps)
-        out[f"ranker_batch{b}_singles_ms"] = _median_ms(lambda: [rk.score_heads_batch([r]) for r in batch], reps)
-        out[f"ranker_batch{b}_speedup"] = out[f"ranker_batch{b}_singles_ms"] / out[f"ranker_batch{b}_ms"]
+        batch, key = reqs[:b], f"{name}_batch{b}"
+        out[f"{key}_ms"] = _median_ms(lambda: rk.score_heads_batch(batch), reps)
+        out[f"{key}_singles_ms"] = _median_ms(lambda: [rk.score_heads_batch([r]) for r in batch], reps)
+        out[f"{key}_speedup"] = out[f"{key}_singles_ms"] / out[f"{key}_ms"]
     return out
 
 
@@ -342,11 +342,14 @@ def run(settings, work_dir: Path, base_url: str, n_items: int = 100_000, duratio
 
     root = Path(work_dir) / "artifacts"
     progress(f"saving bench models ({n_items} items)")
-    save_bench_models(root, n_items)
+    save_bench_models(root, n_items, listwise_ranker="ranker_listwise")
     out: dict[str, Any] = {"n_items": n_items, "candidate_top_k": 1000, "coarse_top_k": 200, "k": 20,
                            "duration_s": duration_s, "concurrency": concurrency}
     out.update(ann_recall(root))
     out.update(ranker_cost(root))
+    out.update(in_process_costs(root, rankers=("ranker", "ranker_listwise")))
+    out.update(ranker_batch_sweep(root))
+    out.update(ranker_batch_sweep(root, name="ranker_listwise", batch_sizes=(8,)))
     progress(f"ANN recall@1000 {out['ann_recall_at_1000_vs_exact']:.4f}; ranker {out['ranker_ms_per_request_200']:.1f} ms/200")
     s = settings.model_copy(update={"redis_prefix": f"sb{uuid.uuid4().hex[:6]}"})
     _write_user_state(s, root, n_items)
@@ -475,6 +478,7 @@ def _throughput_markdown(res: dict) -> list[str]:
               f"| ranker mean batch (requests) | {res['ranker_mean_batch']:.2f} |",
               f"| ranker, 200 candidates, one thread | {res['ranker_ms_per_request_200']:.2f} ms "
               f"({res['ranker_us_per_candidate']:.1f} us/candidate) |",
+              *_in_process_rows(res),
               f"| HNSW recall@1000 vs exact | {res['ann_recall_at_1000_vs_exact']:.4f} |",
               f"| exact top-1000 / HNSW top-1000 | {res['exact_top1000_ms']:.2f} ms / {res['hnsw_top1000_ms']:.2f} ms |"]
     if res["half_load_rps"] > res["fused_max_rps"]:
@@ -482,6 +486,18 @@ def _throughput_markdown(res: dict) -> list[str]:
                       f"({res['fused_max_rps']:.0f} req/s): its latencies at that rate are queueing, not service time. "
                       f"One idle request through the fused app: {res['fused_degraded_sample']['timings_ms']} ms."]
     return lines
+
+
+def _in_process_rows(res: dict) -> list[str]:
+    """The in-process stage costs and the ranker's batch sweep (absent in older result files)."""
+    if "in_process_ranker_ms" not in res:
+        return []
+    sweep = ", ".join(f"{b}: {res[f'ranker_batch{b}_ms'] / b:.2f}" for b in (1, 2, 4, 8, 16) if f"ranker_batch{b}_ms" in res)
+    return [f"| in process, one request, CPU ms: retrieval / coarse / ranker (pointwise, listwise) | "
+            f"{res['in_process_retrieval_ms']:.2f} / {res['in_process_coarse_ms']:.2f} / {res['in_process_ranker_ms']:.2f}, "
+            f"{res['in_process_ranker_ms_ranker_listwise']:.2f} |",
+            f"| ranker batch of 8 vs 8 single requests (speedup) | {res['ranker_batch8_speedup']:.2f}x |",
+            f"| ranker CPU ms per request by batch size | {sweep} |"]
 
 
 class _ListPopular:
