@@ -201,7 +201,7 @@ class RankerServable(_Servable):
         self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
         # signatures of every item row, once: candidates gather theirs by row
         self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
-        self.forward = BatchedRanker(self.model, None if self.item_sigs is None else torch.as_tensor(self.item_sigs, device=device))
+        self.batched = BatchedRanker(self.model, None if self.item_sigs is None else torch.as_tensor(self.item_sigs, device=device))
         # the attention baseline reads the long sequence itself; the others need only DIN's tail
         self.hist_len = c.long_len if c.long_term == "attention" else c.short_len
         # Platt scaling of the like head, fitted on validation at training (pipelines/training/cascade.py):
@@ -237,7 +237,7 @@ class RankerServable(_Servable):
             return []
         batch = self._batch(requests)
         with torch.inference_mode():
-            order, like = self.forward(batch)  # (N,) each
+            order, like = self.batched(batch)  # (N,) each
             prob = torch.sigmoid(self.like_scale * like + self.like_bias)  # (N,)
             order, prob = order.float().cpu().numpy(), prob.float().cpu().numpy()
         bounds = np.cumsum([0, *batch.counts])
