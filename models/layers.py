@@ -258,7 +258,7 @@ class DinAttention(nn.Module):
         d, (n_l, n_h) = query.shape[-1], key_part.shape
         w_q, _, w_diff, w_prod = first.weight.split(d, dim=1)  # each (H, D)
         pair = keys.T.unsqueeze(-1) * w_prod.T.unsqueeze(1) + (w_q + w_diff).T.unsqueeze(1)  # (D, L, H)
-        h = torch.addmm(key_part.reshape(1, -1), query, pair.reshape(d, n_l * n_h)).view(-1, n_l, n_h)  # (M, L, H)
+        h = torch.addmm(key_part.reshape(1, -1), query, pair.reshape(d, n_l * n_h)).view(len(query), n_l, n_h)  # (M, L, H)
         for layer in list(self.mlp)[1:]:  # the rest of the MLP as it is; ReLU in place (serving, no autograd)
             h = torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
         w = h.squeeze(-1) * (mask.to(h.dtype) / mask.sum().clamp_min(1).to(h.dtype))  # (M, L) length-normalised

@@ -12,7 +12,7 @@ What is computed when:
     at load, per item row (V+ rows: padding, known, OOV)   e(i) = id_emb(i) + cat_emb(cat(i))
                                                            DIN's key part B e(i) + b (behaviours are items)
                                                            (SDIM signatures: scoring/servables.py)
-    per request                                            user row, the history's e and key part (gathers),
+    per request                                            user row, the real behaviours' e and key part (gathers),
                                                            DIN's folded pair matrix P (D, L, H),
                                                            SDIM's normalised tables, P_u user_feats
     per candidate                                          the pair product q . P (M, L, H), crossing, MLP
@@ -97,12 +97,14 @@ class BatchedRanker:
         return torch.cat([self.model.long_interest_one_user(parts[r], b.long_hist[r]) for r in range(n_req)])  # (N, d)
 
     def _short(self, b: RankerBatch, target: torch.Tensor) -> torch.Tensor:
-        """(N, d) DIN interest: one folded first-layer product per request (its own keys)."""
-        keys, key_part = self.item_emb[b.short_hist], self.item_key_part[b.short_hist]  # (R, Ls, d), (R, Ls, H)
-        mask = b.short_hist > 0  # (R, Ls)
-        parts = target.split(b.counts)
-        return torch.cat([self.model.din.forward_folded(parts[r], keys[r], key_part[r], mask[r])
-                          for r in range(len(b.counts))])  # (N, d)
+        """(N, d) DIN interest: one folded first-layer product per request over its real behaviours only
+        (padding weighs exactly 0 after the mask, so a user with 5 behaviours costs 5 columns, not 50)."""
+        parts, out = target.split(b.counts), []
+        for r, rows in enumerate(b.short_hist):
+            rows = rows[rows > 0]  # (n_r,) the real behaviours; none -> DIN's interest is 0, as with the mask
+            keep = torch.ones_like(rows, dtype=torch.bool)
+            out.append(self.model.din.forward_folded(parts[r], self.item_emb[rows], self.item_key_part[rows], keep))
+        return torch.cat(out)  # (N, d)
 
     def _dense(self, b: RankerBatch, seg: torch.Tensor) -> list[torch.Tensor]:
         """0-2 x (N, d): projected user features (one row per request, gathered) and item features."""

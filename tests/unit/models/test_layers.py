@@ -65,3 +65,6 @@ def test_din_folded_first_layer_equals_the_plain_forward():
         with torch.inference_mode():
             got = din.forward_folded(q, k, din.key_part(k), mask)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # no behaviours at all (serving drops the padding before the call)
+        empty = din.forward_folded(q, k[:0], din.key_part(k[:0]), torch.zeros(0, dtype=torch.bool))
+    torch.testing.assert_close(empty, torch.zeros(5, 8))
