@@ -241,16 +241,17 @@ def ranker_cost(root: Path, n_candidates: int = 200, reps: int = 30) -> dict:
 
 
 def _median_ms(fn, reps: int) -> float:
-    """Median CPU time of fn() in ms after one warm-up call. CPU time of this process, not wall time:
-    with one torch and one BLAS thread it is the request's cost, and on a shared machine wall time
-    would also count the turns other processes take on the core; the median, not the mean, because
-    the cache still suffers from them."""
+    """Median CPU time of fn() in ms after one warm-up call. CPU time of the calling thread, not wall
+    time: with one torch and one BLAS thread all the work runs on it, so it is the request's cost,
+    while wall time on a shared machine would also count the turns other processes take on the core
+    (and process time the driver's background threads); the median, not the mean, because the cache
+    still suffers from the neighbours."""
     fn()
     times = []
     for _ in range(reps):
-        t = time.process_time()
+        t = time.thread_time()
         fn()
-        times.append(time.process_time() - t)
+        times.append(time.thread_time() - t)
     return 1000 * float(np.median(times))
 
 
