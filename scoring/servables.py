@@ -201,7 +201,8 @@ class RankerServable(_Servable):
         self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
         # signatures of every item row, once: candidates gather theirs by row
         self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
-        self.batched = BatchedRanker(self.model, None if self.item_sigs is None else torch.as_tensor(self.item_sigs, device=device))
+        sigs = None if self.item_sigs is None else torch.as_tensor(self.item_sigs, device=device)  # (V+, S)
+        self.batched = BatchedRanker(self.model, sigs)
         # the attention baseline reads the long sequence itself; the others need only DIN's tail
         self.hist_len = c.long_len if c.long_term == "attention" else c.short_len
         # Platt scaling of the like head, fitted on validation at training (pipelines/training/cascade.py):
@@ -255,7 +256,8 @@ class RankerServable(_Servable):
             shape = (c.sdim.n_signatures, c.sdim.n_buckets, c.dim)
             for i, r in enumerate(requests):
                 if r.tables is not None and tuple(r.tables.shape) != shape:
-                    raise ValueError(f"request {i}: tables of shape {tuple(r.tables.shape)}, ranker {self.version} expects {shape}")
+                    raise ValueError(f"request {i}: tables of shape {tuple(r.tables.shape)}, "
+                                     f"ranker {self.version} expects {shape}")
             zeros = np.zeros(shape, dtype=np.float32)  # no tables: the block is empty (normalised zeros pick zeros)
             batch.tables = torch.as_tensor(np.stack([zeros if r.tables is None else r.tables for r in requests]),
                                            dtype=torch.float32, device=d)  # (R, S, B, d)
