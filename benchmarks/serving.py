@@ -132,8 +132,11 @@ def _bare_apps():
 
 # ---- the real pipeline's world --------------------------------------------------------------------
 
-def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int = 64, seed: int = 0) -> None:
-    """Randomly initialised two-tower, HCN and ranker of the production shapes, `n_items` items."""
+def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int = 64, seed: int = 0,
+                      listwise_ranker: str | None = None) -> None:
+    """Randomly initialised two-tower, HCN and ranker of the production shapes, `n_items` items.
+
+    listwise_ranker: also save a listwise ranker (order + like heads) under this model name."""
     import torch
 
     from features.model_store import save_artifact
@@ -147,7 +150,9 @@ def save_bench_models(root: Path, n_items: int, n_users: int = USERS, dim: int =
     cats = torch.as_tensor(np.r_[0, np.arange(n_items) % 20 + 1, np.zeros(voc["item"].n_oov_buckets)], dtype=torch.long)
     for name, model in (("two_tower", TwoTower(TwoTowerConfig(**dims))),
                         ("hcn", HCN(HcnConfig(**dims, long_len=50, short_len=10, n_iters=2))),
-                        ("ranker", CtrRanker(RankerConfig(**dims, long_len=1000)))):
+                        ("ranker", CtrRanker(RankerConfig(**dims, long_len=1000))),
+                        *([(listwise_ranker, CtrRanker(RankerConfig(**dims, long_len=1000, listwise=True)))]
+                          if listwise_ranker else [])):
         model.set_item_categories(cats)
         save_artifact(name, "bench", model.eval(), model.config, voc, {}, {"bench": True}, root=root)
 
@@ -235,6 +240,88 @@ def ranker_cost(root: Path, n_candidates: int = 200, reps: int = 30) -> dict:
     return {"ranker_ms_per_request_200": ms, "ranker_us_per_candidate": 1000 * ms / n_candidates}
 
 
+def _median_ms(fn, reps: int) -> float:
+    """Median CPU time of fn() in ms after one warm-up call. CPU time of the calling thread, not wall
+    time: with one torch and one BLAS thread all the work runs on it, so it is the request's cost,
+    while wall time on a shared machine would also count the turns other processes take on the core
+    (and process time the driver's background threads); the median, not the mean, because the cache
+    still suffers from the neighbours."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t)
+    return 1000 * float(np.median(times))
+
+
+def _bench_request(rng: np.random.Generator, n_items: int, n_candidates: int, hist_len: int = 200) -> dict:
+    """One bench user's inputs: a history of `hist_len` catalogue items and `n_candidates` candidates."""
+    return {"user_id": f"b{rng.integers(USERS)}", "hist": [f"i{x}" for x in rng.integers(0, n_items, hist_len)],
+            "items": [f"i{x}" for x in rng.integers(0, n_items, n_candidates)]}
+
+
+def in_process_costs(root: Path, rankers: tuple[str, ...] = ("ranker",), candidate_top_k: int = 1000,
+                     coarse_top_k: int = 200, reps: int = 20, seed: int = 0) -> dict:
+    """Each stage's in-process cost of one request on one torch thread (median ms), no Ray, no Redis:
+    retrieval = user vector + exact top-`candidate_top_k`; coarse = HCN over those candidates;
+    ranker = both heads over `coarse_top_k` candidates with BSE tables (per ranker model name).
+    Uses only the servables' single-request API, so the same function measures older code too."""
+    import torch
+
+    from scoring.config import ModelRef
+    from scoring.servables import CoarseServable, RankerServable, RetrievalServable
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    ret = RetrievalServable(ModelRef(name="two_tower", version="bench"), str(root))
+    n_items = len(ret.item_ids)
+    req = _bench_request(rng, n_items, candidate_top_k)
+    out = {"in_process_retrieval_ms": _median_ms(lambda: ret.top_n(ret.user_vector(req["user_id"], req["hist"]),
+                                                                   candidate_top_k), reps)}
+    del ret
+    coarse = CoarseServable(ModelRef(name="hcn", version="bench"), str(root))
+    out["in_process_coarse_ms"] = _median_ms(lambda: coarse.score(req["user_id"], req["hist"], req["items"], None, None), reps)
+    del coarse
+    for name in rankers:
+        rk = RankerServable(ModelRef(name=name, version="bench"), str(root))
+        c = rk.model.config
+        tables = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+        items = req["items"][:coarse_top_k]
+        key = "in_process_ranker_ms" + ("" if name == "ranker" else f"_{name}")
+        out[key] = _median_ms(lambda: rk.score_heads(req["user_id"], req["hist"], items, tables, None, None), reps)
+    return out
+
+
+def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+                       n_candidates: int = 200, reps: int = 10, seed: int = 0) -> dict:
+    """The ranker's batched path on one torch thread: per batch size b, the median ms of one batch of b
+    requests (different users and histories, `n_candidates` each, with BSE tables) and the same b
+    requests scored one by one; `<name>_batch8_speedup` = (8 single requests) / (one batch of 8)."""
+    import torch
+
+    from scoring.config import ModelRef
+    from scoring.servables import RankerRequest, RankerServable
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    rk = RankerServable(ModelRef(name=name, version="bench"), str(root))
+    c = rk.model.config
+    n_items = len(rk.vocabs["item"])
+    reqs = []
+    for _ in range(max(batch_sizes)):
+        r = _bench_request(rng, n_items, n_candidates)
+        tables = rng.standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+        reqs.append(RankerRequest(r["user_id"], r["hist"], r["items"], tables))
+    out: dict[str, float] = {}
+    for b in batch_sizes:
+        batch, key = reqs[:b], f"{name}_batch{b}"
+        out[f"{key}_ms"] = _median_ms(lambda: rk.score_heads_batch(batch), reps)
+        out[f"{key}_singles_ms"] = _median_ms(lambda: [rk.score_heads_batch([r]) for r in batch], reps)
+        out[f"{key}_speedup"] = out[f"{key}_singles_ms"] / out[f"{key}_ms"]
+    return out
+
+
 def _ranker_batch_mean(app_name: str) -> float:
     """Mean requests per ranker batch, from the ranker replica's own histogram."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -256,11 +343,14 @@ def run(settings, work_dir: Path, base_url: str, n_items: int = 100_000, duratio
 
     root = Path(work_dir) / "artifacts"
     progress(f"saving bench models ({n_items} items)")
-    save_bench_models(root, n_items)
+    save_bench_models(root, n_items, listwise_ranker="ranker_listwise")
     out: dict[str, Any] = {"n_items": n_items, "candidate_top_k": 1000, "coarse_top_k": 200, "k": 20,
                            "duration_s": duration_s, "concurrency": concurrency}
     out.update(ann_recall(root))
     out.update(ranker_cost(root))
+    out.update(in_process_costs(root, rankers=("ranker", "ranker_listwise")))
+    out.update(ranker_batch_sweep(root))
+    out.update(ranker_batch_sweep(root, name="ranker_listwise", batch_sizes=(8,)))
     progress(f"ANN recall@1000 {out['ann_recall_at_1000_vs_exact']:.4f}; ranker {out['ranker_ms_per_request_200']:.1f} ms/200")
     s = settings.model_copy(update={"redis_prefix": f"sb{uuid.uuid4().hex[:6]}"})
     _write_user_state(s, root, n_items)
@@ -389,6 +479,7 @@ def _throughput_markdown(res: dict) -> list[str]:
               f"| ranker mean batch (requests) | {res['ranker_mean_batch']:.2f} |",
               f"| ranker, 200 candidates, one thread | {res['ranker_ms_per_request_200']:.2f} ms "
               f"({res['ranker_us_per_candidate']:.1f} us/candidate) |",
+              *_in_process_rows(res),
               f"| HNSW recall@1000 vs exact | {res['ann_recall_at_1000_vs_exact']:.4f} |",
               f"| exact top-1000 / HNSW top-1000 | {res['exact_top1000_ms']:.2f} ms / {res['hnsw_top1000_ms']:.2f} ms |"]
     if res["half_load_rps"] > res["fused_max_rps"]:
@@ -396,6 +487,18 @@ def _throughput_markdown(res: dict) -> list[str]:
                       f"({res['fused_max_rps']:.0f} req/s): its latencies at that rate are queueing, not service time. "
                       f"One idle request through the fused app: {res['fused_degraded_sample']['timings_ms']} ms."]
     return lines
+
+
+def _in_process_rows(res: dict) -> list[str]:
+    """The in-process stage costs and the ranker's batch sweep (absent in older result files)."""
+    if "in_process_ranker_ms" not in res:
+        return []
+    sweep = ", ".join(f"{b}: {res[f'ranker_batch{b}_ms'] / b:.2f}" for b in (1, 2, 4, 8, 16) if f"ranker_batch{b}_ms" in res)
+    return [f"| in process, one request, CPU ms: retrieval / coarse / ranker (pointwise, listwise) | "
+            f"{res['in_process_retrieval_ms']:.2f} / {res['in_process_coarse_ms']:.2f} / {res['in_process_ranker_ms']:.2f}, "
+            f"{res['in_process_ranker_ms_ranker_listwise']:.2f} |",
+            f"| ranker batch of 8 vs 8 single requests (speedup) | {res['ranker_batch8_speedup']:.2f}x |",
+            f"| ranker CPU ms per request by batch size | {sweep} |"]
 
 
 class _ListPopular:

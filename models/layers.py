@@ -237,6 +237,32 @@ class DinAttention(nn.Module):
         w = w * mask.to(w.dtype) / mask.sum().clamp_min(1).to(w.dtype)  # length-normalised
         return w @ keys  # (M, D)
 
+    def key_part(self, keys: torch.Tensor) -> torch.Tensor:
+        """B k + b of the first layer for behaviours (..., D) -> (..., H): it depends on the item only,
+        so serving computes it once per item row at load (scoring/ranker_batch.py)."""
+        first = self.mlp[0]
+        _, w_k, w_diff, _ = first.weight.split(keys.shape[-1], dim=1)  # each (H, D)
+        return keys @ (w_k - w_diff).T + first.bias  # (..., H)
+
+    def forward_folded(self, query: torch.Tensor, keys: torch.Tensor, key_part: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """forward_shared_keys with the whole first layer as ONE matrix product per sequence.
+
+        A q + B k + b + C (q*k), summed over D, is q . P[:, l, :] + key_part[l] with
+        P[d, l, h] = A[h, d] + k[l, d] C[h, d]: the query part rides in the pair product for free,
+        where adding a precomputed (M, H) query term would cost one more pass over the (M, L, H)
+        activations, the largest tensor here. P costs L*H*D to build, once per sequence.
+        """
+        # query (M, D), keys (L, D), key_part (L, H) = self.key_part(keys), mask (L,)
+        first = self.mlp[0]
+        d, (n_l, n_h) = query.shape[-1], key_part.shape
+        w_q, _, w_diff, w_prod = first.weight.split(d, dim=1)  # each (H, D)
+        pair = keys.T.unsqueeze(-1) * w_prod.T.unsqueeze(1) + (w_q + w_diff).T.unsqueeze(1)  # (D, L, H)
+        h = torch.addmm(key_part.reshape(1, -1), query, pair.reshape(d, n_l * n_h)).view(len(query), n_l, n_h)  # (M, L, H)
+        for layer in list(self.mlp)[1:]:  # the rest of the MLP as it is; ReLU in place (serving, no autograd)
+            h = torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
+        w = h.squeeze(-1) * (mask.to(h.dtype) / mask.sum().clamp_min(1).to(h.dtype))  # (M, L) length-normalised
+        return w @ keys  # (M, D)
 
     def forward_sets(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """forward_shared_keys for a batch: C queries per row against that row's sequence."""

@@ -3,7 +3,9 @@
 Each servable turns raw ids into the model's rows (unknown ids -> the model's hashed OOV rows:
 the cold-start path) and computes one request's scores under `torch.inference_mode`. Work that
 does not depend on the request is done once at load: the two-tower's item matrix (and its ANN
-index), the ranker's item embedding table and the SDIM signatures of every known item.
+index), HCN's item vectors of every item row (when it takes no item features), the ranker's item
+embeddings, DIN's item-side terms and the SDIM signatures of every item row
+(scoring/ranker_batch.py); the ranker scores several requests in one forward pass.
 
 Args common to the loaders:
     ref: which artefact (name, version or 'latest').
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +28,7 @@ from models.sdim import sdim_interest_from_tables
 from models.sdim_hash import SdimHasher
 from scoring.config import ModelRef
 from scoring.errors import ModelLoadError
+from scoring.ranker_batch import BatchedRanker, RankerBatch
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +136,17 @@ class CoarseServable(_Servable):
 
     stage = "coarse"
 
-    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu"):
+    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu", load_chunk_rows: int = 8192):
         super().__init__(ref, root, device)
         self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
+        # Without item features an item's vector depends on its row only: the whole table (known items,
+        # padding and OOV rows) once here, and a request gathers its candidates' rows. In chunks, so
+        # that loading a large catalogue does not hold the MLP's activations for every item at once.
+        self.item_table: torch.Tensor | None = None  # (V+, d) unit vectors
+        if not self.uses_item_features:
+            with torch.inference_mode():
+                rows = torch.arange(self.model.config.n_items, device=device)
+                self.item_table = torch.cat([self.model.item_vectors(chunk) for chunk in rows.split(load_chunk_rows)])
 
     def score(self, user_id: str, hist: Sequence[str], items: Sequence[str], user_feats: np.ndarray | None,
               item_feats: np.ndarray | None) -> np.ndarray:
@@ -147,13 +159,35 @@ class CoarseServable(_Servable):
         rows = torch.from_numpy(self.vocabs["item"].encode(items)).to(d)
         with torch.inference_mode():
             u = self.model.interests(batch)[0]  # (1, K, d)
-            v = (self.model.item_vectors(rows, torch.as_tensor(item_feats, device=d)) if self.uses_item_features
-                 else self.model.item_vectors(rows))  # (N, d)
+            v = (self.item_table[rows] if self.item_table is not None
+                 else self.model.item_vectors(rows, torch.as_tensor(item_feats, device=d)))  # (N, d)
             return self.model.score(u, v)[0].float().cpu().numpy()  # (N,)
 
 
+@dataclass
+class RankerRequest:
+    """One request's raw inputs to the ranker.
+
+    Args:
+        user_id: raw user id (unknown -> an OOV row); hist: the user's behaviours, oldest first.
+        items: (M,) candidate item ids.
+        tables: (S, B, d) float32 BSE bucket sums of this ranker version, or None: long-term block empty.
+        user_feats: (1, Fu) float32 when the model uses user features; item_feats: (M, Fi) likewise.
+    """
+
+    user_id: str
+    hist: Sequence[str]
+    items: Sequence[str]
+    tables: np.ndarray | None = None
+    user_feats: np.ndarray | None = None
+    item_feats: np.ndarray | None = None
+
+
 class RankerServable(_Servable):
-    """SDIM + DIN + DCNv2: long-term interest from the user's BSE tables, DIN over the last 50."""
+    """SDIM + DIN + DCNv2: long-term interest from the user's BSE tables, DIN over the last 50.
+
+    Scores through scoring/ranker_batch.py: item-side terms once at load, and several requests'
+    candidates in one forward pass (`score_heads_batch`), each request scored as it would be alone."""
 
     stage = "ranker"
 
@@ -167,6 +201,10 @@ class RankerServable(_Servable):
         self.item_table = np.load(emb_path) if emb_path.exists() else self.model.item_embedding_table()  # (V+, d)
         # signatures of every item row, once: candidates gather theirs by row
         self.item_sigs = self.hasher.signatures_np(self.item_table) if self.hasher else None  # (V+, S)
+        sigs = None if self.item_sigs is None else torch.as_tensor(self.item_sigs, device=device)  # (V+, S)
+        self.batched = BatchedRanker(self.model, sigs)
+        # the attention baseline reads the long sequence itself; the others need only DIN's tail
+        self.hist_len = c.long_len if c.long_term == "attention" else c.short_len
         # Platt scaling of the like head, fitted on validation at training (pipelines/training/cascade.py):
         # a listwise ranker's like head sees hard negatives, so its raw sigmoid is not a probability
         cal = (self.manifest.get("extra") or {}).get("like_calibration") or {}
@@ -189,22 +227,58 @@ class RankerServable(_Servable):
 
         A listwise ranker orders by its order head's logit; an older pointwise one by its click
         logit (the two heads are then the same head). tables None: long-term block empty (zeros)."""
-        d = self.device
-        rows = self.vocabs["item"].encode(items)  # (M,)
-        long = self.long_interest(rows, tables)
-        if long is None and self.long_term == "sdim":
-            long = np.zeros((len(rows), self.model.config.dim), dtype=np.float32)  # no tables: the block is empty
-        # the attention baseline reads the long sequence itself; the others need only DIN's tail
-        hist_len = self.model.config.long_len if self.long_term == "attention" else self.model.config.short_len
-        as_t = lambda x: None if x is None else torch.as_tensor(x, device=d)  # noqa: E731
+        return self.score_heads_batch([RankerRequest(user_id, hist, items, tables, user_feats, item_feats)])[0]
+
+    def score_heads_batch(self, requests: Sequence[RankerRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """score_heads of several requests in ONE forward pass: per request ((M_r,) ordering scores,
+        (M_r,) calibrated click probabilities), equal to scoring each alone (within float rounding).
+        Raises ValueError / KeyError naming the request's index when one request's inputs do not fit
+        the model; the caller decides whether the others are scored without it (RankerStage.batch)."""
+        if not requests:
+            return []
+        batch = self._batch(requests)
         with torch.inference_mode():
-            order, like = self.model.score_user(
-                torch.tensor([self.vocabs["user"].index(user_id)], device=d), _hist_rows(self.vocabs["item"], hist, hist_len).to(d),
-                torch.from_numpy(rows).to(d), long_interest=as_t(long),
-                user_feats=as_t(user_feats) if self.uses_user_features else None,
-                item_feats=as_t(item_feats) if self.uses_item_features else None, head="both")  # (M,) each
-            prob = torch.sigmoid(self.like_scale * like + self.like_bias)
-            return order.float().cpu().numpy(), prob.float().cpu().numpy()
+            order, like = self.batched(batch)  # (N,) each
+            prob = torch.sigmoid(self.like_scale * like + self.like_bias)  # (N,)
+            order, prob = order.float().cpu().numpy(), prob.float().cpu().numpy()
+        bounds = np.cumsum([0, *batch.counts])
+        return [(order[a:b], prob[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _batch(self, requests: Sequence[RankerRequest]) -> RankerBatch:
+        """The requests' raw ids as model rows on the device, inputs checked per request."""
+        c, d, item_voc = self.model.config, self.device, self.vocabs["item"]
+        rows = [item_voc.encode(r.items) for r in requests]  # R x (M_r,)
+        hist = torch.cat([_hist_rows(item_voc, r.hist, self.hist_len) for r in requests]).to(d)  # (R, hist_len)
+        batch = RankerBatch(users=torch.tensor([self.vocabs["user"].index(r.user_id) for r in requests], device=d),
+                            short_hist=hist[:, -c.short_len:], items=torch.from_numpy(np.concatenate(rows)).to(d),
+                            counts=[len(x) for x in rows])
+        if self.long_term == "sdim":
+            shape = (c.sdim.n_signatures, c.sdim.n_buckets, c.dim)
+            for i, r in enumerate(requests):
+                if r.tables is not None and tuple(r.tables.shape) != shape:
+                    raise ValueError(f"request {i}: tables of shape {tuple(r.tables.shape)}, "
+                                     f"ranker {self.version} expects {shape}")
+            zeros = np.zeros(shape, dtype=np.float32)  # no tables: the block is empty (normalised zeros pick zeros)
+            batch.tables = torch.as_tensor(np.stack([zeros if r.tables is None else r.tables for r in requests]),
+                                           dtype=torch.float32, device=d)  # (R, S, B, d)
+        elif self.long_term != "none":
+            batch.long_hist = hist
+        if self.uses_user_features:
+            batch.user_feats = self._dense(requests, "user_feats", lambda r: 1, c.n_user_feats)  # (R, Fu)
+        if self.uses_item_features:
+            batch.item_feats = self._dense(requests, "item_feats", lambda r: len(r.items), c.n_item_feats)  # (N, Fi)
+        return batch
+
+    def _dense(self, requests: Sequence[RankerRequest], key: str, n_rows, n_feats: int) -> torch.Tensor:
+        parts = []
+        for i, r in enumerate(requests):
+            x = getattr(r, key)
+            if x is None or tuple(np.shape(x)) != (n_rows(r), n_feats):
+                raise ValueError(f"request {i}: ranker {self.version} uses {key} of shape ({n_rows(r)}, {n_feats}), "
+                                 f"got {None if x is None else tuple(np.shape(x))}; pass "
+                                 f"features.vectors.default_{key.split('_')[0]}_features(n) when there are none")
+            parts.append(np.asarray(x, dtype=np.float32))
+        return torch.as_tensor(np.concatenate(parts), device=self.device)
 
 
 class ModelCache:

@@ -158,7 +158,8 @@ class RankerDeployment(_StageDeployment):
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def __call__(self, reqs: list[StageRequest]) -> list[StageResult]:
         m.RANKER_BATCH.observe(len(reqs))
-        return await asyncio.to_thread(lambda: [self._safe(r) for r in reqs])
+        # one forward pass per model version in the batch; a failing request answers with its own error
+        return await asyncio.to_thread(self.stage.batch, reqs)
 
     def metrics(self) -> bytes:
         return generate_latest()

@@ -9,6 +9,7 @@ is swapped in whole, never half loaded.
     retrieval  StageRequest(user, history, top_k=N)           -> N (item, two-tower score)
     coarse     StageRequest(..., items=N candidates, top_k=M) -> M (item, HCN score)
     ranker     StageRequest(..., items=M candidates)          -> all M (item, ordering score) + click probabilities
+               RankerStage.batch([StageRequest, ...])         -> one StageResult each, one forward pass per version
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable, Generic, TypeVar
 import numpy as np
 
 from scoring.config import ModelRef
+from scoring.servables import RankerRequest
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,16 @@ class CoarseStage(_ModelStage):
         return StageResult(items=_top(req.items, scores, req.top_k), version=model.version)
 
 
+def _ranked(req: StageRequest, order: np.ndarray, prob: np.ndarray, version: str) -> StageResult:
+    best = np.argsort(-order, kind="stable")
+    return StageResult(items=[(req.items[i], float(order[i])) for i in best], version=version,
+                       probabilities=[float(prob[i]) for i in best])
+
+
+def _ranker_request(req: StageRequest) -> RankerRequest:
+    return RankerRequest(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
+
+
 class RankerStage(_ModelStage):
     """SDIM + DIN + DCNv2 fine ranking: every candidate scored, best first."""
 
@@ -135,7 +147,35 @@ class RankerStage(_ModelStage):
 
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
-        order, prob = model.score_heads(req.user_id, req.history, req.items, req.tables, req.user_feats, req.item_feats)
-        best = np.argsort(-order, kind="stable")
-        return StageResult(items=[(req.items[i], float(order[i])) for i in best], version=model.version,
-                           probabilities=[float(prob[i]) for i in best])
+        order, prob = model.score_heads_batch([_ranker_request(req)])[0]
+        return _ranked(req, order, prob, model.version)
+
+    def batch(self, reqs: list[StageRequest]) -> list[StageResult]:
+        """Each request's StageResult, the requests of one model version scored in ONE forward pass.
+
+        Never raises: when a group's pass fails, its requests are scored one by one, so that a request
+        whose inputs do not fit its model answers with `error` set and the others are answered."""
+        out: list[StageResult | None] = [None] * len(reqs)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault((r.model, r.version), []).append(i)
+        for (name, version), idx in groups.items():
+            try:
+                model = self.versions.get(name, version)
+                scores = model.score_heads_batch([_ranker_request(reqs[i]) for i in idx])
+                for i, (order, prob) in zip(idx, scores):
+                    out[i] = _ranked(reqs[i], order, prob, model.version)
+            except Exception as e:
+                if len(idx) > 1:
+                    log.warning("%s: a batch of %d requests for %s/%s failed (%s: %s); scoring them one by one",
+                                self.name, len(idx), name, version, type(e).__name__, e)
+                for i in idx:
+                    out[i] = self._alone(reqs[i])
+        return out  # type: ignore[return-value]  # every index is set above
+
+    def _alone(self, req: StageRequest) -> StageResult:
+        try:
+            return self(req)
+        except Exception as e:  # answered as a failed stage, so the ingress falls back
+            log.warning("%s failed for %s/%s: %s: %s", self.name, req.model, req.version, type(e).__name__, e)
+            return StageResult(items=[], error=type(e).__name__)

@@ -52,3 +52,19 @@ def test_cross_network_is_residual_of_x0_products():
     torch.nn.init.eye_(cross.layers[0].weight)
     x0 = torch.tensor([[1.0, 2.0, 3.0]])
     torch.testing.assert_close(cross(x0), x0 * x0 + x0)
+
+
+def test_din_folded_first_layer_equals_the_plain_forward():
+    """forward_folded (serving: the first layer as one product per sequence, key part from a table)
+    against forward on the broadcast batch, with padding and with an all-padding history."""
+    torch.manual_seed(0)
+    din = DinAttention(8, hidden=(6, 4)).eval()
+    q, k = torch.randn(5, 8), torch.randn(7, 8)
+    for mask in (torch.tensor([False, False, True, True, True, True, True]), torch.zeros(7, dtype=torch.bool)):
+        want = din(q, k.expand(5, -1, -1), mask.expand(5, -1))
+        with torch.inference_mode():
+            got = din.forward_folded(q, k, din.key_part(k), mask)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # no behaviours at all (serving drops the padding before the call)
+        empty = din.forward_folded(q, k[:0], din.key_part(k[:0]), torch.zeros(0, dtype=torch.bool))
+    torch.testing.assert_close(empty, torch.zeros(5, 8))
