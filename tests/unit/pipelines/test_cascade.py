@@ -267,3 +267,28 @@ def test_the_like_head_is_calibrated_on_validation_and_served_so(result, splits,
                                           torch.zeros(1, served.model.config.short_len, dtype=torch.long), rows,
                                           long_interest=torch.zeros(len(items), served.model.config.dim), head="both")
     np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(cal["scale"] * like.numpy() + cal["bias"]))), rtol=1e-5, atol=1e-6)
+
+
+def test_train_cascade_command_exits_1_and_names_the_stage_when_refused(result, splits, tmp_path, monkeypatch):
+    """`recstream train cascade`: a refused cascade is saved, not promoted, and the command fails with
+    the guard's sentence; an accepted one is promoted (training replaced by the fixture's result)."""
+    from typer.testing import CliRunner
+
+    from pipelines.training.commands import app
+
+    m = result.models
+    worse = evaluate_cascade(CascadeModels(m.two_tower, m.hcn, _OracleRanker(-1.0, m.ranker.config.long_len)),
+                             FusionConfig(), splits, "valid", CFG)
+    monkeypatch.setattr("pipelines.training.jobs.load_splits", lambda job: splits)
+    monkeypatch.setattr("pipelines.training.cascade.train_cascade",
+                        lambda splits, cfg, seed, progress=False: dataclasses.replace(result, valid=worse))
+    out = CliRunner().invoke(app, ["train", "cascade", "--version", "v7", "--artifacts-dir", str(tmp_path)])
+    assert out.exit_code == 1 and "ranker v7 lowers validation Recall@10 of the cascade" in out.output
+    assert list_versions("ranker", tmp_path) == ["v7"] and promoted_version("ranker", tmp_path) is None
+
+    better = dict(worse, cascade_recall_at_10=1.0)
+    monkeypatch.setattr("pipelines.training.cascade.train_cascade",
+                        lambda splits, cfg, seed, progress=False: dataclasses.replace(result, valid=better))
+    out = CliRunner().invoke(app, ["train", "cascade", "--version", "v8", "--artifacts-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert all(promoted_version(n, tmp_path) == "v8" for n in ("two_tower", "hcn", "ranker"))
