@@ -157,8 +157,14 @@ class RankerDeployment(_StageDeployment):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def __call__(self, reqs: list[StageRequest]) -> list[StageResult]:
+        return await self.score_batch(reqs)
+
+    async def score_batch(self, reqs: list[StageRequest]) -> list[StageResult]:
+        """One batch the handler collected: one forward pass per model version in it; a failing
+        request answers with its own error. Apart from the decorator, so a test can drive it
+        through a batch queue of its own: the class's queue, once started in a process, holds an
+        event loop's weakref and the class no longer pickles for a deployment."""
         m.RANKER_BATCH.observe(len(reqs))
-        # one forward pass per model version in the batch; a failing request answers with its own error
         return await asyncio.to_thread(self.stage.batch, reqs)
 
     def metrics(self) -> bytes:

@@ -35,9 +35,10 @@ def test_processor_metrics_are_served_on_the_metrics_port(settings):
     try:
         wait_for(lambda: sum(int(v) for v in r.hgetall(key).values()), len(good) + len(bad), proc)
         text = ""
-        for _ in range(100):  # the counters move right after the state write
+        for _ in range(300):  # the counters move right after the state write, lag and freshness after the commit
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-            if _value(text, "recstream_processor_events_total", "popularity") == len(good):
+            if _value(text, "recstream_processor_events_total", "popularity") == len(good) and \
+                    "recstream_processor_consumer_lag" in text and "recstream_processor_freshness_seconds_bucket" in text:
                 break
             time.sleep(0.1)
         assert _value(text, "recstream_processor_events_total", "popularity") == len(good)

@@ -85,8 +85,14 @@ def test_the_deployment_handler_batches_concurrent_requests(root, monkeypatch):
     replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=100))
     monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
 
-    cls = RankerDeployment.func_or_class
-    dep = cls(ServeConfig(artifacts_dir=str(root), ranker_batch_wait_timeout_s=0.05).model_dump(mode="json", exclude={"variants"}))
+    class Probe(RankerDeployment.func_or_class):
+        # a batch queue of its own: starting the deployment class's queue here would leave it unpicklable
+        # for the integration tests that deploy it later in the same process
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+        async def __call__(self, reqs):
+            return await self.score_batch(reqs)
+
+    dep = Probe(ServeConfig(artifacts_dir=str(root), ranker_batch_wait_timeout_s=0.05).model_dump(mode="json", exclude={"variants"}))
     reqs = _requests(dep.stage, 6, seed=2)
     reqs[2].tables = np.zeros((1, 1, 1), np.float32)
     seen: list[int] = []
