@@ -526,7 +526,7 @@ def test_served_features_and_scores_equal_the_offline_join_and_model(world, ray_
     model, _ = load_artifact("ranker", "vf", world["root"])
     c = model.config
     history = [e.item_id for e in sorted(world["events"], key=lambda e: e.ts) if e.user_id == "u5"]
-    assert log["features"]["history_tail"] == history[-50:]
+    assert log["features"]["history_tail"] == history[-cfg.history_len:]  # the whole window the request read
     store = _bse_store(s, world["root"], ["vf"])
     tv = store.version(store.maintained_versions[0])
     mem = InMemoryBseStore(versions=[tv])
@@ -543,7 +543,10 @@ def test_served_features_and_scores_equal_the_offline_join_and_model(world, ray_
              "user_feats": torch.as_tensor(user_vec).expand(m, -1), "item_feats": torch.as_tensor(item_vecs)}
     with torch.no_grad():
         offline = model(batch)["prob"].numpy()
-    np.testing.assert_allclose([x["score"] for x in log["slate"]], offline, atol=1e-4)
+    assert [x["item_id"] for x in body["items"]] == shown  # deterministic: the answer is the logged slate
+    np.testing.assert_allclose([x["probability"] for x in body["items"]], offline, atol=1e-4)  # the click probability
+    support = log["support"]
+    np.testing.assert_allclose([log["scores"]["like"][support.index(i)] for i in shown], offline, atol=1e-4)
 
 
 # ---- replay: exploration on, requests, clicks, `recstream replay run` --------------------------
