@@ -188,13 +188,14 @@ class Recommender:
             return self.vectors.default_user_features(1)
         return self.vectors.user_feature_matrix(pd.DataFrame([row]))
 
-    async def _user_inputs(self, tr: _Trace, user_id: str, v: VariantRuntime):
-        """(history, user feature vector or None, BSE tables or None), fetched concurrently."""
+    async def _user_inputs(self, tr: _Trace, user_id: str, v: VariantRuntime, ranker: bool = True):
+        """(history, user feature vector or None, BSE tables or None), fetched concurrently;
+        ranker False: the ranker will not run, so its BSE tables are not read."""
         t = time.perf_counter()
         jobs = [self._source(tr, "history", self.inputs.history, user_id, self.config.history_len, default=[])]
         if v.user_features and self.config.user_feature_source == "feast":
             jobs.append(self._source(tr, "user_features", self.inputs.user_features, user_id))
-        long_term = v.sdim is not None and v.config.cascade == "ranker"  # a shorter cascade never reads the tables
+        long_term = v.sdim is not None and ranker
         if long_term:
             jobs.append(self._source(tr, "bse", self.inputs.bse_tables, user_id, v.versions["ranker"], v.sdim))
         got = await asyncio.gather(*jobs)
@@ -273,7 +274,7 @@ class Recommender:
         variant = variant or assign_variant(req.user_id, self.config.experiment_salt, self.variant_shares)
         v = self.variants[variant]
         c = self.config
-        history, user_vec, tables = await self._user_inputs(tr, req.user_id, v)
+        history, user_vec, tables = await self._user_inputs(tr, req.user_id, v, ranker=v.config.cascade == "ranker")
 
         cands, retrieved = await self._candidates(tr, req.user_id, history, list(req.exclude), v)
         items = [i for i, _ in cands]

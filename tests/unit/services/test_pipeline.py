@@ -468,3 +468,17 @@ def test_a_shorter_cascade_logs_what_replaying_the_full_one_on_its_traffic_needs
     full = VariantPolicy("full", {"ranker": "v1"}, FusionConfig(**FUSED), "ranker", scorers=RankerScorers(str(artifacts)))
     ranking = full.ranking(log)
     assert ranking.path == "rescored" and sorted(ranking.items) == sorted(log.support)
+
+
+def test_score_reads_the_long_term_tables_whatever_prefix_the_variant_serves(artifacts):
+    from features.model_store import load_artifact
+
+    model, _ = load_artifact("ranker", "v1", artifacts)
+    c = model.config
+    table = np.random.default_rng(0).standard_normal((c.sdim.n_signatures, c.sdim.n_buckets, c.dim)).astype(np.float32)
+    got = {}
+    for cascade in ("ranker", "coarse"):
+        inputs = InMemoryInputs(histories=dict(HISTORIES), tables={("u1", "v1"): table})
+        rec, _, _ = _rec(artifacts, inputs=inputs, variants={"A": {"share": 1.0, "cascade": cascade}})
+        got[cascade] = asyncio.run(rec.score(ScoreRequest(user_id="u1", item_ids=["i3", "i9", "i12"]))).scores
+    assert got["coarse"] == got["ranker"]
