@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GUARDED = ("hcn", "ranker")
+# the cascade without the stage (pipelines.training.cascade.evaluate_cascade's prefixes)
+WITHOUT = {"ranker": "two_tower_hcn", "hcn": "two_tower_ranker"}
 STAGE_SLOT = {"two_tower": "two_tower", "hcn": "hcn", "ranker": "ranker"}
 
 
@@ -44,7 +46,7 @@ def guard_stage(stage: str, version: str, previous: str | None, root: str | Path
         cfg: the cascade's cut sizes and k (pipelines.training.cascade.CascadeConfig; default its defaults).
     """
     from features.model_store import ArtifactNotFound, latest_version, load_artifact, promote
-    from pipelines.training.cascade import CascadeConfig, CascadeModels, check_promotion, evaluate_cascade
+    from pipelines.training.cascade import CascadeConfig, CascadeModels, evaluate_cascade
     from scoring.fusion import manifest_fusion
 
     cfg = cfg or CascadeConfig()
@@ -80,12 +82,13 @@ def guard_stage(stage: str, version: str, previous: str | None, root: str | Path
     fusion = manifest_fusion(loaded["ranker"][1])
     valid = evaluate_cascade(models, fusion, splits, "valid", cfg)
     label = f"{stage} {version}"
-    reasons = [r for r in check_promotion(valid, k, version) if stage in r.split(f" {version} ")[0]]
+    full, without = valid[f"cascade_recall_at_{k}"], valid[f"{WITHOUT[stage]}_recall_at_{k}"]
     others = ", ".join(f"{n} {v}" for n, v in versions.items() if n != stage)
-    if reasons:
+    if full < without:
         if previous is not None:
             promote(stage, previous, root)  # pinned: without a LATEST file the newest version would win
-        return GuardResult(False, f"{'; '.join(reasons)} (with {others}); latest stays "
+        return GuardResult(False, f"{label} lowers validation Recall@{k} of the cascade from {without:.4f} to {full:.4f} "
+                                  f"({full - without:+.4f}): not marked latest (with {others}); latest stays "
                                   f"{previous or 'unset'}", valid)
     promote(stage, version, root)
     return GuardResult(True, f"{label} marked latest: validation Recall@{k} of the cascade with it "
