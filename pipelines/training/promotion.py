@@ -20,7 +20,6 @@ from pathlib import Path
 GUARDED = ("hcn", "ranker")
 # the cascade without the stage (pipelines.training.cascade.evaluate_cascade's prefixes)
 WITHOUT = {"ranker": "two_tower_hcn", "hcn": "two_tower_ranker"}
-STAGE_SLOT = {"two_tower": "two_tower", "hcn": "hcn", "ranker": "ranker"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def guard_stage(stage: str, version: str, previous: str | None, root: str | Path
         promote(stage, version, root)
         return GuardResult(True, f"{stage} {version} marked latest without the cascade check: {off} were trained on "
                                  "another item vocabulary than ML-100k's retrieval splits")
-    models = CascadeModels(**{STAGE_SLOT[n]: m for n, (m, _) in loaded.items()})
+    models = CascadeModels(**{n: m for n, (m, _) in loaded.items()})  # artefact names are the slots
     fusion = manifest_fusion(loaded["ranker"][1])
     valid = evaluate_cascade(models, fusion, splits, "valid", cfg)
     label = f"{stage} {version}"
