@@ -42,7 +42,7 @@ from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreR
 from services.breaker import CircuitBreaker
 from services.config import ServeConfig, VariantConfig
 from scoring.exploration import make_slate
-from scoring.fusion import STAGES, Z_EPS, FusionConfig, zstats
+from scoring.fusion import STAGES, FusionConfig, fuse, zstats
 from services.inputs import InputSources
 from services.stages import StageRequest, StageResult
 
@@ -396,19 +396,13 @@ class Served:
 
 
 def fuse_stages(items: list[str], stage_scores: dict[str, dict[str, float]], fusion: FusionConfig) -> Served:
-    """The ranker cascade's final order over `items` (the coarse cut, in the order it came): each
-    weighted stage's scores z-scored over `items`, blended (scoring/fusion.py's formula, with the
-    stats kept for the log). A weighted stage that did not answer is left out of the blend; when
-    no weighted stage answered, the ranker's order alone."""
+    """The ranker cascade's final order over `items` (the coarse cut, in the order it came):
+    scoring.fusion.fuse over the stages that answered. A weighted stage that did not answer is
+    left out of the blend; when no weighted stage answered, the ranker's order alone."""
     w = {s: wt for s, wt in fusion.weights().items() if wt > 0 and s in stage_scores}
     if not w:
         w = {"ranker": 1.0}
-    total = np.zeros(len(items))
-    for s in STAGES:
-        if s not in w:
-            continue
-        x = np.asarray([stage_scores[s][i] for i in items], dtype=np.float64)  # (M,)
-        mean, std = (a.item() for a in zstats(x))  # (1,) each
-        total += w[s] * (x - mean) / (std + Z_EPS)
+    present = FusionConfig(**{f"{s}_weight": w.get(s, 0.0) for s in STAGES})
+    total = fuse({s: np.asarray([stage_scores[s][i] for i in items], dtype=np.float64) for s in w}, present)  # (M,)
     order = np.argsort(-total, kind="stable")  # ties: the coarse order
     return Served([(items[i], float(total[i])) for i in order], "ranker", w)
