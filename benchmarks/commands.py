@@ -84,8 +84,10 @@ def bench_serving(out_dir: str = typer.Option("reports", help="where serving.jso
         with tempfile.TemporaryDirectory(prefix="recstream-bench-serving-") as tmp:
             res = {}
             if throughput:
+                from features.model_store import artifacts_root
+
                 res.update(run(s, Path(tmp), f"http://127.0.0.1:{port}", n_items=items, duration_s=duration_s,
-                               concurrency=concurrency, progress=typer.echo))
+                               concurrency=concurrency, progress=typer.echo, demo_artifacts=artifacts_root()))
             if ml100k:
                 res.update(_ml100k_served_vs_offline(s, Path(tmp), f"http://127.0.0.1:{port}", tuple(ml100k_seeds),
                                                      tuple(cascade_set)))

@@ -36,6 +36,7 @@ __all__ = [
     "ITEM_RAW_NAMES",
     "ITEM_VECTOR_NAMES",
     "user_raw_from_frame",
+    "user_raw_from_rows",
     "user_vectors_from_raw",
     "user_feature_matrix",
     "item_raw_from_frame",
@@ -93,6 +94,15 @@ def user_raw_from_frame(df: pd.DataFrame) -> np.ndarray:
     """(B, len(USER_RAW_NAMES)) float32 raw user features from a frame with the Feast user columns
     (FeatureRepo.online_user_features or historical_features); nulls become NaN."""
     return _raw_from_frame(df, USER_RAW_NAMES, "user")
+
+
+def user_raw_from_rows(rows: list[dict[str, object] | None]) -> np.ndarray:
+    """(B, len(USER_RAW_NAMES)) float32 raw user features from row dicts (OnlineRowReader.rows),
+    the same values user_raw_from_frame gives for the same rows; None (no row) and None values
+    become NaN. Serving's path: no frame per request."""
+    x = np.array([[np.nan if row is None or row.get(n) is None else row[n] for n in USER_RAW_NAMES] for row in rows],
+                 dtype=np.float64).reshape(len(rows), len(USER_RAW_NAMES))
+    return x.astype(np.float32)
 
 
 def user_vectors_from_raw(raw: np.ndarray) -> np.ndarray:

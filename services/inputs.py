@@ -24,6 +24,7 @@ import redis
 
 from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
+from features.feast_online import OnlineRowReader
 from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
 from features.keys import PopularityKeys
 from models.sdim_hash import SdimConfig
@@ -73,6 +74,8 @@ class RedisInputs(InputSources):
         self.r = client
         self.prefix = prefix
         self.feast = feast_repo
+        # the registry resolved once here, not per request (features/feast_online.py)
+        self.user_rows = OnlineRowReader(feast_repo) if feast_repo is not None else None
         self.bse = RedisBseStore(client, prefix=prefix)
         self.items = RedisItemFeatures(client, prefix=prefix, cache_ttl_s=item_cache_ttl_s)
         self.bse_version_check_s = bse_version_check_s
@@ -82,11 +85,9 @@ class RedisInputs(InputSources):
         return self.bse.sequence(user_id, last_n=last_n)
 
     def user_features(self, user_id: str) -> dict[str, object] | None:
-        if self.feast is None:
+        if self.user_rows is None:
             return None
-        row = self.feast.online_user_features([user_id]).iloc[0].to_dict()
-        row.pop("user_id", None)
-        return None if all(v is None or (isinstance(v, float) and np.isnan(v)) for v in row.values()) else row
+        return self.user_rows.rows([user_id])[0]
 
     def _table_version(self, ranker_version: str, sdim: SdimConfig) -> tuple[TableVersion, bool]:
         now = time.monotonic()

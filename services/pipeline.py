@@ -182,11 +182,9 @@ class Recommender:
         return res
 
     def _user_vector(self, row: dict | None) -> np.ndarray:
-        import pandas as pd
-
         if row is None:
             return self.vectors.default_user_features(1)
-        return self.vectors.user_feature_matrix(pd.DataFrame([row]))
+        return self.vectors.user_vectors_from_raw(self.vectors.user_raw_from_rows([row]))
 
     async def _user_inputs(self, tr: _Trace, user_id: str, v: VariantRuntime, ranker: bool = True):
         """(history, user feature vector or None, BSE tables or None), fetched concurrently;

@@ -74,6 +74,14 @@ def test_feature_writer_killed_mid_stream_matches_from_scratch(settings):
     _assert_frames_match(repo.online_user_features(list(exp_users["user_id"])), exp_users, "user_id", USER_FEATURES)
     _assert_frames_match(repo.online_item_features(list(exp_items["item_id"])), exp_items, "item_id", ITEM_FEATURES)
 
+    # Serving's user read (registry resolved once) gives Feast's values on the Redis online store.
+    from features.feast_online import OnlineRowReader
+    from features.vectors import user_raw_from_frame, user_raw_from_rows
+
+    user_ids = list(exp_users["user_id"]) + ["never-seen"]
+    np.testing.assert_array_equal(user_raw_from_rows(OnlineRowReader(repo).rows(user_ids)),
+                                  user_raw_from_frame(repo.online_user_features(user_ids)))
+
     # The fast read path serves the same item values as Feast.
     fast = RedisItemFeatures.from_url(settings.redis_url, prefix=settings.redis_prefix).read(list(exp_items["item_id"]))
     np.testing.assert_allclose(fast, exp_items[list(ITEM_FEATURES)].to_numpy(dtype=np.float32), rtol=1e-5)

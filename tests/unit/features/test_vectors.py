@@ -98,3 +98,31 @@ def test_online_and_offline_feast_reads_give_the_same_vectors(tmp_path):
         {"item_id": ["i1", "i2", "x"], "event_timestamp": pd.Timestamp("2024-02-01", tz="UTC")}))))
     np.testing.assert_array_equal(items_online, items_offline)
     assert items_online[2, -1] == 1
+
+
+def test_serving_reader_equals_feasts_online_read(tmp_path):
+    """OnlineRowReader (registry resolved once) gives Feast's get_online_features values, and
+    the rows -> raw path gives the vectors the frame path gives, for known, partial and unknown users."""
+    from features.feast_online import OnlineRowReader
+    from features.vectors import user_raw_from_frame, user_raw_from_rows, user_vectors_from_raw
+
+    repo = apply_repo(tmp_path / "feast", online="sqlite")
+    users = _user_frame().iloc[:2].assign(event_timestamp=pd.Timestamp("2024-01-02", tz="UTC"))
+    users.loc[1, "ctr_24h"] = 0.123456789  # a float32-rounding value
+    repo.push_user_features(users)
+    ids = ["u2", "new", "u1"]
+    sdk = repo.online_user_features(ids)
+    rows = OnlineRowReader(repo).rows(ids)
+    assert rows[1] is None
+    for row, (_, expected) in zip(rows, sdk.iterrows()):
+        if row is None:
+            assert expected[list(USER_RAW_NAMES)].isna().all()
+            continue
+        assert set(row) == set(USER_FEATURES)
+        assert row["recent_genres"] == expected["recent_genres"]
+        for name in USER_RAW_NAMES:
+            assert row[name] == pytest.approx(expected[name], rel=1e-7), name
+    np.testing.assert_array_equal(user_raw_from_rows(rows), user_raw_from_frame(sdk))
+    np.testing.assert_array_equal(user_vectors_from_raw(user_raw_from_rows(rows)), user_feature_matrix(sdk))
+    partial = user_raw_from_rows([{**rows[0], "clicks_7d": None}])[0]
+    assert np.isnan(partial[USER_RAW_NAMES.index("clicks_7d")]) and np.isfinite(np.delete(partial, USER_RAW_NAMES.index("clicks_7d"))).all()
