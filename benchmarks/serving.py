@@ -388,17 +388,25 @@ def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int,
     return out
 
 
-def _ranker_batch_stats(app_name: str) -> tuple[float, float] | None:
-    """(requests, batches) the ranker replica has scored so far, from its own histogram; None when
-    the app has no ranker deployment."""
+def _ranker_batch_stats(app_name: str, url: str) -> tuple[float, float] | None:
+    """(requests, batches) the ranker has scored so far, from its own histogram: the ranker
+    deployment's replica, else the ingress's /metrics (its own batcher; with several ingress
+    replicas, the one replica that answers). None for an app without either (the bare ones)."""
+    import httpx
     from prometheus_client.parser import text_string_to_metric_families
     from ray import serve
 
     try:
         handle = serve.get_deployment_handle("ranker", app_name)
         text = handle.metrics.remote().result(timeout_s=30).decode()
-    except Exception:  # no such deployment in this app
-        return None
+    except Exception:  # no ranker deployment in this app: the ranker runs in the ingress
+        try:
+            r = httpx.get(f"{url}/metrics", timeout=30)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200 or "recstream_ranker_batch_size" not in r.text:
+            return None
+        text = r.text
     vals = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
             if s.name.startswith("recstream_ranker_batch_size")}
     return vals.get("recstream_ranker_batch_size_sum", 0.0), vals.get("recstream_ranker_batch_size_count", 0.0)
@@ -456,7 +464,7 @@ def _measure_with_cpu(url: str, app: str, concurrency: int, duration_s: float) -
     start: dict[str, Any] = {}
 
     def mark() -> None:
-        start.update(batch=_ranker_batch_stats(app), cpu={role: _proc_cpu_s(p) for role, p in pids.items()},
+        start.update(batch=_ranker_batch_stats(app, url), cpu={role: _proc_cpu_s(p) for role, p in pids.items()},
                      t=time.perf_counter())
 
     res = measure(url, "closed", concurrency, duration_s, after_warmup=mark)
@@ -464,7 +472,7 @@ def _measure_with_cpu(url: str, app: str, concurrency: int, duration_s: float) -
     res["cpu_share"] = {role: (_proc_cpu_s(p) - start["cpu"][role]) / wall for role, p in pids.items()}
     res["cpu_share"]["client"] = res["cpu_s"] / res["wall_s"]
     if start["batch"] is not None:
-        (s0, c0), (s1, c1) = start["batch"], _ranker_batch_stats(app)
+        (s0, c0), (s1, c1) = start["batch"], _ranker_batch_stats(app, url)
         res["ranker_mean_batch"] = (s1 - s0) / max(1.0, c1 - c0)
     return res
 

@@ -33,6 +33,7 @@ from services.api import (ERROR_RESPONSES, NOT_READY_RESPONSE, RecommendRequest,
                           ScoreResponse)
 from services.config import ServeConfig
 from services.http import install_http_hardening, set_body_read_timeout_ms, set_max_body_bytes
+from services.batching import LocalBatcher
 from services.impression_log import ImpressionLogger
 from services.inputs import PopularItems, RedisInputs
 from services.pipeline import Recommender, VariantRuntime
@@ -190,9 +191,10 @@ class Ingress:
         # stages not given as handles run in this replica
         self.local = [s for s, h in (("retrieval", retrieval), ("coarse", coarse), ("ranker", ranker)) if h is None]
         self.stages = {s: make_stage(s, c, pick_device(c.device) if s == "ranker" else "cpu") for s in self.local}
+        # a ranker in this replica batches the replica's concurrent requests, as the ranker deployment does
+        local_ranker = ranker or LocalBatcher(self.stages["ranker"], c.ranker_max_batch_size, c.ranker_batch_wait_timeout_s)
         self.recommender = Recommender(c, self.inputs, popular, retrieval or self.stages["retrieval"],
-                                       coarse or self.stages["coarse"], ranker or self.stages["ranker"], {},
-                                       self.impressions)
+                                       coarse or self.stages["coarse"], local_ranker, {}, self.impressions)
         self._loaded = False
 
     def _feast(self):

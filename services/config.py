@@ -77,7 +77,8 @@ class ServeConfig(BaseModel):
     num_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per ranker replica (0 on CPU hosts)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device of the ranker: auto = cuda when "
                                                    "the replica sees a GPU, else cpu")
-    ranker_max_batch_size: int = Field(8, ge=1, le=1024, description="requests the ranker deployment scores together")
+    ranker_max_batch_size: int = Field(8, ge=1, le=1024, description="requests the ranker scores together (its deployment's @serve.batch, "
+                                       "or the ingress's own batcher when ranker_deployment is false)")
     ranker_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="how long a ranker batch waits to fill")
     torch_threads: int = Field(1, ge=1, le=64, description="torch and BLAS threads per replica (1: replicas share cores)")
 

@@ -39,6 +39,7 @@ import numpy as np
 from recstream.events import ImpressionLog, LoggedRequest, ServedScores, SlateItem
 from services import metrics as m
 from services.api import RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse
+from services.batching import LocalBatcher
 from services.breaker import CircuitBreaker
 from services.config import ServeConfig, VariantConfig
 from scoring.exploration import make_slate
@@ -63,6 +64,8 @@ def assign_variant(user_id: str, salt: str, variants: dict[str, float]) -> str:
 async def call_stage(stage: Any, *args) -> Any:
     if hasattr(stage, "remote"):  # a DeploymentHandle (split layout)
         return await stage.remote(*args)
+    if isinstance(stage, LocalBatcher):  # batches in this replica, off the event loop itself
+        return await stage(*args)
     return await asyncio.to_thread(stage, *args)  # in-process (fused layout): off the event loop
 
 
