@@ -116,7 +116,8 @@ class RetrievalStage(_ModelStage):
     def __call__(self, req: StageRequest) -> StageResult:
         model = self.versions.get(req.model, req.version)
         ids, scores = model.top_n(model.user_vector(req.user_id, req.history), req.top_k)
-        return StageResult(items=[(str(i), float(s)) for i, s in zip(ids, scores)], version=model.version)
+        return StageResult(items=list(zip(map(str, ids.tolist()), np.asarray(scores, dtype=np.float64).tolist())),
+                           version=model.version)
 
 
 class CoarseStage(_ModelStage):
