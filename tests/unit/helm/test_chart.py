@@ -97,7 +97,10 @@ def test_default_serve_config_is_deploy_serve_recstream_yaml():
     ref = yaml.safe_load((REPO / "deploy" / "serve" / "recstream.yaml").read_text())["applications"][0]
     strip = lambda c: {k: v for k, v in c.items() if k not in ("variants", "user_config")}  # noqa: E731
     assert strip(values["config"]) == ref["args"]
-    assert values["deployments"] == [strip(d) for d in ref["deployments"]]
+    run = [d for d in values["deployments"] if d["name"] in [r["name"] for r in ref["deployments"]]]
+    assert run == [strip(d) for d in ref["deployments"]]
+    # the ranker's options are kept in the values for the GPU group (there the ranker is its own deployment)
+    assert "ranker" in [d["name"] for d in values["deployments"]] and not values["config"]["ranker_deployment"]
     unpin = lambda vs: json.loads(json.dumps(vs).replace('"version": "v1"', '"version": "latest"'))  # noqa: E731
     assert unpin(values["config"]["variants"]) == _variants(ref)
     file_http = yaml.safe_load((REPO / "deploy" / "serve" / "recstream.yaml").read_text())["http_options"]
@@ -233,7 +236,7 @@ def test_network_policies(rendered):
     (["--set-json", "serve.config.coarse_top_k=2000"], "serve.config.coarse_top_k (2000) must be <= candidate_top_k (1000)"),
     (["--set", "serve.config.variants.A.ranker.version=latest"], "bse.modelVersion: the BSE keeps SDIM tables for one pinned"),
     (["--set", "artifacts.source=objectStore"], "artifacts.objectStore.url"),
-    (["--set-json", 'serve.deployments=[{"name":"coarse"}]'], "serve.deployments: coarse is not run by this layout"),
+    (["--set-json", 'serve.deployments=[{"name":"retriever"}]'], "at '/serve/deployments/0/name'"),
     (["--set-json", 'serve.deployments=[{"name":"ranker","user_config":{}}]'], "at '/serve/deployments/0'"),
     (["--set-json", "serve.httpOptions.request_timeout_s=0"], "at '/serve/httpOptions/request_timeout_s'"),
 ])

@@ -19,11 +19,11 @@ def test_serve_config_file_validates_as_ray_serve_schema_and_serve_config():
     schema = ServeDeploySchema.model_validate(yaml.safe_load(FILE.read_text()))
     [app] = schema.applications
     assert app.import_path == "services.app:app_builder"
-    assert {d.name for d in app.deployments} == {"ingress", "ranker"}
+    assert {d.name for d in app.deployments} == {"ingress"}  # CPU nodes: the ranker batches in the ingress
     assert "variants" not in app.args, "a version under args would restart every replica on a version change"
     assert all(d.user_config["variants"] == app.deployments[0].user_config["variants"] for d in app.deployments)
     cfg = read_serve_file(FILE).config
-    assert cfg.layout == "fused" and set(cfg.variants) == {"A", "B"}
+    assert cfg.layout == "fused" and not cfg.ranker_deployment and set(cfg.variants) == {"A", "B"}
     assert cfg.variants["B"].exploration.policy == "epsilon_slot"
     assert read_serve_file(FILE, port=9000).config.port == 9000
     sf = read_serve_file(FILE)
@@ -37,7 +37,7 @@ def test_app_builder_builds_the_graph_from_the_file_args(monkeypatch):
     from services.app import app_builder
 
     args = yaml.safe_load(FILE.read_text())["applications"][0]["args"]
-    app = app_builder({**args, "layout": "split"})
+    app = app_builder({**args, "layout": "split", "ranker_deployment": True})
     deployments = materialise(app, name="t").deployments
     assert {d.name for d in deployments} == {"ingress", "retrieval", "coarse", "ranker"}
     for d in deployments:  # the bound args never carry versions; user_config does
@@ -54,7 +54,7 @@ def _write(tmp_path, doc) -> Path:
 def test_the_document_recstream_serve_applies_reads_back_as_the_same_config(tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = read_serve_file(FILE, layout="split").config
+    cfg = read_serve_file(FILE, layout="split", ranker_deployment=True).config
     app = app_document(cfg, {"ingress": {"max_ongoing_requests": 7}}, env={"RECSTREAM_REDIS_PREFIX": "t"})
     assert [d["name"] for d in app["deployments"]] == ["ingress", "retrieval", "coarse", "ranker"]
     assert app["runtime_env"] == {"env_vars": {"RECSTREAM_REDIS_PREFIX": "t"}} and "variants" not in app["args"]
@@ -63,9 +63,23 @@ def test_the_document_recstream_serve_applies_reads_back_as_the_same_config(tmp_
     assert back.config == cfg and back.deployments["ingress"]["max_ongoing_requests"] == 7
 
 
+def _gpu_layout(doc: dict) -> dict:
+    """The shipped file as its comments say to run it on GPU nodes: the ranker as its own deployment."""
+    app = doc["applications"][0]
+    ingress = app["deployments"][0]
+    app["args"]["ranker_deployment"] = True
+    app["deployments"] = [ingress, {"name": "ranker", "user_config": ingress["user_config"], "max_ongoing_requests": 64}]
+    return app
+
+
+def test_the_gpu_layout_of_the_file_reads_with_a_ranker_deployment(tmp_path):
+    sf = read_serve_file(_write(tmp_path, {"applications": [_gpu_layout(yaml.safe_load(FILE.read_text()))]}))
+    assert sf.config.ranker_deployment and sf.deployments["ranker"]["max_ongoing_requests"] == 64
+
+
 def test_versions_under_args_or_disagreeing_deployments_are_refused(tmp_path):
     doc = yaml.safe_load(FILE.read_text())
-    app = doc["applications"][0]
+    app = _gpu_layout(doc)
     variants = app["deployments"][0]["user_config"]["variants"]
     with pytest.raises(ServeFileError, match="not in args"):
         read_serve_file(_write(tmp_path, {"applications": [{**app, "args": {**app["args"], "variants": variants}}]}))
