@@ -77,9 +77,6 @@ class Settings(BaseSettings):
         if isr is not None and isr > 1 and self.kafka_acks != "all":
             raise ValueError(f"kafka_min_insync_replicas ({isr}) is ignored with kafka_acks={self.kafka_acks!r}: "
                              f"set kafka_acks=all or leave kafka_min_insync_replicas unset")
-        if rf is not None and "stack_kafka_brokers" in self.model_fields_set and rf > self.stack_kafka_brokers:
-            raise ValueError(f"kafka_replication_factor ({rf}) must be <= stack_kafka_brokers ({self.stack_kafka_brokers}): "
-                             f"a topic cannot have more replicas than brokers")
         if len({self.events_topic, self.dlq_topic, self.impressions_topic}) != 3:
             raise ValueError(
                 f"topics must differ: events_topic={self.events_topic!r} dlq_topic={self.dlq_topic!r} "

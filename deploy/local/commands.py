@@ -60,8 +60,16 @@ def stack_up(brokers: Optional[int] = typer.Option(
     from features.feast_repo import repo_for_settings
     from recstream.kafka_io import ensure_topics
 
+    from recstream.errors import StackError
+
     s = get_settings()
-    st = _stack(s, brokers).up()
+    stack = _stack(s, brokers)
+    # Before anything starts: the topics could not be created on this cluster.
+    rf = s.kafka_replication_factor
+    if rf is not None and rf > stack.config.kafka_brokers:
+        raise StackError(f"RECSTREAM_KAFKA_REPLICATION_FACTOR ({rf}) must be <= the stack's brokers "
+                         f"({stack.config.kafka_brokers}): start it with --brokers {max(3, rf)} or unset the factor")
+    st = stack.up()
     ensure_topics(s)
     repo = repo_for_settings(s)
     typer.echo(json.dumps({**st.__dict__, "feast_repo": str(repo.repo_dir)}, indent=2))

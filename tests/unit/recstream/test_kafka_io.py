@@ -1,0 +1,47 @@
+"""Replication of the topics the platform creates, and the producers' acknowledgement settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from recstream import kafka_io
+from recstream.errors import StackError
+from recstream.kafka_io import topic_replication
+from recstream.settings import Settings
+
+
+@pytest.mark.parametrize("brokers,expected", [(1, (1, 1)), (2, (2, 1)), (3, (3, 2)), (5, (3, 2))])
+def test_unset_replication_follows_the_cluster(brokers, expected):
+    assert topic_replication(Settings(), brokers) == expected
+
+
+def test_explicit_replication_wins():
+    s = Settings(kafka_replication_factor=2, kafka_min_insync_replicas=2)
+    assert topic_replication(s, 5) == (2, 2)
+
+
+def test_more_replicas_than_brokers_is_an_error_with_both_values():
+    s = Settings(kafka_replication_factor=3, kafka_bootstrap="k1:9092")
+    with pytest.raises(StackError, match=r"kafka_replication_factor \(3\) must be <= the brokers of the cluster at "
+                                         r"k1:9092 \(1\)"):
+        topic_replication(s, 1)
+
+
+@pytest.mark.parametrize("acks,idempotent", [("all", True), ("1", False)])
+def test_producers_follow_kafka_acks(monkeypatch, acks, idempotent):
+    seen = {}
+
+    class FakeProducer:
+        def __init__(self, cfg=None, **kw):
+            seen.update(cfg or kw)
+
+    import confluent_kafka
+
+    monkeypatch.setattr(confluent_kafka, "Producer", FakeProducer)
+    monkeypatch.setattr(kafka_io, "KafkaProducer", FakeProducer)
+    s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_acks=acks)
+    kafka_io.make_bulk_producer(s)
+    assert (seen["acks"], seen["enable.idempotence"]) == (acks, idempotent)
+    seen.clear()
+    kafka_io.make_producer(s)
+    assert (seen["acks"], seen["enable_idempotence"]) == ("all" if idempotent else 1, idempotent)
