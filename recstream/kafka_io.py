@@ -65,7 +65,7 @@ def ensure_topics(settings: Settings | None = None, partitions: int | None = Non
             time.sleep(0.2)
         for t in (t for t in names if t in existing):
             described = admin.describe_topics([t])[0]
-            have = min((len(p["replicas"]) for p in described["partitions"]), default=rf)
+            have = min((len(p["replica_nodes"]) for p in described["partitions"]), default=rf)
             if have < rf:
                 log.warning("topic %s has %d replica(s), %d wanted: it was created before the cluster grew; "
                             "reassign its partitions (kafka-reassign-partitions) or recreate it", t, have, rf)

@@ -54,7 +54,8 @@ def external_servers() -> bool:
 @stack_app.command("up")
 def stack_up(brokers: Optional[int] = typer.Option(
         None, "--brokers", min=1, max=5, help="Kafka nodes (KRaft, each broker+controller): 1, or 3 for a replicated "
-        "cluster (topics with replication factor 3 and min.insync.replicas 2); default RECSTREAM_STACK_KAFKA_BROKERS")
+        "cluster (topics with replication factor 3 and min.insync.replicas 2); default: as many as run already, "
+        "else RECSTREAM_STACK_KAFKA_BROKERS")
 ) -> None:
     """Start Kafka and Redis (idempotent) and create the topics."""
     from features.feast_repo import repo_for_settings
@@ -63,7 +64,7 @@ def stack_up(brokers: Optional[int] = typer.Option(
     from recstream.errors import StackError
 
     s = get_settings()
-    stack = _stack(s, brokers)
+    stack = _stack(s, brokers or _stack(s).running_brokers())
     # Before anything starts: the topics could not be created on this cluster.
     rf = s.kafka_replication_factor
     if rf is not None and rf > stack.config.kafka_brokers:
