@@ -108,8 +108,8 @@ def drill_events(cfg: KafkaDrillConfig) -> list[Event]:
 
 
 class _Paced:
-    """Calls `send(k)` for k = 0..n-1 at `per_s` per second from a thread; records when each
-    `done` happened so the report can show the longest stall."""
+    """Calls `send(k)` for k = 0..n-1 at `per_s` per second from a thread (an open loop: a stalled
+    Kafka does not slow the offered rate, records queue in the producer instead)."""
 
     def __init__(self, n: int, per_s: int, send, name: str):
         self.n, self.per_s, self.send = n, per_s, send
@@ -310,7 +310,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
 
     procs = {name: _spawn(s, name, log_dir) for name in PROCESSORS}
     producer = _EventProducer(s, events)
-    # The logger's own producer reads RECSTREAM_* for acks: make sure it is the drill's bootstrap.
+    # As serving runs it: its own librdkafka producer (idempotent, acks=all), a bounded buffer.
     impressions = ImpressionLogger(bootstrap, s.impressions_topic, buffer_max=10_000)
     logged_before = _metric("recstream_impression_log_sent_total")
     dropped_before = {r_: _metric("recstream_impression_log_dropped_total", {"reason": r_})
