@@ -58,10 +58,8 @@ def stack_up(brokers: Optional[int] = typer.Option(
         "else RECSTREAM_STACK_KAFKA_BROKERS")
 ) -> None:
     """Start Kafka and Redis (idempotent) and create the topics."""
-    from features.feast_repo import repo_for_settings
-    from recstream.kafka_io import ensure_topics
-
     from recstream.errors import StackError
+    from recstream.kafka_io import ensure_topics
 
     s = get_settings()
     stack = _stack(s, brokers or _stack(s).running_brokers())
@@ -72,6 +70,8 @@ def stack_up(brokers: Optional[int] = typer.Option(
                          f"({stack.config.kafka_brokers}): start it with --brokers {max(3, rf)} or unset the factor")
     st = stack.up()
     ensure_topics(s)
+    from features.feast_repo import repo_for_settings  # Feast takes seconds to import: not before the checks
+
     repo = repo_for_settings(s)
     typer.echo(json.dumps({**st.__dict__, "feast_repo": str(repo.repo_dir)}, indent=2))
 
