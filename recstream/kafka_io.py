@@ -26,17 +26,21 @@ log = logging.getLogger(__name__)
 
 def topic_replication(settings: Settings, brokers: int) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) for the topics we create on a cluster of
-    `brokers`: the settings when set, else min(3, brokers) and 2 from a factor of 3 on (so
-    acks=all survives one broker down while a write still needs two copies).
+    `brokers` (the live ones it reports): the settings when set, else min(3, brokers) and 2 from
+    a factor of 3 on (so acks=all survives one broker down while a write still needs two copies).
 
     Raises:
-        StackError: the replication factor asked for exceeds the brokers, with both values.
+        StackError: the replication factor asked for exceeds the brokers, or min.insync.replicas
+            the factor, with the values.
     """
     rf = settings.kafka_replication_factor or min(3, brokers)
     if rf > brokers:
         raise StackError(f"kafka_replication_factor ({rf}) must be <= the brokers of the cluster at "
                          f"{settings.kafka_bootstrap} ({brokers})")
     isr = settings.kafka_min_insync_replicas or (2 if rf >= 3 else 1)
+    if isr > rf:  # settings check this when both are set; here the factor may come from the cluster
+        raise StackError(f"kafka_min_insync_replicas ({isr}) must be <= the replication factor ({rf}, for "
+                         f"{brokers} broker(s) at {settings.kafka_bootstrap}): no acks=all write could succeed")
     return rf, isr
 
 

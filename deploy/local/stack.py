@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "4.1.1"
 
-# StackConfig port field -> the environment variable (a recstream.settings field) that sets it.
+# One JVM per node on one machine: five is already a lot for a dev box; 3 is the replicated layout.
 MAX_BROKERS = 5
 
+# StackConfig port field -> the environment variable (a recstream.settings field) that sets it.
 PORT_SETTINGS = {"kafka_port": "RECSTREAM_STACK_KAFKA_PORT",
                  "kafka_controller_port": "RECSTREAM_STACK_KAFKA_CONTROLLER_PORT",
                  "redis_port": "RECSTREAM_STACK_REDIS_PORT"}
@@ -68,8 +69,7 @@ class StackConfig:
     redis_port: int = 16379
     kafka_heap_mb: int = 512  # per broker; keeps room for Ray and torch on 2 cores / small boxes
     ready_timeout_s: float = 90.0
-    # One JVM per node on one machine: five is already a lot for a dev box; 3 is the replicated layout.
-    kafka_brokers: int = 1
+    kafka_brokers: int = 1  # Kafka nodes, 1..MAX_BROKERS
 
     def __post_init__(self) -> None:
         if not 1 <= self.kafka_brokers <= MAX_BROKERS:

@@ -27,6 +27,14 @@ def test_more_replicas_than_brokers_is_an_error_with_both_values():
         topic_replication(s, 1)
 
 
+def test_min_insync_replicas_above_the_cluster_factor_is_an_error():
+    """The settings cannot see this one at load time: the factor follows the cluster."""
+    s = Settings(kafka_min_insync_replicas=2, kafka_bootstrap="k1:9092")
+    with pytest.raises(StackError, match=r"kafka_min_insync_replicas \(2\) must be <= the replication factor \(1, for "
+                                         r"1 broker\(s\) at k1:9092\)"):
+        topic_replication(s, 1)
+
+
 @pytest.mark.parametrize("acks,idempotent", [("all", True), ("1", False)])
 def test_producers_follow_kafka_acks(monkeypatch, acks, idempotent):
     seen = {}
