@@ -32,7 +32,8 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
     the impression logger running; count lost, double-applied and failed events and impressions.
 
     The drill starts its own stack (Kafka nodes and redis-server on ports the OS reports free,
-    data under RECSTREAM_HOME/drills), so a stack you run is never touched."""
+    data under RECSTREAM_HOME/drills, removed afterwards unless the drill failed), so a stack you
+    run is never touched. Exits 1 when an event or impression was lost or anything failed."""
     import shutil
     import time
 
@@ -48,17 +49,23 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
     k, c, r = free_ports(3)
     stack = LocalStack(StackConfig(home=home, state_dir=home / "drills" / f"kafka-{time.strftime('%Y%m%dT%H%M%S')}",
                                    kafka_port=k, kafka_controller_port=c, redis_port=r, kafka_brokers=brokers))
+    res: dict | None = None
     try:
         stack.up()
         res = run_drill(stack, home, cfg)
     finally:
+        failed = res is None or bool(res["kafka_drill_lost_events"] or res["kafka_drill_errors"]
+                                     or res["kafka_drill_impressions_lost"])
         if keep_stack:
             typer.echo(json.dumps(stack.status().__dict__, indent=2))
         else:
             stack.down()
-            shutil.rmtree(stack.dir, ignore_errors=True)
+            if failed:  # the brokers', processors' and redis' logs, for the post-mortem
+                typer.echo(f"drill failed: logs kept in {stack.dir}", err=True)
+            else:
+                shutil.rmtree(stack.dir, ignore_errors=True)
     write_report(res, cfg, Path(out_dir))
     typer.echo((Path(out_dir) / "drill_kafka.md").read_text())
     typer.echo(json.dumps(res, indent=2))
-    if res["kafka_drill_lost_events"] or res["kafka_drill_errors"] or res["kafka_drill_impressions_lost"]:
+    if failed:
         raise typer.Exit(1)
