@@ -53,3 +53,45 @@ def test_producers_follow_kafka_acks(monkeypatch, acks, idempotent):
     seen.clear()
     kafka_io.make_producer(s)
     assert (seen["acks"], seen["enable_idempotence"]) == ("all" if idempotent else 1, idempotent)
+
+
+class _Admin:
+    """The KafkaAdminClient calls ensure_topics makes, over a cluster of `brokers` that already
+    holds `existing` (topic -> replicas per partition)."""
+
+    created: list = []
+
+    def __init__(self, brokers: int, existing: dict[str, int]):
+        self.brokers, self.topics = brokers, dict(existing)
+
+    def __call__(self, **_kw):
+        return self
+
+    def describe_cluster(self):
+        return {"brokers": [{"broker_id": i} for i in range(1, self.brokers + 1)]}
+
+    def list_topics(self):
+        return list(self.topics)
+
+    def create_topics(self, new):
+        for t in new:
+            _Admin.created.append(t)
+            self.topics[t.name] = t.replication_factor
+
+    def describe_topics(self, names):
+        return [{"name": n, "partitions": [{"partition_index": 0, "replica_nodes": list(range(self.topics[n]))}]}
+                for n in names]
+
+    def close(self):
+        pass
+
+
+def test_topics_are_created_replicated_for_the_cluster_and_old_ones_reported(monkeypatch, caplog):
+    s = Settings(kafka_bootstrap="k1:9092", events_topic="t.events", dlq_topic="t.dlq", impressions_topic="t.imp")
+    _Admin.created = []
+    monkeypatch.setattr(kafka_io, "KafkaAdminClient", _Admin(3, {"t.events": 1}))
+    with caplog.at_level("WARNING", logger="recstream.kafka_io"):
+        assert kafka_io.ensure_topics(s) == ["t.events", "t.dlq", "t.imp"]
+    assert {(t.name, t.replication_factor, t.topic_configs["min.insync.replicas"]) for t in _Admin.created} == {
+        ("t.dlq", 3, "2"), ("t.imp", 3, "2")}
+    assert "topic t.events has 1 replica(s), 3 wanted" in caplog.text
