@@ -1,7 +1,9 @@
 """Kafka helpers shared by processors, services and tools: topics, producers, DLQ records.
 
-The producer is idempotent with `acks=all`, so a retried send never duplicates a record in the
-log; consumers use manual commits (see pipelines/stream).
+The producer is idempotent with `acks=all` (settings.kafka_acks), so a retried send never
+duplicates a record in the log, and with the topics' min.insync.replicas (2 on a cluster of three
+brokers or more) an acknowledged record is on two brokers before the producer hears of it: one
+broker's crash loses nothing. Consumers use manual commits (see pipelines/stream).
 """
 
 from __future__ import annotations
@@ -22,24 +24,55 @@ from recstream.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+def topic_replication(settings: Settings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for the topics we create on a cluster of
+    `brokers` (the live ones it reports): the settings when set, else min(3, brokers) and 2 from
+    a factor of 3 on (so acks=all survives one broker down while a write still needs two copies).
+
+    Raises:
+        StackError: the replication factor asked for exceeds the brokers, or min.insync.replicas
+            the factor, with the values.
+    """
+    rf = settings.kafka_replication_factor or min(3, brokers)
+    if rf > brokers:
+        raise StackError(f"kafka_replication_factor ({rf}) must be <= the brokers of the cluster at "
+                         f"{settings.kafka_bootstrap} ({brokers})")
+    isr = settings.kafka_min_insync_replicas or (2 if rf >= 3 else 1)
+    if isr > rf:  # settings check this when both are set; here the factor may come from the cluster
+        raise StackError(f"kafka_min_insync_replicas ({isr}) must be <= the replication factor ({rf}, for "
+                         f"{brokers} broker(s) at {settings.kafka_bootstrap}): no acks=all write could succeed")
+    return rf, isr
+
+
 def ensure_topics(settings: Settings | None = None, partitions: int | None = None, extra: Iterable[str] = ()) -> list[str]:
-    """Create the platform's topics when missing (idempotent). Returns the topic names."""
+    """Create the platform's topics when missing (idempotent), replicated as topic_replication
+    says for the brokers the cluster reports. Returns the topic names. A topic that exists already
+    is left as it is (changing its replication needs a partition reassignment); one with fewer
+    replicas than asked for is logged."""
     s = settings or get_settings()
     n = partitions or s.topic_partitions
     names = [s.events_topic, s.dlq_topic, s.impressions_topic, *extra]
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, client_id="recstream-admin", request_timeout_ms=15000)
     try:
+        rf, isr = topic_replication(s, len(admin.describe_cluster()["brokers"]))
         existing = set(admin.list_topics())
         missing = [t for t in names if t not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(name=t, num_partitions=n, replication_factor=1) for t in missing])
+                admin.create_topics([NewTopic(name=t, num_partitions=n, replication_factor=rf,
+                                              topic_configs={"min.insync.replicas": str(isr)}) for t in missing])
             except TopicAlreadyExistsError:
                 pass  # a concurrent creator won the race; the topic is what we wanted
         # Metadata propagates asynchronously; wait so a producer right after us sees the topics.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not set(names) <= set(admin.list_topics()):
             time.sleep(0.2)
+        for t in (t for t in names if t in existing):
+            described = admin.describe_topics([t])[0]
+            have = min((len(p["replica_nodes"]) for p in described["partitions"]), default=rf)
+            if have < rf:
+                log.warning("topic %s has %d replica(s), %d wanted: it was created before the cluster grew; "
+                            "reassign its partitions (kafka-reassign-partitions) or recreate it", t, have, rf)
     finally:
         admin.close()
     return names
@@ -71,12 +104,13 @@ class StrKeySerializer(Serializer):
 
 
 def make_producer(settings: Settings | None = None, **overrides) -> KafkaProducer:
-    """An idempotent, acks=all producer with string keys and bytes values."""
+    """An idempotent, acks=all producer (settings.kafka_acks) with string keys and bytes values."""
     s = settings or get_settings()
+    acks_all = s.kafka_acks == "all"
     cfg = dict(
         bootstrap_servers=s.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
+        acks="all" if acks_all else 1,
+        enable_idempotence=acks_all,  # Kafka's idempotent producer requires acks=all
         linger_ms=5,
         batch_size=256 * 1024,
         compression_type=None,
@@ -91,14 +125,15 @@ def make_producer(settings: Settings | None = None, **overrides) -> KafkaProduce
 
 
 def make_bulk_producer(settings: Settings | None = None, **overrides):
-    """A librdkafka producer for bulk loads (datasets, replays): idempotent, acks=all, and the
-    Java client's murmur2 partitioner, so a user lands on the same partition as with
-    `make_producer` (the processors rely on one partition per user). It uses about a tenth of
-    the CPU per record of kafka-python's producer."""
+    """A librdkafka producer for bulk loads (datasets, replays): idempotent, acks=all (as
+    settings.kafka_acks says), and the Java client's murmur2 partitioner, so a user lands on the
+    same partition as with `make_producer` (the processors rely on one partition per user). It
+    uses about a tenth of the CPU per record of kafka-python's producer."""
     from confluent_kafka import KafkaException, Producer
 
     s = settings or get_settings()
-    cfg = {"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
+    acks_all = s.kafka_acks == "all"
+    cfg = {"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": acks_all, "acks": s.kafka_acks,
            "partitioner": "murmur2_random", "linger.ms": 5, "batch.size": 256 * 1024,
            "client.id": "recstream-bulk-producer", "logger": LIBRDKAFKA_LOG, **overrides}
     try:

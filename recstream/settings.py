@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,11 +32,23 @@ class Settings(BaseSettings):
     stack_kafka_port: int = Field(19092, ge=1024, le=65535, description="local stack: Kafka broker (PLAINTEXT) port")
     stack_kafka_controller_port: int = Field(19093, ge=1024, le=65535, description="local stack: KRaft controller port")
     stack_redis_port: int = Field(16379, ge=1024, le=65535, description="local stack: redis-server port")
+    stack_kafka_brokers: int = Field(1, ge=1, le=5, description="local stack: Kafka nodes (`stack up --brokers`); 3 "
+                                     "gives a replicated cluster whose extra nodes take ports from the OS")
 
     events_topic: str = Field("recstream.events", description="input events topic")
     dlq_topic: str = Field("recstream.events.dlq", description="dead-letter topic for bad events")
     impressions_topic: str = Field("recstream.impressions", description="served-slate log topic")
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions for topics we create")
+    # Replication of the topics the platform creates (recstream.kafka_io.ensure_topics). Unset,
+    # they follow the cluster: replication factor min(3, brokers it reports), min.insync.replicas
+    # 2 from a replication factor of 3 on (one broker may die without stopping acks=all writes).
+    kafka_replication_factor: int | None = Field(None, ge=1, le=32, description="replication factor of the topics we "
+                                                 "create; unset: min(3, brokers in the cluster)")
+    kafka_min_insync_replicas: int | None = Field(None, ge=1, le=32, description="min.insync.replicas of the topics we "
+                                                  "create; unset: 2 when the replication factor is 3 or more, else 1")
+    kafka_acks: Literal["all", "1"] = Field("all", description="producer acks: all (with idempotence: no loss or "
+                                            "duplicate while min.insync.replicas replicas live) or 1 (leader only, "
+                                            "idempotence off: a leader crash loses what it had not replicated)")
 
     redis_prefix: str = Field("rs", min_length=1, max_length=32, description="key prefix for all Redis keys")
     recent_items_max: int = Field(200, ge=1, le=100_000, description="per-user recent items kept for seen-filtering")
@@ -57,6 +70,13 @@ class Settings(BaseSettings):
             host, _, port = hp.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"kafka_bootstrap ({self.kafka_bootstrap!r}) must be host:port[,host:port]")
+        rf, isr = self.kafka_replication_factor, self.kafka_min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(f"kafka_min_insync_replicas ({isr}) must be <= kafka_replication_factor ({rf}): "
+                             f"no write with acks=all could succeed")
+        if isr is not None and isr > 1 and self.kafka_acks != "all":
+            raise ValueError(f"kafka_min_insync_replicas ({isr}) is ignored with kafka_acks={self.kafka_acks!r}: "
+                             f"set kafka_acks=all or leave kafka_min_insync_replicas unset")
         if len({self.events_topic, self.dlq_topic, self.impressions_topic}) != 3:
             raise ValueError(
                 f"topics must differ: events_topic={self.events_topic!r} dlq_topic={self.dlq_topic!r} "
@@ -74,7 +94,8 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as RECSTREAM_* variables, for a child process to read back."""
-        return {f"RECSTREAM_{k.upper()}": str(v) for k, v in self.model_dump().items()}
+        # An unset optional stays unset (an empty variable would not parse as an int).
+        return {f"RECSTREAM_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
 
 
 @lru_cache(maxsize=1)

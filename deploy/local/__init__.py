@@ -1,4 +1,4 @@
-"""Local stack: a real single-node Kafka (KRaft) and a real redis-server on loopback."""
+"""Local stack: a real Kafka (KRaft; one node, or three replicating ones) and a real redis-server on loopback."""
 
 from deploy.local.stack import LocalStack, StackConfig, StackStatus, free_ports
 

@@ -114,3 +114,32 @@ def ray_serve():
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory):
+    """A 3-node KRaft cluster (each node broker + controller) with its own redis-server, on ports
+    the OS reports free, for the failover tests that kill a broker; started only when a test asks
+    for it, and never the servers of `stack_endpoints` (killing a broker there would disturb every
+    other test of the session). Its home is a temp dir (the stack in `<home>/stack`, as
+    `recstream stack` finds it there) with the Kafka jars linked from the shared cache."""
+    from deploy.local import LocalStack, StackConfig, free_ports
+
+    shared = StackConfig(home=Path(os.environ.get("RECSTREAM_HOME", Path.home() / ".cache" / "recstream"))).kafka_libs
+    home = tmp_path_factory.mktemp("cluster-home")
+    if shared.exists():
+        (home / "cache" / shared.parent.name).mkdir(parents=True)
+        (home / "cache" / shared.parent.name / "libs").symlink_to(shared)
+    kafka_port, controller_port, redis_port = free_ports(3)
+    cfg = StackConfig(home=home, kafka_port=kafka_port, kafka_controller_port=controller_port, redis_port=redis_port,
+                      kafka_brokers=3)
+    stack = LocalStack(cfg)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        import shutil
+
+        for name in stack.kafka_node_names():
+            shutil.rmtree(cfg.stack_dir / name / "data", ignore_errors=True)

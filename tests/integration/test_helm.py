@@ -109,6 +109,14 @@ def test_helm_install_then_upgrade_other_values(helm, apiserver, name):
     if name == "production":
         _existing_secrets(apiserver, ns)
     _install_and_upgrade(helm, apiserver, ns, VALUES_FILES[name])
+    if name == "production":
+        # Kafka replication and the Redis Cluster nodes reach the pods through the settings ConfigMap.
+        cm = apiserver.get(apiserver.path({"apiVersion": "v1", "kind": "ConfigMap"}, ns) + "/rel-recstream-settings")
+        assert {k: cm["data"][k] for k in ("RECSTREAM_KAFKA_REPLICATION_FACTOR", "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS",
+                                           "RECSTREAM_KAFKA_ACKS")} == {"RECSTREAM_KAFKA_REPLICATION_FACTOR": "3",
+                                                                        "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS": "2",
+                                                                        "RECSTREAM_KAFKA_ACKS": "all"}
+        assert cm["data"]["RECSTREAM_REDIS_CLUSTER_NODES"].count(",") == 2
 
 
 def _install_and_upgrade(helm, api: LocalApiServer, ns: str, values):

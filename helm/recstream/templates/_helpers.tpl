@@ -130,8 +130,23 @@ Cross-field checks that values.schema.json cannot express; each message carries 
 {{- if and (not .Values.kafka.dev.enabled) (not .Values.kafka.bootstrap) -}}
 {{- fail "kafka.bootstrap: set your brokers (host:port[,host:port]) or kafka.dev.enabled=true" -}}
 {{- end -}}
-{{- if and (not .Values.redis.dev.enabled) (not .Values.redis.existingSecret) (not .Values.redis.url) -}}
-{{- fail "redis.url: set your Redis URL, redis.existingSecret, or redis.dev.enabled=true" -}}
+{{- if and (not .Values.redis.dev.enabled) (not .Values.redis.existingSecret) (not .Values.redis.url) (not .Values.redis.cluster.nodes) -}}
+{{- fail "redis.url: set your Redis URL, redis.cluster.nodes, redis.existingSecret, or redis.dev.enabled=true" -}}
+{{- end -}}
+{{- if and .Values.redis.dev.enabled .Values.redis.cluster.nodes -}}
+{{- fail (printf "redis.cluster.nodes (%s) and redis.dev.enabled: the dev Redis is a single node, not a cluster; use one or the other" (join "," .Values.redis.cluster.nodes)) -}}
+{{- end -}}
+{{- $rep := .Values.kafka.replication -}}
+{{- if and (not (kindIs "invalid" $rep.factor)) (not (kindIs "invalid" $rep.minInsyncReplicas)) -}}
+{{- if gt (int $rep.minInsyncReplicas) (int $rep.factor) -}}
+{{- fail (printf "kafka.replication.minInsyncReplicas (%d) must be <= kafka.replication.factor (%d): no acks=all write could succeed" (int $rep.minInsyncReplicas) (int $rep.factor)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $rep.minInsyncReplicas)) (gt (int $rep.minInsyncReplicas) 1) (ne (toString $rep.acks) "all") -}}
+{{- fail (printf "kafka.replication.minInsyncReplicas (%d) is ignored with kafka.replication.acks=%s: set acks to all" (int $rep.minInsyncReplicas) (toString $rep.acks)) -}}
+{{- end -}}
+{{- if and .Values.kafka.dev.enabled (not (kindIs "invalid" $rep.factor)) (gt (int $rep.factor) 1) -}}
+{{- fail (printf "kafka.replication.factor (%d) with kafka.dev.enabled: the dev broker is a single node; leave the factor null or use external brokers" (int $rep.factor)) -}}
 {{- end -}}
 {{- if and (eq .Values.artifacts.source "objectStore") (not .Values.artifacts.objectStore.url) -}}
 {{- fail "artifacts.objectStore.url: artifacts.source is objectStore; name the store (s3://bucket/prefix)" -}}

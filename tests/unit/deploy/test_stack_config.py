@@ -160,3 +160,65 @@ def test_up_refuses_other_ports_than_the_running_stack(tmp_path):
     with pytest.raises(StackError, match="RECSTREAM_STACK_REDIS_PORT: running on"):
         moved.up(kafka=False)
     assert moved.status().running_on == running.ports
+
+
+def test_broker_count_is_bounded():
+    with pytest.raises(StackError, match=r"kafka_brokers \(6\) must be in 1..5"):
+        StackConfig(kafka_brokers=6)
+
+
+def _props(path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_three_nodes_share_one_voter_set_and_replicate_internal_topics(tmp_path):
+    stack = LocalStack(_cfg(tmp_path, kafka_brokers=3))
+    assert stack.kafka_node_names() == ["kafka-1", "kafka-2", "kafka-3"]
+    stack._cluster_layout()
+    props = {}
+    for name in stack.kafka_node_names():
+        (stack.dir / name).mkdir()
+        props[name] = _props(stack._kafka_properties(name, stack.dir / name))
+    voters = {p["controller.quorum.voters"] for p in props.values()}
+    assert len(voters) == 1
+    voter_ports = [int(v.rsplit(":", 1)[1]) for v in voters.pop().split(",")]
+    ports = [stack._node(n)["port"] for n in stack.kafka_node_names()]
+    assert len(set(voter_ports + ports + [stack.config.redis_port])) == 7  # no two services share a port
+    assert stack._node("kafka-1")["port"] == stack.config.kafka_port  # clients of the default bootstrap find it
+    assert [p["node.id"] for p in props.values()] == ["1", "2", "3"]
+    for p in props.values():
+        assert (p["default.replication.factor"], p["min.insync.replicas"], p["offsets.topic.replication.factor"]) == ("3", "2", "3")
+        assert "controller.quorum.bootstrap.servers" not in p
+    assert stack.bootstrap_servers() == ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
+def test_a_single_broker_keeps_its_standalone_layout(tmp_path):
+    stack = LocalStack(_cfg(tmp_path))
+    (stack.dir / "kafka").mkdir(parents=True)
+    p = _props(stack._kafka_properties("kafka", stack.dir / "kafka"))
+    assert stack.kafka_node_names() == ["kafka"] and p["node.id"] == "1"
+    assert p["controller.quorum.bootstrap.servers"] == f"127.0.0.1:{stack.config.kafka_controller_port}"
+    assert (p["default.replication.factor"], p["min.insync.replicas"]) == ("1", "1")
+    assert stack.bootstrap_servers() == stack.config.kafka_bootstrap
+
+
+def test_node_ports_are_kept_across_starts_and_a_changed_layout_is_refused(tmp_path):
+    """A restarted node must come back on the ports formatted into the voter list."""
+    cfg = _cfg(tmp_path, kafka_brokers=3)
+    first = LocalStack(cfg)._cluster_layout()
+    assert LocalStack(cfg)._cluster_layout() == first
+    from dataclasses import replace
+
+    with pytest.raises(StackError, match="describes a 3-broker cluster, 5 asked for"):
+        LocalStack(replace(cfg, kafka_brokers=5))._cluster_layout()
+    with pytest.raises(StackError, match="node 1 was formatted on ports"):
+        LocalStack(replace(cfg, kafka_port=cfg.kafka_port + 1 if cfg.kafka_port < 65535 else 1024))._cluster_layout()
+
+
+def test_broker_helpers_name_the_nodes_they_know(tmp_path):
+    stack = LocalStack(_cfg(tmp_path, kafka_brokers=3))
+    with pytest.raises(StackError, match=r"node_id \(4\) must be in 1..3"):
+        stack.kill_broker(4)
+    assert stack.broker_pid(2) is None
+    st = stack.status()
+    assert st.kafka_brokers == 3 and not st.kafka_running and not st.ready

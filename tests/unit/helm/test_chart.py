@@ -217,6 +217,32 @@ def test_network_policies(rendered):
     assert serve_rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
 
 
+def test_kafka_replication_and_redis_cluster_reach_every_container(rendered):
+    """The replication settings and the Redis Cluster nodes are RECSTREAM_* variables of the settings
+    ConfigMap, which every recstream container loads; null replication values stay unset so the
+    code follows the cluster (min(3, brokers), min.insync.replicas 2 from 3 on)."""
+    name, objs = rendered
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings")]
+    data = cm["data"]
+    assert data["RECSTREAM_KAFKA_ACKS"] == "all"
+    if name == "production":
+        assert (data["RECSTREAM_KAFKA_REPLICATION_FACTOR"], data["RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert data["RECSTREAM_REDIS_CLUSTER_NODES"] == ",".join(f"redis-{i}.redis.redis.svc:6379" for i in range(3))
+    else:
+        assert not {"RECSTREAM_KAFKA_REPLICATION_FACTOR", "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS",
+                    "RECSTREAM_REDIS_CLUSTER_NODES"} & set(data)
+    from recstream.settings import Settings
+
+    # What the pods will load: the code's own settings accept every value the chart renders for them.
+    fields = {k.removeprefix("RECSTREAM_").lower(): v for k, v in data.items() if k.startswith("RECSTREAM_")}
+    s = Settings(**{k: v for k, v in fields.items() if k in Settings.model_fields})
+    assert s.kafka_acks == "all"
+    for o in objs:
+        if o["kind"] == "Deployment":
+            (c,) = o["spec"]["template"]["spec"]["containers"]
+            assert {"configMapRef": {"name": cm["metadata"]["name"]}} in c["envFrom"], o["metadata"]["name"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "processors.featureWriter.replicas=-1"], "at '/processors/featureWriter/replicas': minimum: got -1, want 0"),
     (["--set-json", "serve.config.coarse_top_k=100001"], "at '/serve/config/coarse_top_k': maximum"),
@@ -239,6 +265,17 @@ def test_network_policies(rendered):
     (["--set-json", 'serve.deployments=[{"name":"retriever"}]'], "at '/serve/deployments/0/name'"),
     (["--set-json", 'serve.deployments=[{"name":"ranker","user_config":{}}]'], "at '/serve/deployments/0'"),
     (["--set-json", "serve.httpOptions.request_timeout_s=0"], "at '/serve/httpOptions/request_timeout_s'"),
+    (["--set", "kafka.replication.acks=2"], "at '/kafka/replication/acks'"),
+    (["--set", "kafka.replication.factor=0"], "at '/kafka/replication/factor'"),
+    (["--set-json", 'redis.cluster.nodes=["redis-0"]'], "at '/redis/cluster/nodes/0'"),
+    (["--set", "kafka.replication.factor=2", "--set", "kafka.replication.minInsyncReplicas=3"],
+     "kafka.replication.minInsyncReplicas (3) must be <= kafka.replication.factor (2)"),
+    (["--set", "kafka.replication.minInsyncReplicas=2", "--set-string", "kafka.replication.acks=1"],
+     "kafka.replication.minInsyncReplicas (2) is ignored with kafka.replication.acks=1"),
+    (["--set", "kafka.dev.enabled=true", "--set", "kafka.replication.factor=3"],
+     "kafka.replication.factor (3) with kafka.dev.enabled: the dev broker is a single node"),
+    (["--set", "redis.dev.enabled=true", "--set-json", 'redis.cluster.nodes=["r0:6379"]'],
+     "redis.cluster.nodes (r0:6379) and redis.dev.enabled"),
 ])
 def test_bad_values_are_refused_with_the_field_named(helm, args, message):
     r = helm.run("template", "rel", str(CHART), *args, check=False)

@@ -19,6 +19,11 @@ def test_env_prefix(monkeypatch):
     ({"unknown_setting": 1}, "unknown_setting"),
     ({"stack_kafka_port": 20000, "stack_redis_port": 20000}, "stack ports must differ"),
     ({"stack_redis_port": 80}, "stack_redis_port"),
+    ({"kafka_replication_factor": 2, "kafka_min_insync_replicas": 3},
+     "kafka_min_insync_replicas (3) must be <= kafka_replication_factor (2)"),
+    ({"kafka_min_insync_replicas": 2, "kafka_acks": "1"}, "kafka_min_insync_replicas (2) is ignored with kafka_acks='1'"),
+    ({"kafka_acks": "0"}, "kafka_acks"),
+    ({"stack_kafka_brokers": 6}, "stack_kafka_brokers"),
 ])
 def test_bad_settings_fail_with_values(kwargs, needle):
     with pytest.raises(ValidationError) as ei:
@@ -54,3 +59,14 @@ def test_bad_environment_variables_fail_at_load_with_the_value(monkeypatch, var,
     with pytest.raises(ValidationError) as ei:
         Settings()
     assert needle in str(ei.value)
+
+
+def test_replication_settings_round_trip_through_the_environment(monkeypatch):
+    """to_env leaves an unset optional out (an empty variable would not parse back as an int)."""
+    s = Settings(kafka_replication_factor=3)
+    env = s.to_env()
+    assert env["RECSTREAM_KAFKA_REPLICATION_FACTOR"] == "3" and "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS" not in env
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    back = Settings()
+    assert (back.kafka_replication_factor, back.kafka_min_insync_replicas, back.kafka_acks) == (3, None, "all")
