@@ -288,10 +288,12 @@ def in_process_costs(root: Path, rankers: tuple[str, ...] = ("ranker",), candida
     out = {f"in_process_retrieval_ms{suffix}": _median_ms(lambda: ret.top_n(ret.user_vector(req["user_id"], req["hist"]),
                                                                             candidate_top_k), reps)}
     del ret
-    coarse = CoarseServable(ModelRef(name="hcn", version=version), str(root))
-    out[f"in_process_coarse_ms{suffix}"] = _median_ms(
-        lambda: coarse.score(req["user_id"], req["hist"], req["items"], None, None), reps)
-    del coarse
+    # the shipped backend (ServeConfig.coarse_backend) and eager torch, side by side
+    for backend, key in (("torchscript", f"in_process_coarse_ms{suffix}"), ("eager", f"in_process_coarse_ms_eager{suffix}")):
+        coarse = CoarseServable(ModelRef(name="hcn", version=version), str(root), backend=backend)
+        out[key] = _median_ms(lambda: coarse.score(req["user_id"], req["hist"], req["items"], None, None), reps)
+        out[key.replace("_ms", "_backend")] = coarse.backend  # what ran: a trace that failed its check runs eagerly
+        del coarse
     for name in rankers:
         rk = RankerServable(ModelRef(name=name, version=version), str(root))
         c = rk.model.config
@@ -694,6 +696,9 @@ def _in_process_rows(res: dict) -> list[str]:
         rows += [f"| in process, one request, CPU ms (goal <= 8): inputs + retrieval + coarse + ranker | "
                  f"{res['in_process_request_ms']:.2f} = {res['in_process_inputs_ms']:.2f} + {res['in_process_retrieval_ms']:.2f} + "
                  f"{res['in_process_coarse_ms']:.2f} + {res['in_process_ranker_ms']:.2f} |",
+                 *([f"| coarse stage, CPU ms: HCN user tower traced (TorchScript, frozen) / eager torch | "
+                    f"{res['in_process_coarse_ms']:.2f} / {res['in_process_coarse_ms_eager']:.2f} |"]
+                   if "in_process_coarse_ms_eager" in res else []),
                  f"| user features, one user, CPU ms (wall ms): Feast get_online_features / registry resolved once | "
                  f"{res['user_features_feast_ms']:.2f} ({res['user_features_feast_wall_ms']:.2f}) / "
                  f"{res['user_features_fast_ms']:.2f} ({res['user_features_fast_wall_ms']:.2f}) |"]

@@ -26,6 +26,7 @@ from features.model_store import artifact_path, load_artifact, load_vocabs
 from models.layers import Vocab
 from models.sdim import sdim_interest_from_tables
 from models.sdim_hash import SdimHasher
+from scoring.backends import Backend, hcn_user_tower
 from scoring.config import ModelRef
 from scoring.errors import ModelLoadError
 from scoring.ranker_batch import BatchedRanker, RankerBatch
@@ -136,9 +137,13 @@ class CoarseServable(_Servable):
 
     stage = "coarse"
 
-    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu", load_chunk_rows: int = 8192):
+    def __init__(self, ref: ModelRef, root: str | None, device: str = "cpu", load_chunk_rows: int = 8192,
+                 backend: Backend = "eager"):
         super().__init__(ref, root, device)
         self.uses_user_features, self.uses_item_features = _check_feature_layout(self.model, self.manifest)
+        # the user's interests: eager torch or a frozen trace checked against it (scoring/backends.py)
+        self.user_tower, self.backend = hcn_user_tower(self.model, backend, device, self.uses_user_features,
+                                                       label=f"{ref.name}/{self.version}")
         # Without item features an item's vector depends on its row only: the whole table (known items,
         # padding and OOV rows) once here, and a request gathers its candidates' rows. In chunks, so
         # that loading a large catalogue does not hold the MLP's activations for every item at once.
@@ -152,13 +157,13 @@ class CoarseServable(_Servable):
               item_feats: np.ndarray | None) -> np.ndarray:
         """Returns (N,) scores of `items` for the user."""
         d = self.device
-        batch = {"user": torch.tensor([self.vocabs["user"].index(user_id)], device=d),
-                 "hist": _hist_rows(self.vocabs["item"], hist, self.model.config.long_len).to(d)}
+        args = (torch.tensor([self.vocabs["user"].index(user_id)], device=d),
+                _hist_rows(self.vocabs["item"], hist, self.model.config.long_len).to(d))
         if self.uses_user_features:
-            batch["user_feats"] = torch.as_tensor(user_feats, device=d)
+            args += (torch.as_tensor(user_feats, device=d),)
         rows = torch.from_numpy(self.vocabs["item"].encode(items)).to(d)
         with torch.inference_mode():
-            u = self.model.interests(batch)[0]  # (1, K, d)
+            u = self.user_tower(*args)  # (1, K, d)
             v = (self.item_table[rows] if self.item_table is not None
                  else self.model.item_vectors(rows, torch.as_tensor(item_feats, device=d)))  # (N, d)
             return self.model.score(u, v)[0].float().cpu().numpy()  # (N,)

@@ -95,6 +95,9 @@ class ServeConfig(BaseModel):
     popular_merge_k: int = Field(50, ge=0, le=100_000, description="popular items merged into the candidates (covers "
                                  "new items the two-tower has never seen)")
     history_len: int = Field(200, ge=1, le=10_000, description="recent behaviours read per request")
+    coarse_backend: Literal["eager", "torchscript"] = Field(
+        "torchscript", description="HCN's per-request user tower: torchscript = a frozen trace, checked against eager "
+        "torch at load (1e-5) and served eagerly where it differs or cannot be traced (scoring/backends.py)")
     retrieval_index: Literal["exact", "hnsw"] = Field("exact", description="exact: top-N inner product over all item "
                                                       "vectors; hnsw: faiss HNSW index (large catalogues)")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")

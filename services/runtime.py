@@ -39,7 +39,7 @@ def make_stage(name: str, config: ServeConfig, device: str = "cpu"):
         return RetrievalStage(ModelCache(RetrievalServable, root, index=config.retrieval_index, hnsw_m=config.hnsw_m,
                                          hnsw_ef_search=config.hnsw_ef_search))
     if name == "coarse":
-        return CoarseStage(ModelCache(CoarseServable, root))
+        return CoarseStage(ModelCache(CoarseServable, root, backend=config.coarse_backend))
     if name == "ranker":
         return RankerStage(ModelCache(RankerServable, root, device=device))
     raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
