@@ -251,12 +251,16 @@ def _median_ms(fn, reps: int) -> float:
     while wall time on a shared machine would also count the turns other processes take on the core
     (and process time the driver's background threads); the median, not the mean, because the cache
     still suffers from the neighbours."""
+    return _median_clock_ms(fn, reps, time.thread_time)
+
+
+def _median_clock_ms(fn, reps: int, clock) -> float:
     fn()
     times = []
     for _ in range(reps):
-        t = time.thread_time()
+        t = clock()
         fn()
-        times.append(time.thread_time() - t)
+        times.append(clock() - t)
     return 1000 * float(np.median(times))
 
 
@@ -345,20 +349,10 @@ def input_costs(settings, n_candidates: int = 1000, history_len: int = 200, reps
         for key, fn in (("user_features_feast_ms", lambda: repo.online_user_features([users[next(it) % 64]])),
                         ("user_features_fast_ms", lambda: reader.rows([users[next(it) % 64]]))):
             out[key] = _median_ms(fn, reps)
-            out[key.replace("_ms", "_wall_ms")] = _median_wall_ms(fn, reps)
+            out[key.replace("_ms", "_wall_ms")] = _median_clock_ms(fn, reps, time.perf_counter)
         return out
     finally:
         repo.store.teardown()  # the scratch project's online rows and registry entries
-
-
-def _median_wall_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def ranker_batch_sweep(root: Path, name: str = "ranker", batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
