@@ -42,6 +42,12 @@ class ImpressionLogger:
         return _LibrdkafkaProducer(self.bootstrap)
 
     def _drain(self) -> None:
+        # the producer now, while the replica starts: making it imports the Kafka client libraries
+        # (seconds of CPU, holding the GIL), which the first served requests would otherwise wait out
+        try:
+            self._producer = self._make_producer()
+        except Exception as e:  # Kafka not there yet: the loop below retries when a record comes
+            log.warning("impression log: Kafka unavailable at start (%s); retrying with the first record", e)
         while not self._stop.is_set() or not self._q.empty():
             try:
                 rec = self._q.get(timeout=0.2)
