@@ -26,26 +26,38 @@ PROCESSORS = ("popularity", "bse-encoder", "feature-writer", "feature-publisher"
 
 
 def _publisher(s: Settings, feast: bool, offline_history: bool = False):
-    import redis
-
     from features.feast_repo import repo_for_settings
     from features.item_features import RedisItemFeatures
     from pipelines.stream.feature_publisher import FeaturePublisher
 
-    return FeaturePublisher(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+    from recstream.redis_io import redis_client
+
+    _refuse_partitioned("feature-publisher", s)
+    return FeaturePublisher(redis_client(s.redis_url, decode_responses=True), s.redis_prefix,
                             repo=repo_for_settings(s) if feast else None,
                             item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix),
                             offline_history=offline_history)
 
 
+def _refuse_partitioned(name: str, s: Settings) -> None:
+    """The feature-writer's counters script names its keys in ARGV and its item counters are not
+    sharded per partition yet, so it would break the exactly-once effect on a Redis Cluster:
+    refuse at start, naming the setting, instead of failing on the first CROSSSLOT error."""
+    if s.redis_partitions is not None:
+        raise typer.BadParameter(f"{name} does not support redis_key_layout='partitioned' (Redis Cluster) yet; "
+                                 f"redis_url={s.redis_url!r}", param_hint="RECSTREAM_REDIS_KEY_LAYOUT")
+
+
 def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True,
                   publish: str = "inline", offline_history: bool = False):
-    import redis
+    from features.keys import KeyLayout
+    from recstream.redis_io import redis_client
 
+    layout = KeyLayout.from_settings(s)
     if name == "popularity":
         from pipelines.stream import PopularityHandler
 
-        return PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
+        return PopularityHandler(redis_client(s.redis_url), layout, s.recent_items_max)
     if name == "bse-encoder":
         from features.bse import RedisBseStore, TableVersion
         from models.sdim_hash import SdimConfig, SdimHasher
@@ -53,7 +65,8 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
 
         emb = load_item_embeddings(embeddings)
         version = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version)
-        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len)
+        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len,
+                                       layout=layout)
         return BseEncoderHandler(store)
     if name == "feature-writer":
         from pipelines.stream.feature_writer import FeatureWriterHandler
@@ -63,7 +76,8 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
         if offline_history and publish != "inline":
             raise typer.BadParameter("--offline-history needs --publish inline (the writer records each segment's "
                                      "state in its own publisher)", param_hint="--offline-history")
-        return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+        _refuse_partitioned(name, s)
+        return FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), s.redis_prefix,
                                     publisher=_publisher(s, feast, offline_history) if publish == "inline" else None)
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 
