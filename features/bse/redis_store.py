@@ -266,8 +266,10 @@ class RedisBseStore(BseStore):
         pipe = self.r.pipeline(transaction=True)
         for f, v in params.items():
             pipe.hsetnx(key, f, v)
-        pipe.hgetall(key)
-        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        pipe.execute()
+        # read after: each field keeps the first writer's value, so a later reader sees the winner
+        # (a cluster transaction would return HGETALL's reply unparsed)
+        stored = {k.decode(): v.decode() for k, v in self.r.hgetall(key).items()}
         for f, v in params.items():
             if stored.get(f) != v:
                 raise TableVersionMismatch(version, f, str(stored.get(f)), v)

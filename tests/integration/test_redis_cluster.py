@@ -1,0 +1,136 @@
+"""Stream processors on a real Redis Cluster (three masters with a replica each) and a 6-partition
+topic: several instances of one processor in one consumer group, a third instance joining
+mid-stream (rebalance) and one SIGKILLed mid-stream (its partitions move to the others), and the
+end state equal to a from-scratch computation: no event lost, none applied twice.
+
+Every key a processor writes for partition p carries p's hash tag (features/keys.py KeyLayout),
+so each partition's state and stored offsets commit in one MULTI/EXEC on one master; the readers
+used for the checks find a user's keys with the producers' murmur2 partitioner and sum the
+per-partition popularity shards, as serving does.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from features.bse import RedisBseStore
+from features.keys import KeyLayout, PopularityKeys
+from pipelines.produce import produce_events
+from pipelines.stream.popularity import WEIGHTS, PopularityHandler
+from recstream.redis_io import redis_client
+from services.inputs import top_of_shards
+from tests.integration.kafka_utils import group_assignment
+from tests.integration.procs import N_EVENTS, finish, spawn_processor, stream_100k, wait_for, wait_until
+from tests.integration.test_exactly_once import EMB_SPEC, MAX_SEQ_LEN, _assert_same_state, _expected, _version
+
+pytestmark = pytest.mark.integration
+
+RECENT_ITEMS_MAX = 200  # Settings.recent_items_max's default, which the spawned processors use
+
+
+def _spawn(settings, processor: str):
+    extra = ("--embeddings", EMB_SPEC, "--max-seq-len", str(MAX_SEQ_LEN)) if processor == "bse-encoder" else ()
+    return spawn_processor(settings, processor, *extra)
+
+
+def _progress(settings, processor: str):
+    """() -> records applied so far (the offsets stored with the state, summed over partitions)."""
+    layout = KeyLayout.from_settings(settings)
+    if processor == "popularity":
+        handler = PopularityHandler(redis_client(settings.redis_url), layout)
+        return lambda: sum(handler.stored_offsets(settings.events_topic).values())
+    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, layout=layout)
+    return lambda: sum(o for (t, _), o in store.committed_offsets("bse-encoder").items() if t == settings.events_topic)
+
+
+def _applied_by(output: str, processor: str) -> int:
+    """Events a stopped instance reports it applied (`recstream process` prints it on exit)."""
+    found = re.findall(rf"{processor}: applied (\d+) events", output)
+    assert found, output[-3000:]
+    return int(found[-1])
+
+
+def _check_popularity(settings, events) -> None:
+    layout = KeyLayout.from_settings(settings)
+    keys = PopularityKeys(layout)
+    r = redis_client(settings.redis_url, decode_responses=True)
+    pop: dict[str, float] = {}
+    seen: dict[str, set[str]] = {}
+    last_ts: dict[str, dict[str, int]] = {}
+    for e in events:
+        w = WEIGHTS[e.type]
+        if w > 0:
+            pop[e.item_id] = pop.get(e.item_id, 0.0) + w
+        if e.type.value != "impression":
+            seen.setdefault(e.user_id, set()).add(e.item_id)
+            items = last_ts.setdefault(e.user_id, {})
+            items[e.item_id] = max(items.get(e.item_id, e.ts), e.ts)
+    # every shard summed (exact: the weights are binary fractions), then the readers' top-k
+    got = {}
+    for shard in keys.popular_shards:
+        for item, score in r.zrange(shard, 0, -1, withscores=True):
+            got[item] = got.get(item, 0.0) + score
+    assert got == pop
+    top = top_of_shards(r, keys.popular_shards, 50)
+    assert [s for _, s in top] == sorted(pop.values(), reverse=True)[:50]
+    assert all(pop[i] == s for i, s in top)
+    for user, items in seen.items():
+        assert r.smembers(keys.seen(user)) == items, f"seen set of {user}"
+        newest = dict(sorted(last_ts[user].items(), key=lambda kv: kv[1], reverse=True)[:RECENT_ITEMS_MAX])
+        assert {i: int(s) for i, s in r.zrange(keys.recent(user), 0, -1, withscores=True)} == newest, user
+
+
+def _check_bse(settings, events) -> None:
+    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, versions=[_version()],
+                                   max_seq_len=MAX_SEQ_LEN, layout=KeyLayout.from_settings(settings))
+    users = sorted({e.user_id for e in events})
+    assert sorted(store.users()) == sorted({e.user_id for e in events if e.is_positive})
+    _assert_same_state(store, _expected(events), users)
+
+
+@pytest.mark.parametrize("processor", ["popularity", "bse-encoder"])
+def test_instances_join_and_die_mid_stream_on_redis_cluster_end_state_exact(cluster_settings, processor):
+    """Two instances start on the first 60% of the stream; a third joins once a fifth is applied
+    (the group rebalances over three); the rest of the stream is produced once it holds partitions;
+    at 75% one of the first two is SIGKILLed (its partitions move after the session timeout). The
+    survivors must finish the stream with the state of a from-scratch computation."""
+    s = cluster_settings
+    events = stream_100k()
+    cut = int(N_EVENTS * 0.6)
+    produce_events(events[:cut], s, progress=False)
+    progress = _progress(s, processor)
+    group = f"recstream.{processor}"
+    a, b = _spawn(s, processor), _spawn(s, processor)
+    c = None
+    try:
+        wait_for(progress, N_EVENTS // 5, a, timeout_s=180)
+        c = _spawn(s, processor)
+        wait_until(lambda: len(group_assignment(s.kafka_bootstrap, group, s.events_topic)) == 3,
+                   "three members hold partitions", timeout_s=120)
+        joined_at = progress()
+        produce_events(events[cut:], s, progress=False)
+        wait_for(progress, int(N_EVENTS * 0.75), b, timeout_s=180)
+        a.kill()  # SIGKILL: no revoke, no flush, no commit
+        killed_at = progress()
+        a.wait(timeout=10)
+        t0 = time.monotonic()
+        wait_for(progress, N_EVENTS, b, timeout_s=180)
+        takeover_s = time.monotonic() - t0
+        for p in (b, c):
+            p.terminate()
+        applied_b, applied_c = (_applied_by(finish(p, timeout_s=60), processor) for p in (b, c))
+    finally:
+        for p in (a, b, c):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert joined_at < N_EVENTS and killed_at < N_EVENTS, (joined_at, killed_at)
+    assert applied_c > 0 and applied_b > 0, (applied_b, applied_c)
+    print(f"{processor}: third instance joined at {joined_at}, SIGKILL at {killed_at} of {N_EVENTS} events; "
+          f"survivors applied {applied_b} + {applied_c}; last {N_EVENTS - killed_at} in {takeover_s:.1f} s")
+    if processor == "popularity":
+        _check_popularity(s, events)
+    else:
+        _check_bse(s, events)
