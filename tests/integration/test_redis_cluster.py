@@ -12,6 +12,7 @@ per-partition popularity shards, as serving does.
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import pytest
@@ -29,6 +30,41 @@ from tests.integration.test_exactly_once import EMB_SPEC, MAX_SEQ_LEN, _assert_s
 pytestmark = pytest.mark.integration
 
 RECENT_ITEMS_MAX = 200  # Settings.recent_items_max's default, which the spawned processors use
+# The events arrive over this long (plus however long the third member takes to join: the second
+# half waits for it), so that members join and die while they flow.
+STREAM_S = 40.0
+
+
+class _PacedProducer(threading.Thread):
+    """Produces the events evenly over `duration_s` (one producer, keyed by user id as always),
+    holding at index `gate_at` until `gate` is set, so that what the test does before setting it
+    happens with events still to come; `sent` counts what was handed to the producer so far."""
+
+    def __init__(self, events, settings, duration_s: float, gate_at: int):
+        super().__init__(daemon=True)
+        self.events, self.settings, self.duration_s, self.gate_at = events, settings, duration_s, gate_at
+        self.gate = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def _paced(self):
+        t0, per_event_s = time.monotonic(), self.duration_s / len(self.events)
+        for i, e in enumerate(self.events):
+            if i == self.gate_at:
+                waited = time.monotonic()
+                if not self.gate.wait(timeout=300):
+                    raise TimeoutError("the test never opened the gate")
+                t0 += time.monotonic() - waited
+            if i % 500 == 0:
+                time.sleep(max(0.0, t0 + i * per_event_s - time.monotonic()))
+            self.sent = i + 1
+            yield e
+
+    def run(self) -> None:
+        try:
+            produce_events(self._paced(), self.settings, progress=False)
+        except BaseException as e:  # re-raised by the test after join()
+            self.error = e
 
 
 def _spawn(settings, processor: str):
@@ -93,30 +129,34 @@ def _check_bse(settings, events) -> None:
 
 @pytest.mark.parametrize("processor", ["popularity", "bse-encoder"])
 def test_instances_join_and_die_mid_stream_on_redis_cluster_end_state_exact(cluster_settings, processor):
-    """Two instances start on the first 60% of the stream; a third joins once a fifth is applied
-    (the group rebalances over three); the rest of the stream is produced once it holds partitions;
-    at 75% one of the first two is SIGKILLed (its partitions move after the session timeout). The
-    survivors must finish the stream with the state of a from-scratch computation."""
+    """The 100,000 events arrive over STREAM_S seconds, the second half only once a third member
+    holds partitions. Two instances start; the third is started once 3% is applied (the group
+    rebalances over three while events flow: a processor takes 5-40 s to start and join on a
+    loaded 2-core machine); once 10% more is applied after it joined (and at least 60%), one of
+    the first two is SIGKILLed (its partitions move after the session timeout). The survivors must
+    finish the stream with the state of a from-scratch computation."""
     s = cluster_settings
     events = stream_100k()
-    cut = int(N_EVENTS * 0.6)
-    produce_events(events[:cut], s, progress=False)
     progress = _progress(s, processor)
     group = f"recstream.{processor}"
     a, b = _spawn(s, processor), _spawn(s, processor)
     c = None
+    producer = _PacedProducer(events, s, STREAM_S, gate_at=N_EVENTS // 2)
+    producer.start()
     try:
-        wait_for(progress, N_EVENTS // 5, a, timeout_s=180)
+        wait_for(progress, int(N_EVENTS * 0.03), a, timeout_s=120)
         c = _spawn(s, processor)
         wait_until(lambda: len(group_assignment(s.kafka_bootstrap, group, s.events_topic)) == 3,
                    "three members hold partitions", timeout_s=120)
-        joined_at = progress()
-        produce_events(events[cut:], s, progress=False)
-        wait_for(progress, int(N_EVENTS * 0.75), b, timeout_s=180)
+        joined_at, produced_at_join = progress(), producer.sent
+        producer.gate.set()
+        wait_for(progress, max(int(N_EVENTS * 0.6), joined_at + N_EVENTS // 10), b, timeout_s=120)
         a.kill()  # SIGKILL: no revoke, no flush, no commit
-        killed_at = progress()
+        killed_at, produced_at_kill = progress(), producer.sent
         a.wait(timeout=10)
         t0 = time.monotonic()
+        producer.join(timeout=120)
+        assert producer.error is None, producer.error
         wait_for(progress, N_EVENTS, b, timeout_s=180)
         takeover_s = time.monotonic() - t0
         for p in (b, c):
@@ -126,10 +166,13 @@ def test_instances_join_and_die_mid_stream_on_redis_cluster_end_state_exact(clus
         for p in (a, b, c):
             if p is not None and p.poll() is None:
                 p.kill()
+    # both changes of membership happened while events were still arriving
+    assert produced_at_join < N_EVENTS and produced_at_kill < N_EVENTS, (produced_at_join, produced_at_kill)
     assert joined_at < N_EVENTS and killed_at < N_EVENTS, (joined_at, killed_at)
     assert applied_c > 0 and applied_b > 0, (applied_b, applied_c)
-    print(f"{processor}: third instance joined at {joined_at}, SIGKILL at {killed_at} of {N_EVENTS} events; "
-          f"survivors applied {applied_b} + {applied_c}; last {N_EVENTS - killed_at} in {takeover_s:.1f} s")
+    print(f"{processor}: third instance joined at {joined_at} applied ({produced_at_join} produced), SIGKILL at "
+          f"{killed_at} applied ({produced_at_kill} produced) of {N_EVENTS}; survivors applied {applied_b} + "
+          f"{applied_c}; the rest done {takeover_s:.1f} s after the kill")
     if processor == "popularity":
         _check_popularity(s, events)
     else:
