@@ -63,7 +63,7 @@ EXIT_AFTER_WRITES_RC = 70
 # cluster-node-timeout, and until then the cluster answers CLUSTERDOWN / TRYAGAIN or has no node.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
               redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, redis.exceptions.MasterDownError,
-              redis.exceptions.SlotNotCoveredError)
+              redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError)
 
 
 def freeze_heap_for_streaming() -> None:

@@ -136,11 +136,48 @@ class LocalRedisCluster:
                     return int(parts[1].split("@")[0].rsplit(":", 1)[1])
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def _node(self, port: int) -> _Node:
+        return next(n for n in self.nodes if n.port == port)
+
+    def replica_of(self, master_port: int) -> int:
+        """Port of the live replica that follows the master on `master_port`."""
+        lines = [ln.split() for ln in self._cli(master_port, "cluster", "nodes").splitlines() if ln.strip()]
+        master_id = next(ln[0] for ln in lines if "myself" in ln[2])
+        for ln in lines:
+            if "slave" in ln[2] and ln[3] == master_id and "fail" not in ln[2]:
+                return int(ln[1].split("@")[0].rsplit(":", 1)[1])
+        raise RuntimeError(f"no live replica follows the master on :{master_port}")
+
+    def role(self, port: int) -> str:
+        """'master' or 'slave', as the node on `port` reports itself."""
+        out = self._cli(port, "role").split()
+        return out[0] if out else ""
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` (no shutdown, no final fsync)."""
-        n = next(n for n in self.nodes if n.port == port)
+        n = self._node(port)
         os.kill(n.proc.pid, signal.SIGKILL)
         n.proc.wait(timeout=10)
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP the node on `port`: it stops reading (a replica falls behind its master)."""
+        os.kill(self._node(port).proc.pid, signal.SIGSTOP)
+
+    def drop_replicas(self, master_port: int) -> None:
+        """The master closes its replication links: what it writes next reaches no replica until
+        the replica reconnects (about a second later, unless paused)."""
+        self._cli(master_port, "client", "kill", "type", "replica")
+
+    def resume(self, port: int) -> None:
+        os.kill(self._node(port).proc.pid, signal.SIGCONT)
+
+    def restart(self, port: int, timeout_s: float = 60.0) -> None:
+        """Start a killed node again with its config: it rejoins (as a replica if it was replaced)."""
+        n = self._node(port)
+        if n.proc is not None and n.proc.poll() is None:
+            return
+        self._start(n)
+        self._wait(lambda: self._cli(n.port, "ping").strip() == "PONG", f"redis node :{n.port}", timeout_s)
 
     def down(self) -> None:
         for n in self.nodes:
