@@ -30,22 +30,13 @@ def _publisher(s: Settings, feast: bool, offline_history: bool = False):
     from features.item_features import RedisItemFeatures
     from pipelines.stream.feature_publisher import FeaturePublisher
 
+    from features.keys import KeyLayout
     from recstream.redis_io import redis_client
 
-    _refuse_partitioned("feature-publisher", s)
-    return FeaturePublisher(redis_client(s.redis_url, decode_responses=True), s.redis_prefix,
+    return FeaturePublisher(redis_client(s.redis_url, decode_responses=True), KeyLayout.from_settings(s),
                             repo=repo_for_settings(s) if feast else None,
                             item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix),
                             offline_history=offline_history)
-
-
-def _refuse_partitioned(name: str, s: Settings) -> None:
-    """The feature-writer's counters script names its keys in ARGV and its item counters are not
-    sharded per partition yet, so it would break the exactly-once effect on a Redis Cluster:
-    refuse at start, naming the setting, instead of failing on the first CROSSSLOT error."""
-    if s.redis_partitions is not None:
-        raise typer.BadParameter(f"{name} does not support redis_key_layout='partitioned' (Redis Cluster) yet; "
-                                 f"redis_url={s.redis_url!r}", param_hint="RECSTREAM_REDIS_KEY_LAYOUT")
 
 
 def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True,
@@ -76,8 +67,7 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
         if offline_history and publish != "inline":
             raise typer.BadParameter("--offline-history needs --publish inline (the writer records each segment's "
                                      "state in its own publisher)", param_hint="--offline-history")
-        _refuse_partitioned(name, s)
-        return FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), s.redis_prefix,
+        return FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), layout,
                                     publisher=_publisher(s, feast, offline_history) if publish == "inline" else None)
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 
