@@ -22,7 +22,7 @@ from features.keys import KeyLayout, PopularityKeys
 from pipelines.produce import produce_events
 from pipelines.stream.popularity import WEIGHTS, PopularityHandler
 from recstream.redis_io import redis_client
-from services.inputs import top_of_shards
+from services.inputs import PopularItems, RedisInputs, top_of_shards
 from tests.integration.kafka_utils import group_assignment
 from tests.integration.procs import N_EVENTS, finish, spawn_processor, stream_100k, wait_for, wait_until
 from tests.integration.test_exactly_once import EMB_SPEC, MAX_SEQ_LEN, _assert_same_state, _expected, _version
@@ -113,6 +113,11 @@ def _check_popularity(settings, events) -> None:
     top = top_of_shards(r, keys.popular_shards, 50)
     assert [s for _, s in top] == sorted(pop.values(), reverse=True)[:50]
     assert all(pop[i] == s for i, s in top)
+    # serving's readers, on the cluster client and the layout from the settings
+    assert PopularItems(r, settings.redis_prefix, pool_size=50, layout=layout).popular(50) == top
+    inputs = RedisInputs(redis_client(settings.redis_url), settings.redis_prefix, layout=layout)
+    some_user = events[0].user_id
+    assert inputs.seen(some_user, sorted(seen[some_user]) + ["never-seen"]).tolist() == [True] * len(seen[some_user]) + [False]
     for user, items in seen.items():
         assert r.smembers(keys.seen(user)) == items, f"seen set of {user}"
         newest = dict(sorted(last_ts[user].items(), key=lambda kv: kv[1], reverse=True)[:RECENT_ITEMS_MAX])
@@ -124,7 +129,22 @@ def _check_bse(settings, events) -> None:
                                    max_seq_len=MAX_SEQ_LEN, layout=KeyLayout.from_settings(settings))
     users = sorted({e.user_id for e in events})
     assert sorted(store.users()) == sorted({e.user_id for e in events if e.is_positive})
-    _assert_same_state(store, _expected(events), users)
+    ref = _expected(events)
+    _assert_same_state(store, ref, users)
+    # serving's readers find each user's keys with the producers' partitioner
+    import numpy as np
+
+    from models.sdim_hash import SdimConfig
+    from services.bse_lookup import BseLookup
+
+    layout = KeyLayout.from_settings(settings)
+    inputs = RedisInputs(redis_client(settings.redis_url), settings.redis_prefix, layout=layout)
+    sdim = SdimConfig(dim=_version().shape[2])
+    lookup = BseLookup(settings.redis_url, settings.redis_prefix, {"base": sdim}, partitions=layout.partitions)
+    for u in users[:20]:
+        assert inputs.history(u, 50) == ref.sequence(u, last_n=50)
+        np.testing.assert_array_equal(inputs.bse_tables(u, "base", sdim), ref.tables([u], _version().name)[0])
+    np.testing.assert_array_equal(lookup.tables(users, "base"), ref.tables(users, _version().name))
 
 
 @pytest.mark.parametrize("processor", ["popularity", "bse-encoder"])
