@@ -39,3 +39,4 @@ def test_partitioned_layout_puts_a_users_keys_in_its_partitions_slot():
 def test_a_partition_outside_the_layout_is_refused(partition):
     with pytest.raises(ValueError, match=f"partition {partition!r} is outside the layout's 6 partitions"):
         KeyLayout("rs", 6).tag(partition)
+
