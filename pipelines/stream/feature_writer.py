@@ -20,7 +20,9 @@ Exactly-once effect in two steps:
    (`recstream process feature-publisher`): Feast's Python push costs about as much per second
    as counting the events, so a separate process lets each keep up with 20k events/s.
    Known limit with several publishers: two may publish the same item at once and land in either
-   order, leaving the older value until the item's next change republishes it.
+   order, leaving the older value until the item's next change republishes it. So several writer
+   instances (one consumer group, e.g. scaled out on a Redis Cluster) run with `--publish
+   separate` and one `feature-publisher` (it reads every partition's outbox).
 
 Offline history (a publisher with `offline_history=True`, `--offline-history`): for a dataset
 streamed in bulk to train on, `apply` commits each batch in `segments` in which no entity has two

@@ -283,14 +283,17 @@ def test_master_killed_under_load_replica_promoted_end_state_exact(cluster_setti
 
 
 def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_settings):
-    """Two feature-writer instances (publishing item blobs inline; Feast is left out here: its push
-    is the same with one Redis or a cluster) over 30,000 events of every type (ratings, likes,
-    purchases, genres and categories; 100,000 would add a minute and cover nothing more); at half
-    the stream one is SIGKILLed. Item counters are sharded per partition (every partition updates an item), users'
+    """Two feature-writer instances and one feature-publisher (to Feast's online store in its
+    redis_cluster mode and to the item blobs; one publisher, as the module docstring of
+    pipelines/stream/feature_writer.py asks of a deployment with several writers: two publishers can
+    land one item's values in either order) over 30,000 events of every type (ratings, likes,
+    purchases, genres and categories, which the 100,000-event stream of the other tests lacks); at
+    half the stream one writer is SIGKILLed. Item counters are sharded per partition (every partition updates an item), users'
     counters live in their partition: the features computed from the counters and the published
     item blobs must equal the oracle's from the raw events."""
     import numpy as np
 
+    from features.feast_repo import repo_for_settings
     from features.item_features import RedisItemFeatures
     from features.repo.definitions import ITEM_FEATURES, USER_FEATURES
     from pipelines.stream.feature_publisher import FeaturePublisher
@@ -308,17 +311,19 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
 
     writer = FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), layout)  # reads its offsets
     progress = lambda: sum(writer.stored_offsets(s.events_topic).values())  # noqa: E731
-    a, b = (spawn_processor(s, "feature-writer", "--no-feast") for _ in range(2))
+    a, b = (spawn_processor(s, "feature-writer", "--publish", "separate") for _ in range(2))
+    publisher = spawn_processor(s, "feature-publisher")
     try:
         wait_for(progress, n_events // 2, a, timeout_s=180)
         a.kill()
         killed_at = progress()
         a.wait(timeout=10)
         wait_for(progress, n_events, b, timeout_s=240)
-        b.terminate()
-        finish(b, timeout_s=120)  # a clean stop drains the outbox
+        for p in (b, publisher):  # the publisher drains the outbox on a clean stop
+            p.terminate()
+            finish(p, timeout_s=120)
     finally:
-        for p in (a, b):
+        for p in (a, b, publisher):
             if p.poll() is None:
                 p.kill()
     assert killed_at < n_events
@@ -330,6 +335,9 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
         assert (df["event_timestamp"].to_numpy() == exp["event_timestamp"].to_numpy()).all()
     _assert_frames_match(udf, exp_users, "user_id", USER_FEATURES)
     _assert_frames_match(idf, exp_items, "item_id", ITEM_FEATURES)
+    repo = repo_for_settings(s)
+    _assert_frames_match(repo.online_user_features(list(exp_users["user_id"])), exp_users, "user_id", USER_FEATURES)
+    _assert_frames_match(repo.online_item_features(list(exp_items["item_id"])), exp_items, "item_id", ITEM_FEATURES)
     fast = RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix).read(list(exp_items["item_id"]))
     np.testing.assert_allclose(fast, exp_items[list(ITEM_FEATURES)].to_numpy(dtype=np.float32), rtol=1e-5)
     assert not any(pub.r.hlen(pub.keys.dirty("online", e, t)) for t in layout.tags() for e in ("u", "i"))
