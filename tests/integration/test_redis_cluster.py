@@ -21,6 +21,7 @@ from features.bse import RedisBseStore
 from features.keys import KeyLayout, PopularityKeys
 from pipelines.produce import produce_events
 from pipelines.stream.popularity import WEIGHTS, PopularityHandler
+from recstream.errors import StackError
 from recstream.redis_io import redis_client
 from services.inputs import PopularItems, RedisInputs, top_of_shards
 from tests.integration.kafka_utils import group_assignment
@@ -341,3 +342,11 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
     fast = RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix).read(list(exp_items["item_id"]))
     np.testing.assert_allclose(fast, exp_items[list(ITEM_FEATURES)].to_numpy(dtype=np.float32), rtol=1e-5)
     assert not any(pub.r.hlen(pub.keys.dirty("online", e, t)) for t in layout.tags() for e in ("u", "i"))
+
+
+def test_a_processor_refuses_a_topic_with_another_partition_count_than_the_layout(cluster_settings):
+    """Readers locate a user's keys with topic_partitions; a processor whose topic has another
+    partition count would write where no reader looks, so it stops at start with both numbers."""
+    s = cluster_settings.model_copy(update={"topic_partitions": 4})
+    out = finish(spawn_processor(s, "popularity", "--max-idle-s", "1"), timeout_s=120, rc=StackError.exit_code)
+    assert f"topic {s.events_topic} has 6 partitions" in out and "topic_partitions=4" in out, out[-2000:]
