@@ -9,7 +9,6 @@ hash tag for that (features/keys.py KeyLayout).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
