@@ -43,7 +43,16 @@ _ARROW = {"Int64": pa.int64(), "Float32": pa.float32(), "String": pa.string()}
 
 
 def feast_redis_connection_string(redis_url: str) -> str:
-    """redis://[:password@]host:port/db -> Feast's "host:port,db=N[,password=...][,ssl=true]"."""
+    """redis://[:password@]host:port/db -> Feast's "host:port,db=N[,password=...][,ssl=true]";
+    redis+cluster://h:p[,h:p] -> its cluster form "h:p,h:p[,ssl=true]" (redis_type redis_cluster)."""
+    from recstream.redis_io import cluster_nodes, is_cluster_url
+
+    if is_cluster_url(redis_url):
+        try:
+            nodes = [f"{h}:{p}" for h, p in cluster_nodes(redis_url)]
+        except ValueError as e:
+            raise FeatureRepoError("-", str(e)) from None
+        return ",".join(nodes + (["ssl=true"] if redis_url.startswith("rediss+") else []))
     u = urlparse(redis_url)
     if u.scheme not in ("redis", "rediss"):
         raise FeatureRepoError("-", f"redis_url {redis_url!r}: Feast's Redis store needs redis:// or rediss://")
@@ -70,8 +79,12 @@ def write_feature_store_yaml(
         # skip_dedup: our writers push absolute values computed from exactly-once counters, and an
         # entity's counts can change without its latest event time moving (a late event on another
         # partition); Feast's default check would drop such a row as "not newer".
+        from recstream.redis_io import is_cluster_url
+
         online_yaml = (f"  type: redis\n  connection_string: \"{feast_redis_connection_string(redis_url)}\"\n"
                        f"  skip_dedup: true\n")
+        if is_cluster_url(redis_url):  # Feast's own cluster client (its keys are per entity, never multi-slot)
+            online_yaml += "  redis_type: redis_cluster\n"
     elif online == "sqlite":
         online_yaml = f"  type: sqlite\n  path: {repo_dir / 'online.db'}\n"
     else:

@@ -24,6 +24,7 @@ import pandas as pd
 import redis
 
 from features.errors import ItemFeatureSchemaMismatch
+from recstream.redis_io import is_cluster, redis_client
 from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,14 @@ class RedisItemFeatures:
         self.cache_max_items = cache_max_items
         self.key_ttl_s = key_ttl_s
         self._cache: dict[str, tuple[float, np.ndarray]] = {}
+        # Blobs are absolute values, one key per item, so a read or write across items need not be
+        # atomic: on Redis Cluster the client splits it by slot (plain MGET/MSET must stay in one).
+        self._mget = client.mget_nonatomic if is_cluster(client) else client.mget
+        self._mset = client.mset_nonatomic if is_cluster(client) else None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "rs", **kwargs) -> "RedisItemFeatures":
-        return cls(redis.Redis.from_url(url, decode_responses=False), prefix=prefix, **kwargs)
+        return cls(redis_client(url, decode_responses=False), prefix=prefix, **kwargs)
 
     def _key(self, item_id: str) -> str:
         return f"{self.prefix}:if:{item_id}"
@@ -103,6 +108,9 @@ class RedisItemFeatures:
             number of items written.
         """
         blobs = pack_item_rows(df, self.names)
+        if self._mset is not None and not self.key_ttl_s:
+            self._mset({self._key(i): b for i, b in blobs.items()})
+            return len(blobs)
         pipe = self.r.pipeline(transaction=False)
         if self.key_ttl_s:
             for item_id, blob in blobs.items():
@@ -131,7 +139,7 @@ class RedisItemFeatures:
             miss_idx = list(range(len(item_ids)))
         if not miss_idx:
             return out
-        blobs = self.r.mget([self._key(item_ids[i]) for i in miss_idx])
+        blobs = self._mget([self._key(item_ids[i]) for i in miss_idx])
         present = [(i, b) for i, b in zip(miss_idx, blobs) if b is not None]
         if present:
             buf = b"".join(b for _, b in present)
@@ -158,7 +166,7 @@ class RedisItemFeatures:
         """Event time of each stored row (for freshness metrics)."""
         return [
             None if b is None else _HEADER.unpack_from(b)[1]
-            for b in self.r.mget([self._key(i) for i in item_ids])
+            for b in self._mget([self._key(i) for i in item_ids])
         ]
 
 

@@ -29,10 +29,12 @@ def _store(max_seq_len: int):
     if _store_factory is not None:
         return _store_factory(max_seq_len)
     from features.bse import RedisBseStore
+    from features.keys import KeyLayout
     from recstream.settings import get_settings
 
     s = get_settings()
-    return RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, max_seq_len=max_seq_len)
+    return RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, max_seq_len=max_seq_len,
+                                  layout=KeyLayout.from_settings(s))
 
 
 def _embeddings(spec: str):

@@ -24,7 +24,12 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port]; "
                                  "unset: the local stack's broker, 127.0.0.1:<stack_kafka_port>")
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL for online state; unset: the local "
-                           "stack's redis://127.0.0.1:<stack_redis_port>/0")
+                           "stack's redis://127.0.0.1:<stack_redis_port>/0; a Redis Cluster: "
+                           "redis+cluster://host:port[,host:port] (seed nodes)")
+    redis_key_layout: Literal["single", "partitioned"] | None = Field(
+        None, description="single: every key in one keyspace (one Redis); partitioned: each key a processor writes "
+        "for Kafka partition p carries the hash tag {<redis_prefix>:p<p>}, so state and stored offsets share a "
+        "Redis Cluster slot (required on a cluster); unset: partitioned on a cluster URL, else single")
     home: Path = Field(default_factory=_default_home, description="cache root: Kafka jars, datasets, stack data")
 
     # The local stack (`recstream stack up`, the demo) listens on these; the defaults stay clear
@@ -64,8 +69,20 @@ class Settings(BaseSettings):
             self.kafka_bootstrap = f"127.0.0.1:{self.stack_kafka_port}"
         if "redis_url" not in self.model_fields_set:
             self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url ({self.redis_url!r}) must start with redis://, rediss:// or unix://")
+        from recstream.redis_io import cluster_nodes, is_cluster_url
+
+        if is_cluster_url(self.redis_url):
+            cluster_nodes(self.redis_url)  # raises naming the URL and the bad node
+            if self.redis_key_layout is None:
+                self.redis_key_layout = "partitioned"
+            elif self.redis_key_layout != "partitioned":
+                raise ValueError(f"redis_key_layout ({self.redis_key_layout!r}) must be 'partitioned' with a Redis "
+                                 f"Cluster redis_url ({self.redis_url!r}): a transaction must stay in one hash slot")
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url ({self.redis_url!r}) must start with redis://, rediss://, unix:// or "
+                             "redis+cluster://")
+        if self.redis_key_layout is None:
+            self.redis_key_layout = "single"
         for hp in self.kafka_bootstrap.split(","):
             host, _, port = hp.rpartition(":")
             if not host or not port.isdigit():
@@ -91,6 +108,11 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.home / "stack"
+
+    @property
+    def redis_partitions(self) -> int | None:
+        """Partitions the Redis keys are aligned with (features/keys.py KeyLayout), None when single."""
+        return self.topic_partitions if self.redis_key_layout == "partitioned" else None
 
     def to_env(self) -> dict[str, str]:
         """These settings as RECSTREAM_* variables, for a child process to read back."""

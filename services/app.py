@@ -18,14 +18,15 @@ import copy
 import logging
 from typing import Any
 
-import redis
 import torch
 from fastapi import FastAPI, Header, HTTPException, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
+from features.keys import KeyLayout
 from recstream.ids import explicit_pattern
+from recstream.redis_io import redis_client
 from recstream.settings import Settings
 from scoring.servables import pick_device
 from services import metrics as m
@@ -182,10 +183,12 @@ class Ingress:
         set_body_read_timeout_ms(c.body_read_timeout_ms)
         torch.set_num_threads(c.torch_threads)
         t = c.deadlines.redis_timeout_ms / 1000
-        r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
-        self.inputs = RedisInputs(r, self.settings.redis_prefix, feast_repo=self._feast(), item_cache_ttl_s=c.item_feature_cache_ttl_s)
+        r = redis_client(self.settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
+        layout = KeyLayout.from_settings(self.settings)
+        self.inputs = RedisInputs(r, self.settings.redis_prefix, feast_repo=self._feast(), item_cache_ttl_s=c.item_feature_cache_ttl_s,
+                                  layout=layout)
         popular = PopularItems(r, prefix=self.settings.redis_prefix, pool_size=c.popular_pool_size,
-                                       refresh_s=c.popular_refresh_s)
+                                       refresh_s=c.popular_refresh_s, layout=layout)
         self.impressions = ImpressionLogger(self.settings.kafka_bootstrap, self.settings.impressions_topic,
                                             buffer_max=c.impression_buffer_max)
         # stages not given as handles run in this replica

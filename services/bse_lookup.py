@@ -15,6 +15,7 @@ from ray import serve
 
 from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
+from features.keys import KeyLayout
 from models.sdim_hash import SdimConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ class BseLookup:
         prefix: key prefix (Settings.redis_prefix).
         hasher_configs: ranker model_version -> SdimConfig (or its dict) of the versions served.
         item_bits: quantisation width the writers use (part of the table version name).
+        partitions: the partitioned key layout's partition count (Settings.redis_partitions), so
+            a user's tables are found under the partition the producers send the user to; None:
+            the single layout.
     """
 
     def __init__(
@@ -36,8 +40,9 @@ class BseLookup:
         prefix: str,
         hasher_configs: Mapping[str, SdimConfig | Mapping],
         item_bits: int = DEFAULT_ITEM_BITS,
+        partitions: int | None = None,
     ):
-        self.store = RedisBseStore.from_url(redis_url, prefix=prefix)
+        self.store = RedisBseStore.from_url(redis_url, prefix=prefix, layout=KeyLayout(prefix, partitions))
         self.versions: dict[str, TableVersion] = {}
         for model_version, cfg in hasher_configs.items():
             cfg = cfg if isinstance(cfg, SdimConfig) else SdimConfig(**cfg)

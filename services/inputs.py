@@ -26,7 +26,7 @@ from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.feast_online import OnlineRowReader
 from features.item_features import ITEM_FEATURE_NAMES, RedisItemFeatures
-from features.keys import PopularityKeys
+from features.keys import KeyLayout, PopularityKeys
 from models.sdim_hash import SdimConfig
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,19 @@ class RedisInputs(InputSources):
         feast_repo: features.feast_repo.FeatureRepo, or None (user features off: defaults).
         item_cache_ttl_s: in-replica cache of item blobs.
         bse_version_check_s: how often a version the BSE did not hold is looked up again.
+        layout: where the processors keep a user's keys (KeyLayout.from_settings); None: the
+            single layout under `prefix`.
     """
 
     def __init__(self, client: redis.Redis, prefix: str, feast_repo=None, item_cache_ttl_s: float = 1.0,
-                 bse_version_check_s: float = 5.0):
+                 bse_version_check_s: float = 5.0, layout: KeyLayout | None = None):
         self.r = client
         self.prefix = prefix
+        self.keys = PopularityKeys(layout or KeyLayout(prefix))
         self.feast = feast_repo
         # the registry resolved once here, not per request (features/feast_online.py)
         self.user_rows = OnlineRowReader(feast_repo) if feast_repo is not None else None
-        self.bse = RedisBseStore(client, prefix=prefix)
+        self.bse = RedisBseStore(client, prefix=prefix, layout=layout)
         self.items = RedisItemFeatures(client, prefix=prefix, cache_ttl_s=item_cache_ttl_s)
         self.bse_version_check_s = bse_version_check_s
         self._versions: dict[str, tuple[TableVersion, bool, float]] = {}  # ranker version -> (tv, held, checked at)
@@ -111,7 +114,7 @@ class RedisInputs(InputSources):
     def seen(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         if not item_ids:
             return np.zeros(0, dtype=bool)
-        return np.asarray(self.r.smismember(PopularityKeys(self.prefix).seen(user_id), list(item_ids)), dtype=bool)
+        return np.asarray(self.r.smismember(self.keys.seen(user_id), list(item_ids)), dtype=bool)
 
 
 class InMemoryInputs(InputSources):
@@ -164,16 +167,20 @@ class InMemoryInputs(InputSources):
 
 
 class PopularItems:
-    """The most popular items (the popularity processor's `<prefix>:pop`), cached in the replica:
-    the retrieval fallback and the popular items merged into the candidates.
+    """The most popular items (the popularity processor's `<prefix>:pop`, summed over its
+    per-partition shards with the partitioned layout), cached in the replica: the retrieval
+    fallback and the popular items merged into the candidates.
 
     Args:
         pool_size: items cached; refresh_s: how often the cache is refreshed.
+        layout: KeyLayout.from_settings; None: the single layout under `prefix`.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs", pool_size: int = 1000, refresh_s: float = 2.0):
+    def __init__(self, client: redis.Redis, prefix: str = "rs", pool_size: int = 1000, refresh_s: float = 2.0,
+                 layout: KeyLayout | None = None):
         self.r = client
         self.prefix = prefix
+        self.keys = PopularityKeys(layout or KeyLayout(prefix))
         self.pool_size = pool_size
         self.refresh_s = refresh_s
         self._pool: list[tuple[str, float]] = []
@@ -186,7 +193,7 @@ class PopularItems:
         if time.monotonic() - self._pool_at >= self.refresh_s or not self._pool:
             with self._lock:
                 try:
-                    raw = self.r.zrevrange(PopularityKeys(self.prefix).popular, 0, self.pool_size - 1, withscores=True)
+                    raw = top_of_shards(self.r, self.keys.popular_shards, self.pool_size)
                     self._pool = [(i.decode() if isinstance(i, bytes) else i, float(s)) for i, s in raw]
                     self._pool_at = time.monotonic()
                 except redis.RedisError as e:
@@ -194,3 +201,35 @@ class PopularItems:
                         raise redis.ConnectionError(f"popular items unavailable and none cached: {e}") from e
                     log.warning("popular items: refresh failed (%s); serving the cached %d", e, len(self._pool))
         return self._pool[:n]
+
+
+def top_of_shards(client: redis.Redis, shards: list[str], n: int) -> list[tuple[str | bytes, float]]:
+    """The n members with the largest score summed over ZSET shards, exactly, best first.
+
+    The threshold algorithm: read each shard's top m, sum every member seen over all shards
+    (ZMSCORE); a member in no shard's top m scores at most the sum of the shards' m-th scores, so
+    once the n-th best sum reaches that bound the answer is exact; else m doubles. One shard is
+    one ZREVRANGE.
+    """
+    if len(shards) == 1:
+        return client.zrevrange(shards[0], 0, n - 1, withscores=True)
+    m = n
+    while True:
+        with client.pipeline(transaction=False) as pipe:
+            for k in shards:
+                pipe.zrevrange(k, 0, m - 1, withscores=True)
+            tops = pipe.execute()
+        seen = list(dict.fromkeys(member for top in tops for member, _ in top))
+        if not seen:
+            return []
+        with client.pipeline(transaction=False) as pipe:
+            for k in shards:
+                pipe.zmscore(k, seen)
+            scores = pipe.execute()
+        sums = np.nansum(np.array([[np.nan if x is None else x for x in row] for row in scores], dtype=np.float64),
+                         axis=0)  # (len(seen),)
+        order = sorted(range(len(seen)), key=lambda i: -sums[i])[:n]
+        bound = sum(top[-1][1] for top in tops if len(top) == m)  # a shard with fewer than m is exhausted
+        if len(order) == n and sums[order[-1]] >= bound or all(len(top) < m for top in tops):
+            return [(seen[i], float(sums[i])) for i in order]
+        m *= 2

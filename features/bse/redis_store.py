@@ -1,12 +1,15 @@
 """Redis BSE store.
 
-Keys (prefix = Settings.redis_prefix):
-    {p}:bse:seq:{user}            list of item ids, oldest first, capped at max_seq_len
-    {p}:bse:n:{user}              behaviours ever appended (compare-and-set token)
-    {p}:bse:tab:{version}:{user}  packed table blob (features.bse._codec)
-    {p}:bse:off:{group}           hash "topic:partition" -> next offset to apply
+Keys (`{t}` is the KeyLayout tag, features/keys.py: the prefix Settings.redis_prefix with the
+single layout; with the partitioned one (Redis Cluster) the hash tag of the user's Kafka partition
+for user keys, of the offsets' partition for offsets, so one partition's state and offsets share
+a slot):
+    {t}:bse:seq:{user}            list of item ids, oldest first, capped at max_seq_len
+    {t}:bse:n:{user}              behaviours ever appended (compare-and-set token)
+    {t}:bse:tab:{version}:{user}  packed table blob (features.bse._codec)
+    {t}:bse:off:{group}           hash "topic:partition" -> next offset to apply
     {p}:bse:ver:{version}         hash of the version's parameters (hasher, step, ...)
-    {p}:bse:stage:{writer}:{version}:{user}  a new blob between staging and the script's RENAME
+    {t}:bse:stage:{writer}:{version}:{user}  a new blob between staging and the script's RENAME
 
 An apply costs three round trips whatever the batch size: the stored offsets, one MULTI/EXEC
 snapshot (a read-only Lua script for counters, lengths and eviction heads, and MGET of the blobs),
@@ -15,19 +18,26 @@ the counters and offsets still match the snapshot and only then writes sequences
 offsets. Redis runs a script atomically and, with appendonly, logs its effects as one
 transaction, so offsets never survive a restart without the state they describe. The new
 tables are computed in Python (numpy) between the two trips, which keeps the script short and
-Redis' single thread free of arithmetic. The script touches many users' keys, so it needs a
-single Redis (or one cluster slot); Redis Cluster would need per-slot offset hashes.
+Redis' single thread free of arithmetic. The script touches many users' keys, all declared in
+KEYS: with the partitioned layout an apply is split by partition (users and offsets of one
+partition share its hash tag), so each script runs in one cluster slot. A cluster client cannot
+pipeline a script, so there the snapshot is the read script followed by the MGET (safe: any write
+in between changes a counter the compare-and-set checks) and the staging SETs go one trip before
+the write script.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from typing import Iterator, Sequence
 
 import redis
 
 from features.bse.store import DEFAULT_MAX_SEQ_LEN, DEFAULT_TABLE_CACHE_USERS, BseStore
-from features.bse.types import _UserSnapshot, _UserWrite, PartitionKey
+from features.bse.types import ApplyResult, Behaviour, _UserSnapshot, _UserWrite, PartitionKey
+from features.keys import KeyLayout
+from recstream.redis_io import is_cluster, redis_client
 from features.bse.versions import TableVersion
 from features.errors import TableVersionMismatch
 
@@ -124,12 +134,13 @@ return ok
 
 
 class RedisBseStore(BseStore):
-    """BSE store in one Redis.
+    """BSE store in one Redis or a Redis Cluster.
 
     Args:
-        client: a redis-py client with decode_responses=False (blobs are binary).
+        client: a redis-py client (or RedisCluster) with decode_responses=False (blobs are binary).
         prefix: key prefix (Settings.redis_prefix).
         versions, max_seq_len, max_attempts: see BseStore.
+        layout: the key layout (KeyLayout.from_settings); None: the single layout under `prefix`.
     """
 
     def __init__(
@@ -140,9 +151,14 @@ class RedisBseStore(BseStore):
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
         max_attempts: int = 5,
         table_cache_users: int = DEFAULT_TABLE_CACHE_USERS,
+        layout: KeyLayout | None = None,
     ):
         self.r = client
-        self.prefix = prefix
+        if layout is not None and layout.prefix != prefix:
+            raise ValueError(f"prefix ({prefix!r}) and layout.prefix ({layout.prefix!r}) must be equal")
+        self.layout = layout or KeyLayout(prefix)
+        self.prefix = self.layout.prefix
+        self._cluster = is_cluster(client)
         self._write_script = client.register_script(_WRITE_SCRIPT)
         self._read_script = client.register_script(_READ_SCRIPT)
         self._token = uuid.uuid4().hex[:12]  # this writer's staging keys
@@ -152,21 +168,29 @@ class RedisBseStore(BseStore):
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "rs", **kwargs) -> "RedisBseStore":
-        return cls(redis.Redis.from_url(url, decode_responses=False), prefix=prefix, **kwargs)
+        return cls(redis_client(url, decode_responses=False), prefix=prefix, **kwargs)
 
     # ---- keys ---------------------------------------------------------------------------------
 
     def _k_seq(self, u: str) -> str:
-        return f"{self.prefix}:bse:seq:{u}"
+        return f"{self.layout.user_tag(u)}:bse:seq:{u}"
 
     def _k_n(self, u: str) -> str:
-        return f"{self.prefix}:bse:n:{u}"
+        return f"{self.layout.user_tag(u)}:bse:n:{u}"
 
     def _k_tab(self, version: str, u: str) -> str:
-        return f"{self.prefix}:bse:tab:{version}:{u}"
+        return f"{self.layout.user_tag(u)}:bse:tab:{version}:{u}"
 
-    def _k_off(self, group: str) -> str:
-        return f"{self.prefix}:bse:off:{group}"
+    def _k_off(self, group: str, partition: int | None = None) -> str:
+        """The offsets hash holding `partition` (the only one with the single layout)."""
+        return f"{self.layout.tag(partition)}:bse:off:{group}"
+
+    def _by_tag(self, user_ids: Sequence[str]) -> dict[str, list[int]]:
+        """Positions of the users per tag (one group with the single layout)."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, u in enumerate(user_ids):
+            groups[self.layout.user_tag(u)].append(i)
+        return groups
 
     @staticmethod
     def _field(key: PartitionKey) -> str:
@@ -175,11 +199,47 @@ class RedisBseStore(BseStore):
     # ---- public -------------------------------------------------------------------------------
 
     def committed_offsets(self, group: str) -> dict[PartitionKey, int]:
+        keys = [f"{t}:bse:off:{group}" for t in self.layout.tags()]
+        if len(keys) == 1:
+            raws = [self.r.hgetall(keys[0])]
+        else:
+            with self.r.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.hgetall(k)
+                raws = pipe.execute()
         out = {}
-        for f, v in self.r.hgetall(self._k_off(group)).items():
-            topic, _, part = f.decode().rpartition(":")
-            out[(topic, int(part))] = int(v)
+        for raw in raws:
+            for f, v in raw.items():
+                topic, _, part = f.decode().rpartition(":")
+                out[(topic, int(part))] = int(v)
         return out
+
+    def apply_batch(self, behaviours: Sequence[Behaviour], offsets=None, group: str = "bse") -> ApplyResult:
+        """BseStore.apply_batch; with the partitioned layout, one atomic apply per partition (its
+        users' state and its offsets share the partition's hash tag).
+
+        Raises:
+            ValueError: a behaviour from partition p of a user the partitioner sends elsewhere
+                (the processors refuse such records to the DLQ before they get here).
+        """
+        if not self.layout.partitioned:
+            return super().apply_batch(behaviours, offsets, group)
+        beh: dict[str, list[Behaviour]] = defaultdict(list)
+        offs: dict[str, dict[PartitionKey, int]] = defaultdict(dict)
+        for key, o in (offsets or {}).items():
+            offs[self.layout.tag(key[1])][key] = o
+        for b in behaviours:
+            tag = self.layout.user_tag(b.user_id)
+            if b.partition is not None and self.layout.tag(b.partition) != tag:
+                raise ValueError(f"behaviour of user {b.user_id[:64]!r} from partition {b.partition}, but the "
+                                 f"partitioner sends that user to partition {self.layout.user_partition(b.user_id)}")
+            beh[tag].append(b)
+        results = [super(RedisBseStore, self).apply_batch(beh.get(t, []), offs.get(t, {}), group)
+                   for t in dict.fromkeys([*offs, *beh])]
+        return ApplyResult(n_applied=sum(r.n_applied for r in results), n_skipped=sum(r.n_skipped for r in results),
+                           n_users=sum(r.n_users for r in results), n_evicted=sum(r.n_evicted for r in results),
+                           n_attempts=max((r.n_attempts for r in results), default=1),
+                           offsets={k: o for r in results for k, o in r.offsets.items()})
 
     def table_bytes(self, user_id: str, version: str | TableVersion) -> int:
         name = version.name if isinstance(version, TableVersion) else version
@@ -187,9 +247,9 @@ class RedisBseStore(BseStore):
         return int(self.r.memory_usage(self._k_tab(name, user_id), samples=0) or 0)
 
     def users(self) -> Iterator[str]:
-        head = len(self._k_n(""))
-        for k in self.r.scan_iter(match=f"{self.prefix}:bse:n:*", count=1000):
-            yield k.decode()[head:]
+        for pattern in self.layout.scan_patterns("bse:n:*"):
+            for k in self.r.scan_iter(match=pattern, count=1000):
+                yield k.decode().partition(":bse:n:")[2]
 
     # ---- backend primitives -------------------------------------------------------------------
 
@@ -206,8 +266,10 @@ class RedisBseStore(BseStore):
         pipe = self.r.pipeline(transaction=True)
         for f, v in params.items():
             pipe.hsetnx(key, f, v)
-        pipe.hgetall(key)
-        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
+        pipe.execute()
+        # read after: each field keeps the first writer's value, so a later reader sees the winner
+        # (a cluster transaction would return HGETALL's reply unparsed)
+        stored = {k.decode(): v.decode() for k, v in self.r.hgetall(key).items()}
         for f, v in params.items():
             if stored.get(f) != v:
                 raise TableVersionMismatch(version, f, str(stored.get(f)), v)
@@ -215,8 +277,14 @@ class RedisBseStore(BseStore):
     def _read_offsets(self, group: str, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
         if not keys:
             return {}
-        vals = self.r.hmget(self._k_off(group), [self._field(k) for k in keys])
-        return {k: int(v) for k, v in zip(keys, vals) if v is not None}
+        by_key: dict[str, list[PartitionKey]] = defaultdict(list)
+        for k in keys:
+            by_key[self._k_off(group, k[1])].append(k)
+        out = {}
+        for off_key, ks in by_key.items():
+            vals = self.r.hmget(off_key, [self._field(k) for k in ks])
+            out.update({k: int(v) for k, v in zip(ks, vals) if v is not None})
+        return out
 
     def _scripts_loaded(self, run):
         """run(); if Redis lost the scripts (restart, SCRIPT FLUSH), load them and run again."""
@@ -236,6 +304,9 @@ class RedisBseStore(BseStore):
             keys += [self._k_n(u), self._k_seq(u)]
 
         def run():
+            if self._cluster:  # see the module docstring: script first, then the blobs
+                return [self.r.evalsha(self._read_script.sha, len(keys), *keys, *n_new.values()),
+                        *(self.r.mget([self._k_tab(v, u) for u in users]) for v in versions)]
             pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: one consistent snapshot
             pipe.evalsha(self._read_script.sha, len(keys), *keys, *n_new.values())
             for v in versions:
@@ -255,20 +326,28 @@ class RedisBseStore(BseStore):
         return out
 
     def _read_sequences(self, user_ids: list[str], last_n: int | None = None) -> list[tuple[int, list[str]]]:
-        pipe = self.r.pipeline(transaction=True)
-        for u in user_ids:
-            pipe.get(self._k_n(u))
-            pipe.lrange(self._k_seq(u), -last_n if last_n else 0, -1)
-        res = pipe.execute()
-        return [(int(res[2 * i] or 0), [x.decode() for x in res[2 * i + 1]]) for i in range(len(user_ids))]
+        out: list[tuple[int, list[str]]] = [(0, [])] * len(user_ids)
+        for idx in self._by_tag(user_ids).values():  # one transaction per slot
+            pipe = self.r.pipeline(transaction=True)
+            for i in idx:
+                pipe.get(self._k_n(user_ids[i]))
+                pipe.lrange(self._k_seq(user_ids[i]), -last_n if last_n else 0, -1)
+            res = pipe.execute()
+            for j, i in enumerate(idx):
+                out[i] = (int(res[2 * j] or 0), [x.decode() for x in res[2 * j + 1]])
+        return out
 
     def _read_blobs(self, user_ids: list[str], version: str) -> list[bytes | None]:
         if len(user_ids) == 1:
             return [self.r.get(self._k_tab(version, user_ids[0]))]
-        return self.r.mget([self._k_tab(version, u) for u in user_ids])
+        out: list[bytes | None] = [None] * len(user_ids)
+        for idx in self._by_tag(user_ids).values():
+            for i, blob in zip(idx, self.r.mget([self._k_tab(version, user_ids[i]) for i in idx])):
+                out[i] = blob
+        return out
 
     def _k_staging(self, version: str, u: str) -> str:
-        return f"{self.prefix}:bse:stage:{self._token}:{version}:{u}"
+        return f"{self.layout.user_tag(u)}:bse:stage:{self._token}:{version}:{u}"
 
     def _write(
         self,
@@ -278,7 +357,13 @@ class RedisBseStore(BseStore):
         writes: list[_UserWrite],
     ) -> bool:
         versions = sorted({v for w in writes for v in w.blobs})
-        keys: list[str] = [self._k_off(group)]
+        if new_offsets:  # all of one tag: apply_batch splits a partitioned batch by partition
+            off_key = self._k_off(group, next(iter(new_offsets))[1])
+        elif writes:
+            off_key = f"{self.layout.user_tag(writes[0].user_id)}:bse:off:{group}"
+        else:
+            return True
+        keys: list[str] = [off_key]
         args: list[str | bytes | int] = [self.max_seq_len, len(new_offsets)]
         for k, new in new_offsets.items():
             exp = expected_offsets.get(k)
@@ -298,15 +383,24 @@ class RedisBseStore(BseStore):
             pipe = self.r.pipeline(transaction=False)  # one round trip: staging SETs, then the script
             for stage, blob in staged:
                 pipe.set(stage, blob, px=_STAGING_TTL_MS)
+            if self._cluster:  # a cluster pipeline cannot carry a script: a second trip
+                if staged:
+                    pipe.execute()
+                return self.r.evalsha(self._write_script.sha, len(keys), *keys, *args)
             pipe.evalsha(self._write_script.sha, len(keys), *keys, *args)
             return pipe.execute()[-1]
 
         return int(self._scripts_loaded(run)) == 1
 
     def _write_tables(self, version: str, rows: list[tuple[str, int, bytes]]) -> list[bool]:
-        keys: list[str] = []
-        args: list[str | bytes] = []
-        for u, n_total, blob in rows:
-            keys += [self._k_n(u), self._k_tab(version, u)]
-            args += [str(n_total), blob]
-        return [bool(x) for x in self._write_tables_script(keys=keys, args=args)]
+        ok = [False] * len(rows)
+        for idx in self._by_tag([u for u, _, _ in rows]).values():  # one script per slot
+            keys: list[str] = []
+            args: list[str | bytes] = []
+            for i in idx:
+                u, n_total, blob = rows[i]
+                keys += [self._k_n(u), self._k_tab(version, u)]
+                args += [str(n_total), blob]
+            for i, x in zip(idx, self._write_tables_script(keys=keys, args=args)):
+                ok[i] = bool(x)
+        return ok

@@ -39,12 +39,13 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.keys import offsets_key
+from features.keys import KeyLayout, offsets_key
 from pipelines.stream import metrics as m
 from pipelines.stream.source import KafkaSource, Record, Source
 from recstream.errors import InvalidEvent, StackError
 from recstream.events import Event, parse_event
 from recstream.kafka_io import dlq_record, make_producer
+from recstream.partitioning import partition_for
 from recstream.settings import Settings, get_settings
 from recstream.strict_json import safe_text
 
@@ -58,7 +59,11 @@ _DLQ_MAX_KEY_BYTES = 1024
 EXIT_AFTER_WRITES_RC = 70
 
 # Dependency errors worth waiting out (Redis restarting, loading its append-only file).
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+# On Redis Cluster also a slot whose master just failed: its replica takes over after
+# cluster-node-timeout, and until then the cluster answers CLUSTERDOWN / TRYAGAIN or has no node.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+              redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, redis.exceptions.MasterDownError,
+              redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError)
 
 
 def freeze_heap_for_streaming() -> None:
@@ -131,28 +136,50 @@ class Handler(Protocol):
 class RedisTransactionalHandler:
     """Base for handlers whose state lives in Redis: offsets stored in the same MULTI/EXEC.
 
-    Subclasses implement `write(pipe, events)`, queueing commands on a transactional pipeline.
+    Subclasses implement `write(pipe, events)`, queueing commands on a transactional pipeline;
+    every event of one call shares one KeyLayout tag (`self.layout.tag(events[0].partition)`),
+    under which the subclass writes. With the partitioned layout a batch spanning several
+    partitions becomes one transaction per partition (state and that partition's offsets in one
+    slot); with the single layout it stays one transaction.
     WATCH on the offsets key fences a zombie consumer that lost its partitions mid-batch.
     """
 
     name = "base"
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs"):
+    def __init__(self, client: redis.Redis, prefix: "str | KeyLayout" = "rs"):
         self.r = client
-        self.prefix = prefix
+        self.layout = prefix if isinstance(prefix, KeyLayout) else KeyLayout(prefix)
+        self.prefix = self.layout.prefix
 
-    def offsets_key(self, topic: str) -> str:
-        return offsets_key(self.prefix, self.name, topic)
+    def offsets_key(self, topic: str, partition: int | None = None) -> str:
+        """The offsets hash holding `partition` (any partition with the single layout)."""
+        return offsets_key(self.layout.tag(partition), self.name, topic)
 
     def stored_offsets(self, topic: str) -> dict[int, int]:
-        raw = self.r.hgetall(self.offsets_key(topic))
-        return {int(k): int(v) for k, v in raw.items()}
+        keys = [offsets_key(t, self.name, topic) for t in self.layout.tags()]
+        if len(keys) == 1:
+            raws = [self.r.hgetall(keys[0])]
+        else:  # one hash per slot: a non-transactional pipeline reads them in one trip per node
+            with self.r.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.hgetall(k)
+                raws = pipe.execute()
+        return {int(k): int(v) for raw in raws for k, v in raw.items()}
 
     def write(self, pipe: redis.client.Pipeline, events: list[SourcedEvent]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.write")
 
     def apply(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int]) -> int:
-        key = self.offsets_key(topic)
+        groups: dict[str, tuple[list[SourcedEvent], dict[int, int], int]] = {}
+        for p, o in next_offsets.items():
+            groups.setdefault(self.layout.tag(p), ([], {}, p))[1][p] = o
+        for se in events:
+            groups.setdefault(self.layout.tag(se.partition), ([], {}, se.partition))[0].append(se)
+        return sum(self._apply_slot(topic, evs, offs, p) for evs, offs, p in groups.values())
+
+    def _apply_slot(self, topic: str, events: list[SourcedEvent], next_offsets: dict[int, int], partition: int) -> int:
+        """One transaction: the events and offsets of one tag (one partition, or all when single)."""
+        key = self.offsets_key(topic, partition)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -180,6 +207,11 @@ class StreamProcessor:
         self.config = config
         self.settings = settings or get_settings()
         self.topic = self.settings.events_topic
+        # Partitioned layout: the state of partition p lives under p's hash tag, and readers find a
+        # user's keys by the producers' partitioner, so a record whose key routes elsewhere (a
+        # producer with another partitioner) is refused to the DLQ rather than stored where no
+        # reader looks. None: the single layout, where any partition may hold any user.
+        self._route_partitions = self.settings.redis_partitions
         self._stop = threading.Event()
         self.consumer: Source | None = None
         self.producer = None
@@ -210,6 +242,14 @@ class StreamProcessor:
                                     start_offsets=lambda: self.handler.stored_offsets(self.topic),
                                     fetch_wait_max_ms=self.config.fetch_wait_max_ms, resumed=self._resumed)
         self.producer = make_producer(self.settings, client_id=f"recstream-{self.config.name}-dlq")
+        if self._route_partitions is not None:
+            n = self.consumer.partition_count()
+            if n != self._route_partitions:
+                self.close()
+                raise StackError(f"processor {self.config.name}: topic {self.topic} has {n} partitions but the "
+                                 f"partitioned Redis key layout is set for topic_partitions={self._route_partitions}; "
+                                 "set RECSTREAM_TOPIC_PARTITIONS to the topic's partition count (readers locate a "
+                                 "user's keys with it)")
 
     def run(self, max_idle_s: float | None = None, max_events: int | None = None) -> None:
         """Process until stopped; optionally until idle for max_idle_s or after max_events applied."""
@@ -371,8 +411,14 @@ class StreamProcessor:
                     log.warning("processor %s: %s at %s[%d]@%d", self.config.name, reason, self.topic, partition,
                                 rec.offset)
                 else:
-                    batch.good.append(SourcedEvent(event, partition, rec.offset, rec.timestamp_ms))
-                    continue
+                    routed = (partition if self._route_partitions is None
+                              else partition_for(event.user_id, self._route_partitions))
+                    if routed == partition:
+                        batch.good.append(SourcedEvent(event, partition, rec.offset, rec.timestamp_ms))
+                        continue
+                    reason = (f"user routes to partition {routed} (Kafka murmur2 over {self._route_partitions} "
+                              f"partitions) but the record is on partition {partition}: the partitioned Redis "
+                              "layout needs events keyed by user_id with the default partitioner")
                 # The key travels along for locality, unless it alone would crowd out the value.
                 key = rec.key if rec.key is None or len(rec.key) <= _DLQ_MAX_KEY_BYTES else None
                 dead.append((key, dlq_record(rec.value, reason, self.topic, partition, rec.offset, self.config.name)))

@@ -26,13 +26,14 @@ PROCESSORS = ("popularity", "bse-encoder", "feature-writer", "feature-publisher"
 
 
 def _publisher(s: Settings, feast: bool, offline_history: bool = False):
-    import redis
-
     from features.feast_repo import repo_for_settings
     from features.item_features import RedisItemFeatures
     from pipelines.stream.feature_publisher import FeaturePublisher
 
-    return FeaturePublisher(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+    from features.keys import KeyLayout
+    from recstream.redis_io import redis_client
+
+    return FeaturePublisher(redis_client(s.redis_url, decode_responses=True), KeyLayout.from_settings(s),
                             repo=repo_for_settings(s) if feast else None,
                             item_blobs=RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix),
                             offline_history=offline_history)
@@ -40,12 +41,14 @@ def _publisher(s: Settings, feast: bool, offline_history: bool = False):
 
 def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, max_seq_len: int, feast: bool = True,
                   publish: str = "inline", offline_history: bool = False):
-    import redis
+    from features.keys import KeyLayout
+    from recstream.redis_io import redis_client
 
+    layout = KeyLayout.from_settings(s)
     if name == "popularity":
         from pipelines.stream import PopularityHandler
 
-        return PopularityHandler(redis.Redis.from_url(s.redis_url), s.redis_prefix, s.recent_items_max)
+        return PopularityHandler(redis_client(s.redis_url), layout, s.recent_items_max)
     if name == "bse-encoder":
         from features.bse import RedisBseStore, TableVersion
         from models.sdim_hash import SdimConfig, SdimHasher
@@ -53,7 +56,8 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
 
         emb = load_item_embeddings(embeddings)
         version = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version)
-        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len)
+        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len,
+                                       layout=layout)
         return BseEncoderHandler(store)
     if name == "feature-writer":
         from pipelines.stream.feature_writer import FeatureWriterHandler
@@ -63,7 +67,7 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
         if offline_history and publish != "inline":
             raise typer.BadParameter("--offline-history needs --publish inline (the writer records each segment's "
                                      "state in its own publisher)", param_hint="--offline-history")
-        return FeatureWriterHandler(redis.Redis.from_url(s.redis_url, decode_responses=True), s.redis_prefix,
+        return FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), layout,
                                     publisher=_publisher(s, feast, offline_history) if publish == "inline" else None)
     raise typer.BadParameter(f"unknown processor {name!r}; available: {', '.join(PROCESSORS)}", param_hint="NAME")
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,8 @@ from features.item_features import RedisItemFeatures
 from features.repo.definitions import ITEM_FEATURES, TIMESTAMP_FIELD, USER_FEATURES
 from pipelines.stream import metrics as m
 from pipelines.stream.base import freeze_heap_for_streaming
-from pipelines.stream.feature_writer import POPULARITY_HALF_LIFE_H, RECENT_GENRES, FeatureKeys, decode_marks
+from features.keys import KeyLayout
+from pipelines.stream.feature_writer import HOUR_MS, POPULARITY_HALF_LIFE_H, RECENT_GENRES, FeatureKeys, decode_marks
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ PUBLISH_LATENCY = m.Histogram("recstream_feature_publish_seconds", "feature publ
 # (1h, 24h, 7d), the decayed engagement and the latest/first event times, pruning buckets older
 # than 7d. Shipping nine numbers instead of every bucket keeps a Python publisher fast. The tests
 # compare what it publishes with an oracle over the raw events (tests/feature_oracle.py).
-# KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h.
+# KEYS: hashes then genre lists; ARGV: n_hashes, trim, half_life_h, then optionally per hash the
+# hour its windows end at ('' or none: its own latest event's; an item's shards end at the latest
+# over all shards, so that their sums add up).
 _AGG_SCRIPT = """
 local nh, trim, half = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
@@ -78,6 +81,8 @@ for i = 1, #KEYS do
       end
     end
     local now_h = math.floor(tonumber(ts) / 3600000)
+    local forced = ARGV[3 + i]
+    if forced and forced ~= '' then now_h = tonumber(forced) end
     local w = {imp = {0, 0, 0}, clk = {0, 0, 0}, lik = {0, 0, 0}}
     local pop, stale = 0, {}
     for _, b in ipairs(buckets) do
@@ -98,6 +103,14 @@ for i = 1, #KEYS do
     out[i] = redis.call('LRANGE', KEYS[i], 0, trim)
   end
 end
+return out
+"""
+
+# The latest event time of each item shard ('' for none) in one call per slot: a cluster client's
+# pipeline of HGETs costs about 60 us a command in Python, this a few us a key.
+_SHARD_TS_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], 'ts') or '' end
 return out
 """
 
@@ -129,13 +142,15 @@ class FeaturePublisher:
 
     name = "feature-writer"  # metrics label: freshness is the feature-writer pipeline's
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs", repo=None, item_blobs: RedisItemFeatures | None = None,
+    def __init__(self, client: redis.Redis, prefix: str | KeyLayout = "rs", repo=None,
+                 item_blobs: RedisItemFeatures | None = None,
                  online_publish_ms: float = 50.0, offline_flush_s: float = 10.0, freshness_samples: int = 200_000,
                  offline_history: bool = False):
         if online_publish_ms < 0 or offline_flush_s <= 0:
             raise ValueError(f"online_publish_ms must be >= 0 and offline_flush_s > 0, got {online_publish_ms}, {offline_flush_s}")
         self.r = client
-        self.keys = FeatureKeys(prefix)
+        self.layout = prefix if isinstance(prefix, KeyLayout) else KeyLayout(prefix)
+        self.keys = FeatureKeys(self.layout)
         self.repo = repo
         self.item_blobs = item_blobs
         self.online_publish_ms = online_publish_ms
@@ -143,6 +158,7 @@ class FeaturePublisher:
         self.freshness_ms: deque[float] = deque(maxlen=freshness_samples)
         self._agg_script = client.register_script(_AGG_SCRIPT)
         self._clean_script = client.register_script(_CLEAN_SCRIPT)
+        self._shard_ts_script = client.register_script(_SHARD_TS_SCRIPT)
         self._last_online = 0.0
         self._last_offline = time.monotonic()
         self.offline_history = offline_history
@@ -171,11 +187,12 @@ class FeaturePublisher:
         Returns:
             (entities published, whether the outbox was published whole).
         """
-        marks = self.r.llen(self.keys.fresh_marks)  # applied before the outbox is read below
+        mark_keys = [self.keys.fresh_marks_at(t) for t in self.layout.tags()]
+        marks = [self.r.llen(k) for k in mark_keys]  # applied before the outbox is read below
         n, complete = self.publish("online")
-        if marks and complete:  # else the rest of the outbox goes first, on the next call
+        if any(marks) and complete:  # else the rest of the outbox goes first, on the next call
             done_ms = time.time() * 1000
-            popped = self.r.lpop(self.keys.fresh_marks, marks) or []
+            popped = [mark for k, n_marks in zip(mark_keys, marks) if n_marks for mark in self.r.lpop(k, n_marks) or []]
             ts = np.fromiter((t for mark in popped for t in decode_marks(mark)), np.float64)
             ages = np.maximum(0.0, done_ms - ts)
             self.freshness_ms.extend(ages.tolist())
@@ -184,11 +201,52 @@ class FeaturePublisher:
 
     # publication from the outbox
     def _aggregate(self, users: list[str], items: list[str]) -> list:
-        """One Redis call: per user then item [ts, first, 9 window counts, popularity], then per user
-        its recent genres; stale buckets are pruned on the way."""
+        """Per user then item [ts, first, 9 window counts, popularity], then per user its recent
+        genres; stale buckets are pruned on the way. One Redis call with the single layout; with the
+        partitioned one, a call per tag for the users and, for the items, one trip for the latest
+        event time of every shard and then a call per tag summing its shards up to that hour."""
         k = self.keys
-        keys = [k.user(u) for u in users] + [k.item(i) for i in items] + [k.genres(u) for u in users]
-        return self._agg_script(keys=keys, args=[len(users) + len(items), 4 * RECENT_GENRES, POPULARITY_HALF_LIFE_H]) if keys else []
+        trim_half = [4 * RECENT_GENRES, POPULARITY_HALF_LIFE_H]
+        if not self.layout.partitioned:
+            keys = [k.user(u) for u in users] + [k.item(i) for i in items] + [k.genres(u) for u in users]
+            return self._agg_script(keys=keys, args=[len(users) + len(items), *trim_half]) if keys else []
+        user_rows: list = [None] * len(users)
+        genre_rows: list = [None] * len(users)
+        by_tag: dict[str, list[int]] = defaultdict(list)
+        for j, u in enumerate(users):
+            by_tag[self.layout.user_tag(u)].append(j)
+        for tag, idx in by_tag.items():
+            raw = self._agg_script(keys=[k.user(users[j], tag) for j in idx] + [k.genres(users[j], tag) for j in idx],
+                                   args=[len(idx), *trim_half])
+            for n, j in enumerate(idx):
+                user_rows[j], genre_rows[j] = raw[n], raw[len(idx) + n]
+        return user_rows + self._aggregate_item_shards(items, trim_half) + genre_rows
+
+    def _aggregate_item_shards(self, items: list[str], trim_half: list) -> list:
+        """Item rows summed over the per-partition shards: exact counts (each shard counts its own
+        partition's events once) in windows ending at the item's latest event over all shards.
+        Two calls per tag: the shards' latest event times, then their sums up to that hour."""
+        if not items:
+            return []
+        k, tags = self.keys, self.layout.tags()
+        ts_raw = [ts or None for t in tags for ts in self._shard_ts_script(keys=[k.item(i, t) for i in items])]
+        n = len(items)
+        latest = [max(int(ts_raw[ti * n + j] or 0) for ti in range(len(tags))) for j in range(n)]
+        counts = np.zeros((n, 9), dtype=np.int64)  # (I, 9)
+        pop = np.zeros(n, dtype=np.float64)
+        first: list[int | None] = [None] * n
+        for ti, t in enumerate(tags):
+            present = [j for j in range(n) if ts_raw[ti * n + j] is not None]
+            if not present:
+                continue
+            raw = self._agg_script(keys=[k.item(items[j], t) for j in present],
+                                   args=[len(present), *trim_half, *(str(latest[j] // HOUR_MS) for j in present)])
+            for row, j in zip(raw, present):
+                counts[j] += np.asarray(row[2:11], dtype=np.int64)
+                pop[j] += float(row[11])
+                first[j] = int(row[1]) if first[j] is None else min(first[j], int(row[1]))
+        return [[latest[j], latest[j] if first[j] is None else first[j], *counts[j].tolist(), repr(float(pop[j]))]
+                for j in range(n)]
 
     def compute(self, users: list[str], items: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Current feature rows for users and items (one Redis call), pruning stale buckets."""
@@ -296,11 +354,15 @@ class FeaturePublisher:
         Returns:
             (entities published, whether that was the whole outbox as read).
         """
-        ku, ki = self.keys.dirty(target, "u"), self.keys.dirty(target, "i")
         # The outbox is normally one batch's entities; after a long outage it is read in chunks.
-        dirty_u = self.r.hrandfield(ku, max_entities, withvalues=True) or []
-        dirty_i = self.r.hrandfield(ki, max_entities, withvalues=True) or []
-        users, items = dirty_u[0::2], dirty_i[0::2]
+        # One per tag with the partitioned layout: an entity dirty in several is published once.
+        outbox: list[tuple[str, list]] = []  # (outbox key, [field, change counter, ...] as read)
+        for t in self.layout.tags():
+            for ent in ("u", "i"):
+                key = self.keys.dirty(target, ent, t)
+                outbox.append((key, self.r.hrandfield(key, max_entities, withvalues=True) or []))
+        users = list(dict.fromkeys(f for key, d in outbox if key.endswith(":u") for f in d[0::2]))
+        items = list(dict.fromkeys(f for key, d in outbox if key.endswith(":i") for f in d[0::2]))
         if not users and not items:
             return 0, True
         t0 = time.perf_counter()
@@ -320,12 +382,11 @@ class FeaturePublisher:
             if self.repo is not None:
                 self._push_offline(udf, idf)
             self._last_offline = time.monotonic()
-        if dirty_u:
-            self._clean_script(keys=[ku], args=dirty_u)
-        if dirty_i:
-            self._clean_script(keys=[ki], args=dirty_i)
+        for key, d in outbox:
+            if d:
+                self._clean_script(keys=[key], args=d)
         PUBLISH_LATENCY.labels(target).observe(time.perf_counter() - t0)
-        return len(users) + len(items), len(users) < max_entities and len(items) < max_entities
+        return len(users) + len(items), all(len(d) // 2 < max_entities for _, d in outbox)
 
     def _push_offline(self, udf: pd.DataFrame, idf: pd.DataFrame) -> None:
         # Offline only: the online store already has these values from the per-interval push.

@@ -20,7 +20,9 @@ Exactly-once effect in two steps:
    (`recstream process feature-publisher`): Feast's Python push costs about as much per second
    as counting the events, so a separate process lets each keep up with 20k events/s.
    Known limit with several publishers: two may publish the same item at once and land in either
-   order, leaving the older value until the item's next change republishes it.
+   order, leaving the older value until the item's next change republishes it. So several writer
+   instances (one consumer group, e.g. scaled out on a Redis Cluster) run with `--publish
+   separate` and one `feature-publisher` (it reads every partition's outbox).
 
 Offline history (a publisher with `offline_history=True`, `--offline-history`): for a dataset
 streamed in bulk to train on, `apply` commits each batch in `segments` in which no entity has two
@@ -41,8 +43,10 @@ from collections import defaultdict
 
 import redis
 
+from features.keys import KeyLayout
 from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
 from recstream.events import EventType
+from recstream.redis_io import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +60,26 @@ _KIND = {EventType.impression: "imp", EventType.click: "clk", EventType.view: "c
          EventType.rating: "clk", EventType.like: "lik"}
 
 # One call applies a whole batch (client-side per-command overhead, not Redis, bounds a Python
-# writer): ARGV[1] is JSON {"incr": [[key, field, n]...], "span": [[key, max_ts, min_ts]...],
-# "genres": [[key, [genre...]]...], "dirty": [[key, field]...], "trim": n}; ARGV[2], when not
-# empty, is a freshness mark appended to KEYS[1] (kept to the last ARGV[3] marks).
+# writer): every key it touches is in KEYS (KEYS[1] the freshness marks; a Redis Cluster routes and
+# checks a script by its KEYS), and ARGV[1] is JSON naming them by index: {"incr": [[k, field,
+# n]...], "span": [[k, max_ts, min_ts]...], "genres": [[k, [genre...]]...], "dirty": [[k, field]...],
+# "trim": n}; ARGV[2], when not empty, is a freshness mark appended to KEYS[1] (kept to the last
+# ARGV[3] marks).
 _APPLY_SCRIPT = """
 local b = cjson.decode(ARGV[1])
-for _, x in ipairs(b.incr) do redis.call('HINCRBY', x[1], x[2], x[3]) end
+for _, x in ipairs(b.incr) do redis.call('HINCRBY', KEYS[x[1]], x[2], x[3]) end
 for _, x in ipairs(b.span) do
-  local cur = redis.call('HGET', x[1], 'ts')
-  if (not cur) or x[2] > tonumber(cur) then redis.call('HSET', x[1], 'ts', x[2]) end
-  local first = redis.call('HGET', x[1], 'first')
-  if (not first) or x[3] < tonumber(first) then redis.call('HSET', x[1], 'first', x[3]) end
+  local k = KEYS[x[1]]
+  local cur = redis.call('HGET', k, 'ts')
+  if (not cur) or x[2] > tonumber(cur) then redis.call('HSET', k, 'ts', x[2]) end
+  local first = redis.call('HGET', k, 'first')
+  if (not first) or x[3] < tonumber(first) then redis.call('HSET', k, 'first', x[3]) end
 end
 for _, x in ipairs(b.genres) do
-  redis.call('LPUSH', x[1], unpack(x[2]))
-  redis.call('LTRIM', x[1], 0, b.trim)
+  redis.call('LPUSH', KEYS[x[1]], unpack(x[2]))
+  redis.call('LTRIM', KEYS[x[1]], 0, b.trim)
 end
-for _, x in ipairs(b.dirty) do redis.call('HINCRBY', x[1], x[2], 1) end
+for _, x in ipairs(b.dirty) do redis.call('HINCRBY', KEYS[x[1]], x[2], 1) end
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[1], ARGV[2])
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
@@ -112,26 +119,44 @@ def segments(events: list[SourcedEvent]) -> list[list[SourcedEvent]]:
 
 
 class FeatureKeys:
-    """Redis key layout shared by the writer and the publisher."""
+    """Redis key layout shared by the writer and the publisher.
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    `tag` is a KeyLayout tag (features/keys.py): the writer passes its events' partition's; a
+    reader leaves a user's to the partitioner. Items are updated by every partition, so with the
+    partitioned layout each tag holds a shard of an item's counters (`item(i, tag)`), which the
+    publisher sums; the outbox and the freshness marks are per tag too.
+    """
 
-    def user(self, u: str) -> str:
-        return f"{self.prefix}:fw:u:{u}"
+    def __init__(self, layout: KeyLayout | str):
+        self.layout = layout if isinstance(layout, KeyLayout) else KeyLayout(layout)
+        self.prefix = self.layout.prefix
 
-    def item(self, i: str) -> str:
-        return f"{self.prefix}:fw:i:{i}"
+    def _tag(self, tag: str | None) -> str:
+        if tag is None:
+            if self.layout.partitioned:
+                raise ValueError("the partitioned layout keeps this per partition: name the tag")
+            return self.prefix
+        return tag
 
-    def genres(self, u: str) -> str:
-        return f"{self.prefix}:fw:ug:{u}"
+    def user(self, u: str, tag: str | None = None) -> str:
+        return f"{tag or self.layout.user_tag(u)}:fw:u:{u}"
 
-    def dirty(self, target: str, entity: str) -> str:
-        return f"{self.prefix}:fw:dirty:{target}:{entity}"
+    def item(self, i: str, tag: str | None = None) -> str:
+        return f"{self._tag(tag)}:fw:i:{i}"
+
+    def genres(self, u: str, tag: str | None = None) -> str:
+        return f"{tag or self.layout.user_tag(u)}:fw:ug:{u}"
+
+    def dirty(self, target: str, entity: str, tag: str | None = None) -> str:
+        return f"{self._tag(tag)}:fw:dirty:{target}:{entity}"
+
+    def fresh_marks_at(self, tag: str) -> str:
+        return f"{tag}:fw:fresh"
 
     @property
     def fresh_marks(self) -> str:
-        return f"{self.prefix}:fw:fresh"
+        """The single layout's freshness marks."""
+        return self.fresh_marks_at(self._tag(None))
 
 
 def encode_marks(ts_ms: list[int]) -> str:
@@ -161,12 +186,13 @@ class FeatureWriterHandler(RedisTransactionalHandler):
     name = "feature-writer"
     measures_own_freshness = True  # visible means published, which the publisher measures
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs", publisher=None, freshness_sample_every: int = 4,
-                 max_marks: int = 2000):
+    def __init__(self, client: redis.Redis, prefix: str | KeyLayout = "rs", publisher=None,
+                 freshness_sample_every: int = 4, max_marks: int = 2000):
         super().__init__(client, prefix)
         if freshness_sample_every < 1:
             raise ValueError(f"freshness_sample_every must be >= 1, got {freshness_sample_every}")
-        self.keys = FeatureKeys(prefix)
+        self.keys = FeatureKeys(self.layout)
+        self._cluster = is_cluster(client)
         self.publisher = publisher
         self.freshness_sample_every = freshness_sample_every
         self.max_marks = max_marks
@@ -192,6 +218,7 @@ class FeatureWriterHandler(RedisTransactionalHandler):
     # step 1: counters, inside the offsets transaction
     def write(self, pipe, events: list[SourcedEvent]) -> None:
         k = self.keys
+        tag = self.layout.tag(events[0].partition)  # every event of one call shares it
         incr: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         span: dict[str, list[int]] = {}
         genres: dict[str, list[str]] = defaultdict(list)
@@ -199,7 +226,7 @@ class FeatureWriterHandler(RedisTransactionalHandler):
         for se in events:
             e = se.event
             h = e.ts // HOUR_MS
-            ku, ki = k.user(e.user_id), k.item(e.item_id)
+            ku, ki = k.user(e.user_id, tag), k.item(e.item_id, tag)
             for kind in _kinds(e):
                 incr[ku][f"{kind}:{h}"] += 1
                 incr[ki][f"{kind}:{h}"] += 1
@@ -217,18 +244,28 @@ class FeatureWriterHandler(RedisTransactionalHandler):
                     genres[e.user_id].append(genre)
             users.add(e.user_id)
             items.add(e.item_id)
+        keys: dict[str, int] = {k.fresh_marks_at(tag): 1}  # key -> its KEYS index (1-based)
+
+        def ix(key: str) -> int:
+            return keys.setdefault(key, len(keys) + 1)
+
         batch = {
-            "incr": [[key, f, n] for key, fields in incr.items() for f, n in fields.items()],
-            "span": [[key, hi, lo] for key, (lo, hi) in span.items()],
-            "genres": [[k.genres(u), gs] for u, gs in genres.items()],
-            "dirty": [[k.dirty(t, ent), x] for t in ("online", "offline") for ent, ids in (("u", users), ("i", items))
-                      for x in ids],
+            "incr": [[ix(key), f, n] for key, fields in incr.items() for f, n in fields.items()],
+            "span": [[ix(key), hi, lo] for key, (lo, hi) in span.items()],
+            "genres": [[ix(k.genres(u, tag)), gs] for u, gs in genres.items()],
+            "dirty": [[ix(k.dirty(t, ent, tag)), x] for t in ("online", "offline")
+                      for ent, ids in (("u", users), ("i", items)) for x in ids],
             "trim": 4 * RECENT_GENRES,
         }
         every = self.freshness_sample_every
         sampled = [se.kafka_ts_ms for se in events if se.offset % every == 0]
-        self._apply_script(keys=[k.fresh_marks], args=[json.dumps(batch), encode_marks(sampled) if sampled else "",
-                                                       self.max_marks], client=pipe)
+        args = [json.dumps(batch), encode_marks(sampled) if sampled else "", self.max_marks]
+        if self._cluster:
+            # A cluster pipeline refuses EVALSHA; EVAL by its generic path still queues in the
+            # transaction, checked to one slot, and needs no script cache on a promoted replica.
+            pipe.execute_command("EVAL", _APPLY_SCRIPT, len(keys), *keys, *args)
+        else:
+            self._apply_script(keys=list(keys), args=args, client=pipe)
 
     def tick(self) -> None:
         """The processor calls this after every poll, from its main thread, while the next batch

@@ -1,16 +1,18 @@
 """The walking-skeleton processor: item popularity and each user's seen/recent items in Redis.
 
-Keys (prefix `rs` by default; built by features/keys.py PopularityKeys, which serving reads with):
-  <p>:pop                 ZSET item -> weighted count of positive events
-  <p>:seen:<user>         SET  items the user has interacted with (filters recommendations)
-  <p>:recent:<user>       ZSET item -> last event ts (ms), capped at recent_items_max
+Keys (built by features/keys.py PopularityKeys, which serving reads with; `<t>` is the KeyLayout
+tag: the prefix, or the event's partition hash tag on Redis Cluster):
+  <t>:pop                 ZSET item -> weighted count of positive events (a shard per partition
+                          when partitioned: readers sum the shards)
+  <t>:seen:<user>         SET  items the user has interacted with (filters recommendations)
+  <t>:recent:<user>       ZSET item -> last event ts (ms), capped at recent_items_max
 """
 
 from __future__ import annotations
 
 import redis
 
-from features.keys import PopularityKeys
+from features.keys import KeyLayout, PopularityKeys
 from pipelines.stream.base import RedisTransactionalHandler, SourcedEvent
 from recstream.events import EventType
 
@@ -22,13 +24,14 @@ WEIGHTS = {EventType.purchase: 3.0, EventType.like: 2.0, EventType.rating: 1.0, 
 class PopularityHandler(RedisTransactionalHandler):
     name = "popularity"
 
-    def __init__(self, client: redis.Redis, prefix: str = "rs", recent_items_max: int = 200):
+    def __init__(self, client: redis.Redis, prefix: str | KeyLayout = "rs", recent_items_max: int = 200):
         super().__init__(client, prefix)
         self.recent_items_max = recent_items_max
-        self.keys = PopularityKeys(prefix)
+        self.keys = PopularityKeys(self.layout)
 
     def write(self, pipe, events: list[SourcedEvent]) -> None:
         k = self.keys
+        tag = self.layout.tag(events[0].partition)  # every event of one call shares it
         pop: dict[str, float] = {}
         recent: dict[str, dict[str, int]] = {}
         for se in events:
@@ -39,8 +42,9 @@ class PopularityHandler(RedisTransactionalHandler):
             if e.type != EventType.impression:
                 recent.setdefault(e.user_id, {})[e.item_id] = e.ts
         for item, w in pop.items():
-            pipe.zincrby(k.popular, w, item)
+            pipe.zincrby(k.popular_shard(tag), w, item)
         for user, items in recent.items():
-            pipe.sadd(k.seen(user), *items)
-            pipe.zadd(k.recent(user), items, gt=True)
-            pipe.zremrangebyrank(k.recent(user), 0, -self.recent_items_max - 1)
+            seen, recent_key = k.seen(user, tag), k.recent(user, tag)
+            pipe.sadd(seen, *items)
+            pipe.zadd(recent_key, items, gt=True)
+            pipe.zremrangebyrank(recent_key, 0, -self.recent_items_max - 1)

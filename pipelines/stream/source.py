@@ -151,6 +151,13 @@ class KafkaSource:
     def assignment(self) -> list[int]:
         return list(self._assigned)
 
+    def partition_count(self, timeout_s: float = 10.0) -> int:
+        """The topic's partition count, from the brokers' metadata."""
+        meta = self._c.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            raise StackError(f"topic {self.topic}: no metadata ({None if meta is None else meta.error})")
+        return len(meta.partitions)
+
     def seek(self, partition: int, offset: int) -> None:
         self._c.seek(TopicPartition(self.topic, partition, offset))
 

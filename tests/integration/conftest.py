@@ -95,6 +95,31 @@ def settings(stack_endpoints, scratch_home) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (three masters, one replica each, on loopback), once per session;
+    tests/integration/redis_cluster.py. Only the tests that ask for it start it."""
+    from tests.integration.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def cluster_settings(stack_endpoints, redis_cluster, scratch_home) -> Settings:
+    """As `settings`, on the Redis Cluster with the partitioned key layout and a 6-partition
+    events topic (so every master holds some partitions' state)."""
+    from tests.integration.scratch import scratch
+
+    with scratch(stack_endpoints, scratch_home, redis_url=redis_cluster.url, topic_partitions=6) as s:
+        assert s.redis_key_layout == "partitioned"
+        yield s
+
+
+@pytest.fixture(scope="session")
 def ray_serve():
     """One local Ray instance and Serve HTTP proxy for the session, on a port the OS reports free
     (RECSTREAM_TEST_SERVE_PORT pins one)."""

@@ -32,8 +32,9 @@ def scratch_settings(endpoints, home: Path, tag: str | None = None, **overrides)
 
 def clean_scratch(s: Settings) -> dict[str, int]:
     """Remove what a scratch namespace left on the servers; returns how many topics and keys went."""
-    import redis
     from confluent_kafka.admin import AdminClient
+
+    from recstream.redis_io import redis_client
 
     prefix = s.redis_prefix
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
@@ -43,10 +44,11 @@ def clean_scratch(s: Settings) -> dict[str, int]:
             fut.result(timeout=30)
         except Exception as e:  # already gone, or the broker is slow: never fail a test on cleanup
             log.warning("could not delete topic %s: %s", topic, e)
-    r = redis.Redis.from_url(s.redis_url)
+    r = redis_client(s.redis_url)
     n_keys = 0
-    # Feast's Redis keys end with the project name (recstream_<prefix>, features/feast_repo.py)
-    for pattern in (f"{prefix}:*", f"*recstream_{prefix}".replace("-", "_")):
+    # Feast's Redis keys end with the project name (recstream_<prefix>, features/feast_repo.py);
+    # the partitioned layout's keys start with a partition hash tag {<prefix>:p<p>}
+    for pattern in (f"{prefix}:*", f"{{{prefix}:p*", f"*recstream_{prefix}".replace("-", "_")):
         batch = []
         for key in r.scan_iter(match=pattern, count=1000):
             batch.append(key)

@@ -52,6 +52,16 @@ def test_yaml_is_generated_per_online_store(repo, tmp_path):
     assert feast_redis_connection_string("rediss://h:1/0") == "h:1,db=0,ssl=true"
 
 
+def test_a_redis_cluster_url_gives_feasts_cluster_store(tmp_path):
+    from features.feast_repo import write_feature_store_yaml
+
+    text = write_feature_store_yaml(tmp_path, "redis", "redis+cluster://n1:7000,n2:7001").read_text()
+    assert 'connection_string: "n1:7000,n2:7001"' in text and "redis_type: redis_cluster" in text
+    assert feast_redis_connection_string("rediss+cluster://n1:7000") == "n1:7000,ssl=true"
+    with pytest.raises(FeatureRepoError, match="node 'n1' must be host:port"):
+        feast_redis_connection_string("redis+cluster://n1")
+
+
 def test_online_read_returns_latest_and_nulls_for_unknown(repo):
     df = repo.online_user_features(["u1", "u2", "nobody"], ["clicks_1h", "ctr_7d", "recent_genres"])
     assert df["clicks_1h"].tolist()[:2] == [2, 5]

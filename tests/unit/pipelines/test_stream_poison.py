@@ -115,3 +115,26 @@ def test_a_huge_key_is_not_copied_to_the_dlq():
     p.flush()
     [(_, key, d)] = p.producer.sent
     assert key is None and d["original"] == "junk"
+
+
+def test_partitioned_layout_sends_a_record_keyed_to_another_partition_to_the_dlq():
+    """With the partitioned Redis layout a user's state lives under the partition the producers'
+    murmur2 partitioner picks; an event found on another partition would be stored where no reader
+    looks, so it goes to the DLQ with a reason naming both partitions."""
+    from recstream.partitioning import partition_for
+    from recstream.settings import Settings
+    from tests.stream_fakes import MemoryHandler
+    from pipelines.stream.base import ProcessorConfig, StreamProcessor
+
+    home = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u, 2) == 0)
+    stray = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u, 2) == 1)
+    records = [Record(home.encode(), event_bytes(0, user=home), 0, 0), Record(stray.encode(), event_bytes(1, user=stray), 1, 0)]
+    p = StreamProcessor(MemoryHandler(), ProcessorConfig(name="mem", retry_backoff_ms=1),
+                        Settings(redis_key_layout="partitioned", topic_partitions=2))
+    p.consumer, p.producer = FakeSource([{0: records}], partitions=(0,), allow_seek=False), FakeProducer()
+    p.step()
+    assert p.flush() == 2
+    assert p.handler.items == ["i0"] and p.consumer.commits == [{0: 2}]
+    (_, key, dead), = p.producer.sent
+    assert key == stray.encode() and dead["source"]["offset"] == 1
+    assert "user routes to partition 1" in dead["error"] and "record is on partition 0" in dead["error"]

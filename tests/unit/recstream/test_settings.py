@@ -70,3 +70,27 @@ def test_replication_settings_round_trip_through_the_environment(monkeypatch):
         monkeypatch.setenv(k, v)
     back = Settings()
     assert (back.kafka_replication_factor, back.kafka_min_insync_replicas, back.kafka_acks) == (3, None, "all")
+
+
+def test_a_cluster_url_selects_the_partitioned_layout():
+    s = Settings(redis_url="redis+cluster://10.0.0.1:7000,10.0.0.2:7001", topic_partitions=12)
+    assert s.redis_key_layout == "partitioned" and s.redis_partitions == 12
+    assert Settings(**{k.removeprefix("RECSTREAM_").lower(): v for k, v in s.to_env().items()}) == s  # round trip
+    single = Settings(redis_url="redis://r:1/0")
+    assert single.redis_key_layout == "single" and single.redis_partitions is None
+    assert Settings(redis_url="redis://r:1/0", redis_key_layout="partitioned").redis_partitions == 4
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"redis_url": "redis+cluster://h:7000", "redis_key_layout": "single"},
+     "redis_key_layout ('single') must be 'partitioned' with a Redis Cluster redis_url ('redis+cluster://h:7000')"),
+    ({"redis_url": "redis+cluster://h:7000,nohost"}, "node 'nohost' must be host:port"),
+    ({"redis_url": "redis+cluster://h:70000"}, "node 'h:70000' must be host:port"),
+    ({"redis_url": "redis+cluster://h:7000/0"}, "'redis+cluster://h:7000/0' must be redis+cluster://host:port"),
+    ({"redis_url": "redis+cluster://"}, "must be redis+cluster://host:port"),
+    ({"redis_key_layout": "sharded"}, "redis_key_layout"),
+])
+def test_bad_cluster_settings_fail_with_values(kwargs, needle):
+    with pytest.raises(ValidationError) as ei:
+        Settings(**kwargs)
+    assert needle in str(ei.value)
