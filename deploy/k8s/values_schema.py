@@ -106,7 +106,7 @@ def chart_schema(serve_config: dict[str, Any]) -> dict[str, Any]:
                 "existingSecretKey": _str(minLength=1), "prefix": _str(minLength=1, maxLength=32, pattern=r"^[A-Za-z0-9_-]+$"),
                 "cluster": _obj({"nodes": {"type": "array", "uniqueItems": True,
                                            "items": _str(pattern=r"^[^,:\s]+:[0-9]{1,5}$", description="host:port"),
-                                           "description": "RECSTREAM_REDIS_CLUSTER_NODES (comma-joined)"}}),
+                                           "description": "Redis Cluster seed nodes: RECSTREAM_REDIS_URL=redis+cluster://<nodes, comma-joined>"}}),
                 "networkPeers": LIST, "ports": PORTS,
                 "dev": _obj({"enabled": BOOL, "image": IMAGE_REF}),
             }),

@@ -116,7 +116,10 @@ def test_helm_install_then_upgrade_other_values(helm, apiserver, name):
                                            "RECSTREAM_KAFKA_ACKS")} == {"RECSTREAM_KAFKA_REPLICATION_FACTOR": "3",
                                                                         "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS": "2",
                                                                         "RECSTREAM_KAFKA_ACKS": "all"}
-        assert cm["data"]["RECSTREAM_REDIS_CLUSTER_NODES"].count(",") == 2
+        deploy = apiserver.get(apiserver.path({"apiVersion": "apps/v1", "kind": "Deployment"}, ns) + "/rel-recstream-popularity")
+        (c,) = deploy["spec"]["template"]["spec"]["containers"]
+        (url,) = [e for e in c["env"] if e["name"] == "RECSTREAM_REDIS_URL"]
+        assert url["value"].startswith("redis+cluster://") and url["value"].count(",") == 2, url
 
 
 def _install_and_upgrade(helm, api: LocalApiServer, ns: str, values):

@@ -173,10 +173,14 @@ Cross-field checks that values.schema.json cannot express; each message carries 
 {{/* RECSTREAM_* environment of every recstream container. */}}
 {{- define "recstream.env" -}}
 - name: RECSTREAM_REDIS_URL
+{{- with .Values.redis.cluster.nodes }}
+  value: {{ printf "redis+cluster://%s" (join "," .) | quote }}
+{{- else }}
   valueFrom:
     secretKeyRef:
       name: {{ include "recstream.redisSecretName" . }}
       key: {{ ternary .Values.redis.existingSecretKey "redis-url" (ne .Values.redis.existingSecret "") }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

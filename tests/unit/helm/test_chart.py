@@ -218,28 +218,37 @@ def test_network_policies(rendered):
 
 
 def test_kafka_replication_and_redis_cluster_reach_every_container(rendered):
-    """The replication settings and the Redis Cluster nodes are RECSTREAM_* variables of the settings
-    ConfigMap, which every recstream container loads; null replication values stay unset so the
-    code follows the cluster (min(3, brokers), min.insync.replicas 2 from 3 on)."""
+    """The replication settings are RECSTREAM_* variables of the settings ConfigMap, which every
+    recstream container loads (null replication values stay unset so the code follows the cluster:
+    min(3, brokers), min.insync.replicas 2 from 3 on); Redis Cluster nodes become every container's
+    RECSTREAM_REDIS_URL as a redis+cluster:// URL, the Secret's URL otherwise."""
     name, objs = rendered
     (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings")]
     data = cm["data"]
     assert data["RECSTREAM_KAFKA_ACKS"] == "all"
     if name == "production":
         assert (data["RECSTREAM_KAFKA_REPLICATION_FACTOR"], data["RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
-        assert data["RECSTREAM_REDIS_CLUSTER_NODES"] == ",".join(f"redis-{i}.redis.redis.svc:6379" for i in range(3))
     else:
-        assert not {"RECSTREAM_KAFKA_REPLICATION_FACTOR", "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS",
-                    "RECSTREAM_REDIS_CLUSTER_NODES"} & set(data)
+        assert not {"RECSTREAM_KAFKA_REPLICATION_FACTOR", "RECSTREAM_KAFKA_MIN_INSYNC_REPLICAS"} & set(data)
     from recstream.settings import Settings
 
-    # What the pods will load: the code's own settings accept every value the chart renders for them.
+    # What the pods will load: every RECSTREAM_* variable is a setting (an unknown one would be ignored
+    # silently), and the code's own settings accept every value the chart renders for them.
     fields = {k.removeprefix("RECSTREAM_").lower(): v for k, v in data.items() if k.startswith("RECSTREAM_")}
-    s = Settings(**{k: v for k, v in fields.items() if k in Settings.model_fields})
+    fields.pop("artifacts_dir")  # read by features/model_store.py artifacts_root, not a Settings field
+    assert set(fields) <= set(Settings.model_fields), set(fields) - set(Settings.model_fields)
+    s = Settings(**fields)
     assert s.kafka_acks == "all"
+    cluster_url = "redis+cluster://" + ",".join(f"redis-{i}.redis.redis.svc:6379" for i in range(3))
     for o in objs:
         if o["kind"] == "Deployment":
             (c,) = o["spec"]["template"]["spec"]["containers"]
+            (url,) = [e for e in c["env"] if e["name"] == "RECSTREAM_REDIS_URL"]
+            if name == "production":
+                assert url == {"name": "RECSTREAM_REDIS_URL", "value": cluster_url}, url
+                assert Settings(redis_url=url["value"]).redis_key_layout == "partitioned"
+            else:
+                assert "secretKeyRef" in url["valueFrom"], url
             assert {"configMapRef": {"name": cm["metadata"]["name"]}} in c["envFrom"], o["metadata"]["name"]
 
 
