@@ -1,6 +1,6 @@
 """The two-node Ray drill: the worker node that holds the ranker loses its raylet and comes back.
 
-A Ray cluster of two nodes on loopback, each started with `ray start` as an operator would (own
+A Ray cluster of two nodes on one host, each started with `ray start` as an operator would (own
 temp dir and ports, so nothing else on the machine is touched): the head carries the custom
 resource `serve_node` and runs the Serve controller, the HTTP proxy (HeadOnly) and the ingress,
 retrieval and coarse deployments (ServeConfig.stage_resources); the worker carries `ranker_node`
@@ -332,8 +332,14 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
         nodes.start_worker()
         t_worker_up = time.monotonic()
         progress(f"worker restarted ({t_worker_up - t_restart:.1f} s for `ray start`)")
-        t_recovered = None
+        t_recovered = t_replica_alive = None
         while time.monotonic() - t_restart < cfg.recovery_timeout_s:
+            if t_replica_alive is None:
+                state, node = _ranker_replica(APP_NAME)
+                if state == "ALIVE" and node not in (None, worker_node):
+                    t_replica_alive = time.monotonic()
+                    progress(f"the ranker replica is ALIVE on the new worker {t_replica_alive - t_restart:.1f} s "
+                             "after the restart began")
             t_recovered = load.undegraded_since(t_restart, n=cfg.clients * 5)
             if t_recovered is not None:
                 break
@@ -392,6 +398,7 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
         "ray_drill_down_s": round(t_restart - t_kill, 2),
         "ray_drill_node_marked_dead_s": None if node_dead_s is None else round(node_dead_s, 2),
         "ray_drill_worker_start_s": round(t_worker_up - t_restart, 2),
+        "ray_drill_replica_alive_s": None if t_replica_alive is None else round(t_replica_alive - t_restart, 2),
         "ray_drill_recovered": t_recovered is not None,
         "ray_drill_recovery_s": None if t_recovered is None else round(t_recovered - t_restart, 2),
         "ray_drill_p50_ms_before": _pct_ms([a.latency_s for a in by["before"]], 50),
@@ -428,8 +435,9 @@ def write_report(res: dict, cfg: RayDrillConfig, out_dir: Path) -> None:
                 f"Answers were **not** undegraded within {cfg.recovery_timeout_s:g} s of the restart")
     md = f"""# Two-node Ray drill
 
-`recstream drill ray`: a Ray cluster of two nodes on loopback, each started with `ray start` (own temp
-dir and ports; node addresses {r['ray_drill_node_addresses']}): the head ({cfg.head_cpus} logical CPUs, resource `{SERVE_RESOURCE}`) runs the Serve controller, the
+`recstream drill ray`: a Ray cluster of two nodes on one host, each started with `ray start` (own temp
+dir and ports; `--node-ip-address 127.0.0.1` given, the nodes' addresses as Ray lists them:
+{r['ray_drill_node_addresses']}; the HTTP proxy and the clients on 127.0.0.1): the head ({cfg.head_cpus} logical CPUs, resource `{SERVE_RESOURCE}`) runs the Serve controller, the
 proxy (HeadOnly), the ingress, retrieval and coarse deployments (`stage_resources`); the worker
 ({cfg.worker_cpus} CPU, resource `{RANKER_RESOURCE}`) runs the only ranker replica (`ranker_resources`). The split
 layout of services/app.py with random models ({cfg.n_items:,} items), user state in Redis and impressions
@@ -445,7 +453,11 @@ dead {r['ray_drill_node_marked_dead_s']} s after the kill), then a new worker no
 
 Phases: before the kill; down (kill to restart); recovering (restart to the first of
 {cfg.clients * 5} consecutive undegraded answers); after recovery ({cfg.after_s:g} s more).
-{recovery}. The ranker replica ended {r['ray_drill_ranker_replica_end_state']}, on the new worker node:
+{recovery}; the Serve controller had started the ranker's replica on the new node by itself (its actor
+ALIVE in the GCS {r['ray_drill_replica_alive_s']} s after the restart began: the replica Serve had
+queued for `{RANKER_RESOURCE}` since the node's death is placed once a node offers it again, and
+loads its models; answers follow once the ingress's handle routes to it and the ranker's circuit
+breaker lets a probe through). The ranker replica ended {r['ray_drill_ranker_replica_end_state']}, on the new worker node:
 {r['ray_drill_ranker_replica_on_new_worker']}; deployments at the end: `{r['ray_drill_deployment_status_end']}`.
 
 Degraded reasons (answers carrying each): `{r['ray_drill_degraded_reasons']}`.
