@@ -367,16 +367,7 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
         shutil.rmtree(nodes.base, ignore_errors=True)
         _clean(settings)
 
-    def phase(a: _Answer) -> str:
-        if a.t_sent < t_kill:
-            return "before"
-        if a.t_sent < t_restart:
-            return "down"
-        if t_recovered is None or a.t_sent < t_recovered:
-            return "recovering"
-        return "after"
-
-    by = {p: [a for a in load.answers if phase(a) == p] for p in PHASES}
+    by = {p: [a for a in load.answers if _phase(a.t_sent, t_kill, t_restart, t_recovered) == p] for p in PHASES}
     res: dict = {
         "ray_drill_nodes": 2,
         "ray_drill_node_addresses": ",".join(addresses),
@@ -413,6 +404,18 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
         "ray_drill_error_samples": json.dumps(sorted({a.error for a in load.answers if a.status != 200})[:5]),
     })
     return res
+
+
+def _phase(t_sent: float, t_kill: float, t_restart: float, t_recovered: float | None) -> str:
+    """The phase of an answer by its send time (an answer sent before the kill and answered after
+    it counts as before: it was asked of a healthy cluster)."""
+    if t_sent < t_kill:
+        return "before"
+    if t_sent < t_restart:
+        return "down"
+    if t_recovered is None or t_sent < t_recovered:
+        return "recovering"
+    return "after"
 
 
 def _pct_ms(xs: list[float], q: int) -> float | None:
