@@ -456,11 +456,16 @@ dead {r['ray_drill_node_marked_dead_s']} s after the kill), then a new worker no
 
 Phases: before the kill; down (kill to restart); recovering (restart to the first of
 {cfg.clients * 5} consecutive undegraded answers); after recovery ({cfg.after_s:g} s more).
-{recovery}; the Serve controller had started the ranker's replica on the new node by itself (its actor
-ALIVE in the GCS {r['ray_drill_replica_alive_s']} s after the restart began: the replica Serve had
-queued for `{RANKER_RESOURCE}` since the node's death is placed once a node offers it again, and
-loads its models; answers follow once the ingress's handle routes to it and the ranker's circuit
-breaker lets a probe through). The ranker replica ended {r['ray_drill_ranker_replica_end_state']}, on the new worker node:
+{recovery}. Nothing was redeployed: the Serve controller replaced the dead replica by itself, and
+the replacement, which needs `{RANKER_RESOURCE}`, could only be placed once a node offered it again.
+Its actor was ALIVE in the GCS {r['ray_drill_replica_alive_s']} s after the restart began
+({r['ray_drill_worker_start_s']} s of which `ray start` took); how the rest divides between the
+controller's scheduling and the worker process's start on the busy host is not measured. Answers
+are undegraded once the replica has loaded its models, the ingress's handle routes to it and the
+ranker's circuit breaker lets a probe through (it retries every second). Answers sent while the node
+was down but not degraded ({r['ray_drill_requests_down'] - r['ray_drill_degraded_while_down']}) are
+not timed by the drill; the likely ones are those of the first moment after the kill, before the
+ranker's process noticed that its raylet was gone. The ranker replica ended {r['ray_drill_ranker_replica_end_state']}, on the new worker node:
 {r['ray_drill_ranker_replica_on_new_worker']}; deployments at the end: `{r['ray_drill_deployment_status_end']}`.
 
 Degraded reasons (answers carrying each): `{r['ray_drill_degraded_reasons']}`.
