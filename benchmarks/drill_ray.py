@@ -286,13 +286,14 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
     save_bench_models(root, cfg.n_items, seed=cfg.seed)
     _write_user_state(settings, root, cfg.n_items, seed=cfg.seed)
     # Deadlines long enough that a loaded 2-core host does not degrade answers by itself (what is
-    # measured is the node's loss), short enough that a ranker that never answers costs the
-    # request one second, and the breaker then skips it (CircuitBreakerConfig).
+    # measured is the node's loss: with the default 20 ms Redis socket timeout a first run here
+    # degraded 47 of 132 answers before the kill, on history/seen/BSE reads), short enough that a
+    # ranker that never answers costs the request one second, and the breaker then skips it.
     config = ServeConfig(
         layout="split", ranker_deployment=True, port=free_ports(1)[0], artifacts_dir=str(root),
         user_feature_source="none", ranker_resources={RANKER_RESOURCE: 1}, stage_resources={SERVE_RESOURCE: 1},
-        deadlines={"redis_timeout_ms": 500, "inputs_timeout_ms": 1000, "candidates_timeout_ms": 1000, "coarse_timeout_ms": 1000,
-                   "ranker_timeout_ms": 1000},
+        deadlines={"redis_timeout_ms": 500, "inputs_timeout_ms": 1000, "candidates_timeout_ms": 1000,
+                   "coarse_timeout_ms": 1000, "ranker_timeout_ms": 1000},
         variants={"A": {"share": 1.0, "retrieval": {"name": "two_tower", "version": "bench"},
                         "coarse": {"name": "hcn", "version": "bench"}, "ranker": {"name": "ranker", "version": "bench"}}})
     nodes = RayNodes(Path(tempfile.mkdtemp(prefix="rdrill-", dir="/tmp")), cfg.head_cpus, cfg.worker_cpus)
@@ -304,7 +305,8 @@ def run_drill(settings: Settings, work: Path, cfg: RayDrillConfig = RayDrillConf
         nodes.start_worker()
         progress(f"ray: head {nodes.address} and worker up in {time.monotonic() - t0:.1f} s")
         _use_auth(nodes.auth)
-        ray.init(address=nodes.address, _node_ip_address="127.0.0.1", namespace="recstream-drill", log_to_driver=False, configure_logging=False)
+        ray.init(address=nodes.address, _node_ip_address="127.0.0.1", namespace="recstream-drill", log_to_driver=False,
+                 configure_logging=False)
         serve.start(proxy_location="HeadOnly", http_options={"host": config.host, "port": config.port},
                     logging_config={"log_level": "WARNING"})
         t0 = time.monotonic()
