@@ -1,6 +1,6 @@
-"""`recstream drill kafka`: failure drills that write reports/drill_<name>.{json,md} (a typer app
+"""`recstream drill kafka|ray`: failure drills that write reports/drill_<name>.{json,md} (a typer app
 the `recstream` command mounts; heavy imports inside the commands). One module per drill:
-benchmarks/drill_kafka.py."""
+benchmarks/drill_kafka.py, benchmarks/drill_ray.py."""
 
 from __future__ import annotations
 
@@ -66,6 +66,62 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
                 shutil.rmtree(stack.dir, ignore_errors=True)
     write_report(res, cfg, Path(out_dir))
     typer.echo((Path(out_dir) / "drill_kafka.md").read_text())
+    typer.echo(json.dumps(res, indent=2))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("ray")
+def drill_ray(out_dir: str = typer.Option("reports", help="where drill_ray.json and drill_ray.md go"),
+              clients: int = typer.Option(4, min=1, help="closed-loop /v1/recommend clients"),
+              before_s: float = typer.Option(20.0, min=1, help="answers before the worker node's raylet is killed"),
+              down_s: float = typer.Option(30.0, min=1, help="how long the worker node stays down"),
+              recovery_timeout_s: float = typer.Option(180.0, min=1, help="longest wait for undegraded answers after "
+                                                       "the restart"),
+              after_s: float = typer.Option(20.0, min=1, help="answers measured after recovery"),
+              items: int = typer.Option(5_000, min=100, help="catalogue size of the drill's random models")) -> None:
+    """SIGKILL the raylet of the Ray worker node that holds the ranker (split layout, ranker pinned
+    by the custom resource ranker_node) under steady /v1/recommend load, restart the node with `ray
+    start`; count errors and degraded answers before, while down and after recovery.
+
+    The drill starts its own Ray head and worker (`ray start`, ports the OS reports free, temp dirs
+    of their own, stopped by pid afterwards: another Ray on the machine is never touched) and its own
+    Redis and Kafka (data under RECSTREAM_HOME/drills, removed afterwards unless the drill failed).
+    Exits 1 when a request failed or answers did not recover."""
+    import shutil
+    import tempfile
+    import time
+
+    from benchmarks.drill_ray import RayDrillConfig, run_drill, write_report
+    from deploy.local import LocalStack, StackConfig, free_ports
+    from recstream.kafka_io import ensure_topics
+    from recstream.settings import Settings, get_settings
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = RayDrillConfig(clients=clients, before_s=before_s, down_s=down_s, recovery_timeout_s=recovery_timeout_s,
+                         after_s=after_s, n_items=items)
+    home = get_settings().home
+    k, c, r = free_ports(3)
+    stack = LocalStack(StackConfig(home=home, state_dir=home / "drills" / f"ray-{time.strftime('%Y%m%dT%H%M%S')}",
+                                   kafka_port=k, kafka_controller_port=c, redis_port=r))
+    s = Settings(kafka_bootstrap=stack.config.kafka_bootstrap, redis_url=stack.config.redis_url, home=home,
+                 impressions_topic="drill.impressions", redis_prefix="rdrill")
+    res: dict | None = None
+    try:
+        stack.up()
+        ensure_topics(s)
+        with tempfile.TemporaryDirectory(prefix="recstream-drill-ray-") as tmp:
+            res = run_drill(s, Path(tmp), cfg, progress=typer.echo)
+    finally:
+        failed = res is None or bool(res["ray_drill_errors"]) or not res["ray_drill_recovered"]
+        stack.down()
+        if failed:  # redis' and Kafka's logs, for the post-mortem
+            typer.echo(f"drill failed: the stack's logs kept in {stack.dir}", err=True)
+        else:
+            shutil.rmtree(stack.dir, ignore_errors=True)
+    write_report(res, cfg, Path(out_dir))
+    typer.echo((Path(out_dir) / "drill_ray.md").read_text())
     typer.echo(json.dumps(res, indent=2))
     if failed:
         raise typer.Exit(1)

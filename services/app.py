@@ -288,16 +288,19 @@ def build_app(settings: Settings, config: ServeConfig):
     threads = str(config.torch_threads)
     env = {k: threads for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     cpu = {"num_cpus": config.num_cpus, "runtime_env": {"env_vars": env}}
-    stage_opts = dict(ray_actor_options=cpu, user_config=user_config)
+    stage_cpu = {**cpu, **({"resources": dict(config.stage_resources)} if config.stage_resources else {})}
+    stage_opts = dict(ray_actor_options=stage_cpu, user_config=user_config)
     ranker = None
     if config.ranker_deployment:
+        ranker_opts = {**cpu, "num_gpus": config.num_gpus,
+                       **({"resources": dict(config.ranker_resources)} if config.ranker_resources else {})}
         ranker = RankerDeployment.options(num_replicas=config.ranker_num_replicas, user_config=user_config,
-                                          ray_actor_options={**cpu, "num_gpus": config.num_gpus}).bind(c)
+                                          ray_actor_options=ranker_opts).bind(c)
     retrieval = coarse = None
     if config.layout == "split":
         retrieval = RetrievalDeployment.options(**stage_opts).bind(c)
         coarse = CoarseDeployment.options(**stage_opts).bind(c)
-    return Ingress.options(num_replicas=config.num_replicas, ray_actor_options=cpu,
+    return Ingress.options(num_replicas=config.num_replicas, ray_actor_options=stage_cpu,
                            user_config=user_config).bind(s, c, retrieval, coarse, ranker)
 
 

@@ -11,9 +11,10 @@ the live replicas (services/app.py). In a Ray Serve config file the variants the
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from scoring.config import ExplorationConfig, ModelRef
 from scoring.fusion import FusionConfig
@@ -58,6 +59,9 @@ class VariantConfig(BaseModel):
                                         "when it was trained, else the ranker's order alone")
 
 
+_RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
 def _default_variants() -> dict[str, VariantConfig]:
     return {"A": VariantConfig(share=1.0)}
 
@@ -79,6 +83,13 @@ class ServeConfig(BaseModel):
                                                    "the replica sees a GPU, else cpu")
     ranker_max_batch_size: int = Field(8, ge=1, le=1024, description="requests the ranker scores together (its deployment's @serve.batch, "
                                        "or the ingress's own batcher when ranker_deployment is false)")
+    ranker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each ranker replica requires (its deployment's "
+        "ray_actor_options.resources), e.g. {\"ranker_node\": 1} to pin the ranker to the nodes started with that "
+        "resource (`ray start --resources`); empty: any node with the CPUs/GPUs")
+    stage_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each replica of the ingress and, in the split layout, "
+        "of retrieval and coarse requires: keeps them off the ranker's nodes, so losing one costs only the ranker")
     ranker_batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="how long a ranker batch waits to fill")
     torch_threads: int = Field(1, ge=1, le=64, description="torch and BLAS threads per replica (1: replicas share cores)")
 
@@ -116,6 +127,20 @@ class ServeConfig(BaseModel):
     deadlines: StageDeadlines = Field(default_factory=StageDeadlines)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
+    @field_validator("ranker_resources", "stage_resources")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        for name, amount in v.items():
+            if not name.strip():
+                raise ValueError(f"{info.field_name}: resource names must be non-empty, got {v}")
+            # Ray refuses these in `resources` when the replica is created, long after load
+            if name in _RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"{info.field_name}: {name!r} is a Ray built-in resource (set num_cpus/num_gpus "
+                                 f"instead), got {v}")
+            if not (amount > 0 and math.isfinite(amount)):
+                raise ValueError(f"{info.field_name}: amount of {name!r} must be a positive number, got {amount}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "ServeConfig":
         if not self.variants:
@@ -129,6 +154,9 @@ class ServeConfig(BaseModel):
             raise ValueError(f"coarse_top_k ({self.coarse_top_k}) must be <= candidate_top_k ({self.candidate_top_k})")
         if self.max_k > self.coarse_top_k:
             raise ValueError(f"max_k ({self.max_k}) must be <= coarse_top_k ({self.coarse_top_k})")
+        if self.ranker_resources and not self.ranker_deployment:
+            raise ValueError(f"ranker_resources ({self.ranker_resources}) needs ranker_deployment true: the ranker in "
+                             "the ingress takes the ingress's placement (stage_resources)")
         if self.retrieval_index == "hnsw" and self.hnsw_ef_search < self.candidate_top_k:
             raise ValueError(f"hnsw_ef_search ({self.hnsw_ef_search}) must be >= candidate_top_k ({self.candidate_top_k})")
         return self

@@ -21,8 +21,44 @@ def test_defaults_are_valid():
     ({"popular_pool_size": 10, "max_k": 20}, "popular_pool_size (10) must be >= max_k (20)"),
     ({"layout": "mesh"}, "layout"),
     ({"timeout": 3}, "timeout"),
+    ({"ranker_resources": {"ranker_node": 0}}, "amount of 'ranker_node' must be a positive number, got 0.0"),
+    ({"ranker_resources": {"ranker_node": -1.0}}, "amount of 'ranker_node' must be a positive number, got -1.0"),
+    ({"ranker_resources": {"ranker_node": float("nan")}}, "amount of 'ranker_node' must be a positive number, got nan"),
+    ({"stage_resources": {" ": 1}}, "stage_resources: resource names must be non-empty, got {' ': 1.0}"),
+    ({"ranker_resources": {"GPU": 1}}, "'GPU' is a Ray built-in resource"),
+    ({"ranker_resources": {"ranker_node": 1}, "ranker_deployment": False},
+     "ranker_resources ({'ranker_node': 1.0}) needs ranker_deployment true"),
 ])
 def test_bad_config_fails_at_load_with_values(kwargs, needle):
     with pytest.raises(ValidationError) as ei:
         ServeConfig(**kwargs)
     assert needle in str(ei.value)
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_custom_resources_reach_the_replicas_ray_actor_options(layout):
+    """What Ray schedules by: each deployment's ray_actor_options once the graph is materialised, as
+    `serve.run` and `serve deploy` do; the ranker's own resources never leak onto the other
+    deployments, which take stage_resources."""
+    from ray.serve._private.build_app import build_app as materialise
+
+    from recstream.settings import Settings
+    from services.app import build_app
+
+    cfg = ServeConfig(layout=layout, ranker_resources={"ranker_node": 1}, stage_resources={"serve_node": 0.5})
+    opts = {d.name: d.ray_actor_options for d in materialise(build_app(Settings(), cfg), name="t").deployments}
+    assert set(opts) == set(cfg.deployment_names)
+    assert opts["ranker"]["resources"] == {"ranker_node": 1.0}
+    assert opts["ranker"]["num_gpus"] == cfg.num_gpus and opts["ranker"]["num_cpus"] == cfg.num_cpus
+    for name in set(opts) - {"ranker"}:
+        assert opts[name]["resources"] == {"serve_node": 0.5}, name
+
+
+def test_no_custom_resources_by_default():
+    from ray.serve._private.build_app import build_app as materialise
+
+    from recstream.settings import Settings
+    from services.app import build_app
+
+    deployments = materialise(build_app(Settings(), ServeConfig(layout="split")), name="t").deployments
+    assert [d.ray_actor_options.get("resources") for d in deployments] == [None] * 4
