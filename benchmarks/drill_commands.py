@@ -34,11 +34,7 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
     The drill starts its own stack (Kafka nodes and redis-server on ports the OS reports free,
     data under RECSTREAM_HOME/drills, removed afterwards unless the drill failed), so a stack you
     run is never touched. Exits 1 when an event or impression was lost or anything failed."""
-    import shutil
-    import time
-
     from benchmarks.drill_kafka import KafkaDrillConfig, run_drill, write_report
-    from deploy.local import LocalStack, StackConfig, free_ports
     from recstream.settings import get_settings
 
     if not logging.getLogger().handlers:
@@ -46,9 +42,7 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
     cfg = KafkaDrillConfig(events=events, events_per_s=events_per_s, impressions_per_s=impressions_per_s,
                            kill_at_fraction=kill_at_fraction, down_s=down_s)
     home = get_settings().home
-    k, c, r = free_ports(3)
-    stack = LocalStack(StackConfig(home=home, state_dir=home / "drills" / f"kafka-{time.strftime('%Y%m%dT%H%M%S')}",
-                                   kafka_port=k, kafka_controller_port=c, redis_port=r, kafka_brokers=brokers))
+    stack = _drill_stack(home, "kafka", kafka_brokers=brokers)
     res: dict | None = None
     try:
         stack.up()
@@ -59,16 +53,9 @@ def drill_kafka(out_dir: str = typer.Option("reports", help="where drill_kafka.j
         if keep_stack:
             typer.echo(json.dumps(stack.status().__dict__, indent=2))
         else:
-            stack.down()
-            if failed:  # the brokers', processors' and redis' logs, for the post-mortem
-                typer.echo(f"drill failed: logs kept in {stack.dir}", err=True)
-            else:
-                shutil.rmtree(stack.dir, ignore_errors=True)
+            _tear_down(stack, failed)
     write_report(res, cfg, Path(out_dir))
-    typer.echo((Path(out_dir) / "drill_kafka.md").read_text())
-    typer.echo(json.dumps(res, indent=2))
-    if failed:
-        raise typer.Exit(1)
+    _publish(res, Path(out_dir) / "drill_kafka.md", failed)
 
 
 @app.command("ray")
@@ -88,12 +75,9 @@ def drill_ray(out_dir: str = typer.Option("reports", help="where drill_ray.json 
     of their own, stopped by pid afterwards: another Ray on the machine is never touched) and its own
     Redis and Kafka (data under RECSTREAM_HOME/drills, removed afterwards unless the drill failed).
     Exits 1 when a request failed or answers did not recover."""
-    import shutil
     import tempfile
-    import time
 
     from benchmarks.drill_ray import RayDrillConfig, run_drill, write_report
-    from deploy.local import LocalStack, StackConfig, free_ports
     from recstream.kafka_io import ensure_topics
     from recstream.settings import Settings, get_settings
 
@@ -102,9 +86,7 @@ def drill_ray(out_dir: str = typer.Option("reports", help="where drill_ray.json 
     cfg = RayDrillConfig(clients=clients, before_s=before_s, down_s=down_s, recovery_timeout_s=recovery_timeout_s,
                          after_s=after_s, n_items=items)
     home = get_settings().home
-    k, c, r = free_ports(3)
-    stack = LocalStack(StackConfig(home=home, state_dir=home / "drills" / f"ray-{time.strftime('%Y%m%dT%H%M%S')}",
-                                   kafka_port=k, kafka_controller_port=c, redis_port=r))
+    stack = _drill_stack(home, "ray")
     s = Settings(kafka_bootstrap=stack.config.kafka_bootstrap, redis_url=stack.config.redis_url, home=home,
                  impressions_topic="drill.impressions", redis_prefix="rdrill")
     res: dict | None = None
@@ -115,13 +97,36 @@ def drill_ray(out_dir: str = typer.Option("reports", help="where drill_ray.json 
             res = run_drill(s, Path(tmp), cfg, progress=typer.echo)
     finally:
         failed = res is None or bool(res["ray_drill_errors"]) or not res["ray_drill_recovered"]
-        stack.down()
-        if failed:  # redis' and Kafka's logs, for the post-mortem
-            typer.echo(f"drill failed: the stack's logs kept in {stack.dir}", err=True)
-        else:
-            shutil.rmtree(stack.dir, ignore_errors=True)
+        _tear_down(stack, failed)
     write_report(res, cfg, Path(out_dir))
-    typer.echo((Path(out_dir) / "drill_ray.md").read_text())
+    _publish(res, Path(out_dir) / "drill_ray.md", failed)
+
+
+def _drill_stack(home: Path, name: str, **config):
+    """A LocalStack of the drill's own: ports the OS reports free, data under <home>/drills/<name>-<time>."""
+    import time
+
+    from deploy.local import LocalStack, StackConfig, free_ports
+
+    k, c, r = free_ports(3)
+    return LocalStack(StackConfig(home=home, state_dir=home / "drills" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}",
+                                  kafka_port=k, kafka_controller_port=c, redis_port=r, **config))
+
+
+def _tear_down(stack, failed: bool) -> None:
+    """Stop the drill's stack; keep its data (the servers' and processors' logs) only for a post-mortem."""
+    import shutil
+
+    stack.down()
+    if failed:
+        typer.echo(f"drill failed: the stack's logs kept in {stack.dir}", err=True)
+    else:
+        shutil.rmtree(stack.dir, ignore_errors=True)
+
+
+def _publish(res: dict, markdown: Path, failed: bool) -> None:
+    """Print the written report and the result; exit 1 for a failed drill."""
+    typer.echo(markdown.read_text())
     typer.echo(json.dumps(res, indent=2))
     if failed:
         raise typer.Exit(1)

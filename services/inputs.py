@@ -76,7 +76,6 @@ class RedisInputs(InputSources):
         self.r = client
         self.prefix = prefix
         self.keys = PopularityKeys(layout or KeyLayout(prefix))
-        self.feast = feast_repo
         # the registry resolved once here, not per request (features/feast_online.py)
         self.user_rows = OnlineRowReader(feast_repo) if feast_repo is not None else None
         self.bse = RedisBseStore(client, prefix=prefix, layout=layout)
