@@ -97,8 +97,8 @@ def settings(stack_endpoints, scratch_home) -> Settings:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A real Redis Cluster (three masters, one replica each, on loopback), once per session;
-    tests/integration/redis_cluster.py. Only the tests that ask for it start it."""
-    from tests.integration.redis_cluster import LocalRedisCluster
+    deploy/local/redis_cluster.py. Only the tests that ask for it start it."""
+    from deploy.local.redis_cluster import LocalRedisCluster
 
     cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     try:

@@ -1,4 +1,5 @@
-"""A real Redis Cluster on loopback for integration tests: three masters with one replica each.
+"""A real Redis Cluster on loopback: three masters with one replica each (the integration tests' session
+fixture and `recstream bench stream --cluster`).
 
 Six `redis-server` processes in cluster mode on ports (client and bus) the OS reports free, with
 their data in one folder, joined with `redis-cli --cluster create ... --cluster-replicas 1`. A
