@@ -35,19 +35,39 @@ def _setup_logging() -> None:
 
 
 @app.command("stream")
-def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json and stream.md go"),
-                 events: int = typer.Option(100_000, help="events per throughput run")) -> None:
-    """Processor throughput, freshness at 5,000 events/s, item-feature read paths, BSE bytes per user."""
+def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json and stream.md go (scale.* with --cluster)"),
+                 events: int = typer.Option(100_000, help="events per throughput run"),
+                 cluster: bool = typer.Option(False, "--cluster", help="instead: processors on a Redis Cluster of the "
+                                              "benchmark's own, 1, 2 and 4 instances each, and a master failover "
+                                              "under load (reports/scale.{json,md})"),
+                 instances: list[int] = typer.Option([1, 2, 4], "--instances", help="--cluster: instance counts (repeat)"),
+                 processor: list[str] = typer.Option(["bse-encoder", "popularity"], "--processor",
+                                                     help="--cluster: processors measured (repeat)")) -> None:
+    """Processor throughput, freshness at 5,000 events/s, item-feature read paths, BSE bytes per
+    user; with --cluster, scale-out on a Redis Cluster instead."""
     from pathlib import Path
-
-    from benchmarks.stream import run
 
     from deploy.local.commands import ensure_stack
 
+    if cluster:
+        from benchmarks.scale import ScaleConfig, run as run_scale
+
+        try:
+            cfg = ScaleConfig(events=events, instances=tuple(instances), processors=tuple(processor))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
     s = get_settings()
     ensure_stack(s)
-    res = run(s, Path(out_dir), n_events=events)
-    typer.echo((Path(out_dir) / "stream.md").read_text())
+    if cluster:
+        _setup_logging()
+        res = run_scale(s, Path(out_dir), cfg)
+        report = "scale.md"
+    else:
+        from benchmarks.stream import run
+
+        res = run(s, Path(out_dir), n_events=events)
+        report = "stream.md"
+    typer.echo((Path(out_dir) / report).read_text())
     typer.echo(json.dumps(res, indent=2))
 
 

@@ -1,7 +1,7 @@
 """The Kafka failover drill: one broker of three SIGKILLed mid-stream and restarted.
 
-Events stream at a fixed rate through the real processors (popularity and feature-writer, each
-its own `recstream process` OS process) while the serving impression logger
+Events stream at a fixed rate through the real processors (popularity, feature-writer and
+bse-encoder, each its own `recstream process` OS process) while the serving impression logger
 (services/impression_log.py) logs served slates at its own rate; at `kill_at_fraction` of the
 stream the broker that leads the most partitions of the events topic is SIGKILLed (no controlled
 shutdown: its leaderships move only once the controller fences it), and restarted `down_s`
@@ -16,8 +16,10 @@ themselves:
   every event in the log must be applied once: the feature-writer's per-user and per-item
   counters and the popularity scores are compared with a from-scratch computation over the log
   (each event the drill makes counts once in exactly one counter, so a counter's difference is a
-  number of events). Lost = acknowledged and missing from the log, plus counts missing from the
-  state; double-applied = counts above the from-scratch ones, plus duplicates in the log.
+  number of events), and every positive event is one entry of its user's behaviour sequence in
+  the bse-encoder (kept whole: benchmarks/scale.py `sequence_errors`). Lost = acknowledged and
+  missing from the log, plus the most entries missing from any processor's state; double-applied
+  = the most entries above the from-scratch ones, plus duplicates in the log.
 - impressions: records the logger accepted, the acknowledgements its producer received, and the
   distinct request ids read back from the topic.
 - errors: delivery failures a producer reported, processors that exited with an error, and
@@ -55,7 +57,7 @@ from recstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROCESSORS = ("popularity", "feature-writer")
+PROCESSORS = ("popularity", "feature-writer", "bse-encoder")
 # Each of these counts once in exactly one feature-writer counter (an impression as an
 # impression, a click or a view as a click, a like as a like; purchases and high ratings, which
 # count twice, are left out), so a counter's difference from the from-scratch one is a number of
@@ -183,11 +185,14 @@ def _metric(name: str, labels: dict | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-def _spawn(s: Settings, name: str, log_dir: Path) -> subprocess.Popen:
+def _spawn(s: Settings, name: str, log_dir: Path, cfg: KafkaDrillConfig) -> subprocess.Popen:
     args = [sys.executable, "-m", "cli", "process", name]
     if name == "feature-writer":
         # No publisher: the counters are what the drill checks, and publication prunes old buckets.
         args += ["--publish", "separate"]
+    elif name == "bse-encoder":
+        # every behaviour kept, so a stored sequence counts what was applied
+        args += ["--embeddings", _embeddings(cfg), "--max-seq-len", str(cfg.events)]
     out = open(log_dir / f"{name}.log", "wb")
     return subprocess.Popen(args, env={**os.environ, **s.to_env()}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -281,7 +286,25 @@ def _compare_state(r: redis.Redis, prefix: str, events: list[Event]) -> dict:
     return {"missing": max(missing.values()), "extra": max(extra.values()), "popularity_items_wrong": pop_wrong}
 
 
+def _embeddings(cfg: KafkaDrillConfig) -> str:
+    return f"random:{cfg.items}:{cfg.seed}"
+
+
+def _bse_errors(s: Settings, cfg: KafkaDrillConfig, events: list[Event]) -> dict:
+    from benchmarks.scale import count_bse_errors
+    from features.bse import TableVersion
+    from models.sdim_hash import SdimConfig, SdimHasher
+    from pipelines.stream.bse_encoder import load_item_embeddings
+
+    emb = load_item_embeddings(_embeddings(cfg))
+    return count_bse_errors(s, events, TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb), cfg.events)
+
+
 def _stored_offsets(r: redis.Redis, prefix: str, name: str, topic: str) -> dict[int, int]:
+    if name == "bse-encoder":  # the BSE store keeps its offsets under its own key (features/bse/redis_store.py)
+        from features.bse import RedisBseStore
+
+        return {p: o for (t, p), o in RedisBseStore(r, prefix=prefix).committed_offsets(name).items() if t == topic}
     return {int(p): int(o) for p, o in r.hgetall(offsets_key(prefix, name, topic)).items()}
 
 
@@ -308,7 +331,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
     events = drill_events(cfg)
     n_impressions = int(cfg.impressions_per_s * cfg.stream_s)
 
-    procs = {name: _spawn(s, name, log_dir) for name in PROCESSORS}
+    procs = {name: _spawn(s, name, log_dir, cfg) for name in PROCESSORS}
     producer = _EventProducer(s, events)
     # As serving runs it: its own librdkafka producer (idempotent, acks=all), a bounded buffer.
     impressions = ImpressionLogger(bootstrap, s.impressions_topic, buffer_max=10_000)
@@ -378,6 +401,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
     ids = Counter(e.event_id for e in in_log)
     unique = list({e.event_id: e for e in in_log}.values())
     state = _compare_state(r, tag, unique)
+    bse = _bse_errors(s, cfg, unique)
     imp_ids = Counter(json.loads(v)["request_id"] for v in _read_all(bootstrap, s.impressions_topic, cfg.partitions))
     imp_acked = int(_metric("recstream_impression_log_sent_total") - logged_before)
     imp_dropped = {k: int(_metric("recstream_impression_log_dropped_total", {"reason": k}) - v)
@@ -405,8 +429,11 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
         "kafka_drill_applied_missing": state["missing"],
         "kafka_drill_applied_extra": state["extra"],
         "kafka_drill_popularity_items_wrong": state["popularity_items_wrong"],
-        "kafka_drill_lost_events": acked_missing + state["missing"],
-        "kafka_drill_double_applied": sum(c - 1 for c in ids.values()) + state["extra"],
+        "kafka_drill_bse_missing": bse["lost"],
+        "kafka_drill_bse_extra": bse["double"],
+        "kafka_drill_bse_state_exact": bse["in_order"] and bse["tables_equal"],
+        "kafka_drill_lost_events": acked_missing + max(state["missing"], bse["lost"]),
+        "kafka_drill_double_applied": sum(c - 1 for c in ids.values()) + max(state["extra"], bse["double"]),
         "kafka_drill_produce_longest_ack_gap_s": round(longest_gap_s, 2),
         "kafka_drill_produce_longest_ack_gap_began_s_after_kill": round(gap_start - t_kill, 2),
         # Both keep going while a broker is down: writes acknowledged, and events applied by the
@@ -439,8 +466,8 @@ def write_report(res: dict, cfg: KafkaDrillConfig, out_dir: Path) -> None:
 `recstream drill kafka`: a {r['kafka_drill_brokers']}-broker KRaft stack on loopback (each node broker +
 controller, a 3-voter quorum), topics with replication factor {r['kafka_drill_replication_factor']} and
 min.insync.replicas {r['kafka_drill_min_insync_replicas']}, {r['kafka_drill_partitions']} partitions; producers
-idempotent with acks=all. {cfg.events:,} events at {cfg.events_per_s:,}/s through the popularity and
-feature-writer processors (own OS processes), impressions at {cfg.impressions_per_s}/s through the serving
+idempotent with acks=all. {cfg.events:,} events at {cfg.events_per_s:,}/s through the popularity,
+feature-writer and bse-encoder processors (own OS processes), impressions at {cfg.impressions_per_s}/s through the serving
 impression logger. After {cfg.kill_at_fraction:.0%} of the events, broker {r['kafka_drill_killed_broker']} (leader of
 {r['kafka_drill_killed_broker_led_partitions']} events partitions) was SIGKILLed, left down
 {r['kafka_drill_broker_down_s']} s and restarted (ready {r['kafka_drill_restart_ready_s']} s after its start).
@@ -450,9 +477,11 @@ impression logger. After {cfg.kill_at_fraction:.0%} of the events, broker {r['ka
 | events produced / acknowledged / in the log | {r['kafka_drill_events']:,} / {r['kafka_drill_events_acknowledged']:,} / {r['kafka_drill_events_in_log']:,} |
 | acknowledged but missing from the log | {r['kafka_drill_acknowledged_missing_from_log']} |
 | duplicates in the log | {r['kafka_drill_duplicates_in_log']} |
-| events missing from the processors' state (vs from scratch) | {r['kafka_drill_applied_missing']} |
-| events applied more than once | {r['kafka_drill_applied_extra']} |
+| events missing from the feature-writer's counters (vs from scratch) | {r['kafka_drill_applied_missing']} |
+| events counted more than once there | {r['kafka_drill_applied_extra']} |
 | popularity items whose score differs from scratch | {r['kafka_drill_popularity_items_wrong']} |
+| positive events missing from the bse-encoder's sequences / there more than once | {r['kafka_drill_bse_missing']} / {r['kafka_drill_bse_extra']} |
+| bse-encoder sequences and SDIM tables equal to from scratch | {'yes' if r['kafka_drill_bse_state_exact'] else '**no**'} |
 | **lost events** | **{r['kafka_drill_lost_events']}** |
 | **double-applied events** | **{r['kafka_drill_double_applied']}** |
 | impressions logged / acknowledged / in the log | {r['kafka_drill_impressions_accepted']:,} / {r['kafka_drill_impressions_acknowledged']:,} / {r['kafka_drill_impressions_in_log']:,} |

@@ -221,6 +221,11 @@ class StreamProcessor:
         self.resume_skipped_total = 0  # records the stored offsets skipped past the group's commits
         # partition -> next offset of the last batch this process applied (the idle state check)
         self._applied_next: dict[int, int] = {}
+        # partition -> the offset this process began the partition's state at, when it found none
+        # stored: where to read again from if all of it vanishes (_older_than)
+        self._origin: dict[int, int] = {}
+        # partitions _older_than found with nothing stored any more: _rewind starts them afresh
+        self._state_gone: set[int] = set()
         self._writes = 0
         self._last_state_check = time.monotonic()
         # One writer thread: batches apply in order, one at a time, while the next one is parsed.
@@ -358,7 +363,12 @@ class StreamProcessor:
         for partition in self.consumer.assignment():
             if partition in targets:
                 self.consumer.seek(partition, targets[partition])
-                self._applied_next[partition] = targets[partition]
+                if partition in self._state_gone:
+                    # nothing stored: the next batch of it begins its state again (_state_lost)
+                    self._applied_next.pop(partition, None)
+                else:
+                    self._applied_next[partition] = targets[partition]
+        self._state_gone.clear()
         self.rewinds_total += 1
         m.REWINDS.labels(self.config.name).inc()
         log.warning("processor %s: state restored older than the consumer position; rewound to %s",
@@ -366,8 +376,7 @@ class StreamProcessor:
 
     def _check_state_while_idle(self) -> None:
         """No records arrive, so no batch will find a rolled-back state: compare the stored
-        offsets with what this process applied, at most every idle_state_check_s. A partition
-        with no stored offset is left where it is, as in _state_lost."""
+        offsets with what this process applied, at most every idle_state_check_s (_older_than)."""
         now = time.monotonic()
         if now - self._last_state_check < self.config.idle_state_check_s or not self._applied_next:
             return
@@ -378,7 +387,7 @@ class StreamProcessor:
             log.debug("processor %s: idle state check failed: %s", self.config.name, e)
             return
         assigned = set(self.consumer.assignment())
-        behind = {p: stored[p] for p, o in self._applied_next.items() if p in assigned and p in stored and stored[p] < o}
+        behind = self._older_than({p: o for p, o in self._applied_next.items() if p in assigned}, stored)
         if behind:
             self._rewind(behind)
 
@@ -486,15 +495,36 @@ class StreamProcessor:
 
     def _state_lost(self, first_offsets: dict[int, int]) -> dict[int, int] | None:
         """After a restart Redis may come back from its append-only file a little older than it
-        was (fsync every second), with or without this process noticing an error. Offsets and
-        state roll back together, so if the stored offsets now sit before this batch, the records
-        in between must be read again: the batch is dropped and the consumer seeks back to the
-        stored offsets (returned here). One small read per batch; a partition with no stored
-        offset starts where the consumer is."""
+        was (fsync every second), or a promoted replica may lack the last writes its master
+        acknowledged, with or without this process noticing an error. Offsets and state roll back
+        together, so if the stored offsets now sit before this batch, the records in between must
+        be read again: the batch is dropped and the consumer seeks back (to the offsets returned
+        here, see _older_than). One small read per batch. A partition with no stored offset that
+        this process has not applied starts where the consumer is, and that offset is its origin."""
         stored = self.handler.stored_offsets(self.topic)
-        if any(p in stored and stored[p] < o for p, o in first_offsets.items()):
-            return stored
+        older = self._older_than(first_offsets, stored)
+        if older:
+            return {**stored, **older}
+        for p, o in first_offsets.items():
+            if p not in stored and p not in self._applied_next:
+                self._origin[p] = o
         return None
+
+    def _older_than(self, positions: dict[int, int], stored: dict[int, int]) -> dict[int, int]:
+        """partition -> where to read again, for each partition whose state is older than its
+        position here: the stored offset; or, when nothing is stored any more for a partition
+        this process applied (a replica promoted before its master's first writes of the
+        partition reached it), the partition's origin in this process, else the log's start (the
+        state is empty: all of it must be applied again). Those are noted in _state_gone."""
+        out = {}
+        for p, o in positions.items():
+            if p in stored:
+                if stored[p] < o:
+                    out[p] = stored[p]
+            elif p in self._applied_next:
+                out[p] = self._origin.get(p, 0)
+                self._state_gone.add(p)
+        return out
 
     def _record_lag(self) -> None:
         try:

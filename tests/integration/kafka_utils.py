@@ -58,24 +58,3 @@ def group_committed(bootstrap: str, group_id: str, topic: str, partitions) -> di
                 if tp.offset >= 0}
     finally:
         c.close()
-
-
-def group_assignment(bootstrap: str, group_id: str, topic: str) -> dict[str, list[int]]:
-    """member id -> the partitions of `topic` the consumer group assigned it (members without any
-    left out), as the group coordinator describes it; {} while no coordinator answers (a new
-    group's coordinator is still loading: callers poll). Reads without joining the group."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        desc = admin.describe_consumer_groups([group_id], request_timeout=10)[group_id].result(timeout=15)
-    except KafkaException:
-        return {}
-    out = {}
-    for member in desc.members:
-        parts = sorted(tp.partition for tp in (member.assignment.topic_partitions if member.assignment else [])
-                       if tp.topic == topic)
-        if parts:
-            out[member.member_id] = parts
-    return out

@@ -26,6 +26,7 @@ def test_a_broker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(kafk
     assert kafka_cluster.broker_pid(res["kafka_drill_killed_broker"]) is not None  # back after the drill
     assert res["kafka_drill_events_acknowledged"] == res["kafka_drill_events_in_log"] == cfg.events
     assert res["kafka_drill_impressions_in_log"] == res["kafka_drill_impressions_accepted"] == res["kafka_drill_impressions"]
+    assert res["kafka_drill_bse_state_exact"] is True, res
     for key in ("kafka_drill_lost_events", "kafka_drill_double_applied", "kafka_drill_popularity_items_wrong",
                 "kafka_drill_impressions_lost", "kafka_drill_errors"):
         assert res[key] == 0, (key, res)

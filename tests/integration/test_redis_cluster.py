@@ -24,7 +24,7 @@ from pipelines.stream.popularity import WEIGHTS, PopularityHandler
 from recstream.errors import StackError
 from recstream.redis_io import redis_client
 from services.inputs import PopularItems, RedisInputs, top_of_shards
-from tests.integration.kafka_utils import group_assignment
+from recstream.kafka_io import group_assignment
 from tests.integration.procs import N_EVENTS, finish, spawn_processor, stream_100k, wait_for, wait_until
 from tests.integration.test_exactly_once import EMB_SPEC, MAX_SEQ_LEN, _assert_same_state, _expected, _version
 

@@ -115,6 +115,38 @@ def test_a_state_rolled_back_while_no_records_arrive_is_rewound():
     assert h.items == ["i0", "i10", "i1", "i2", "i3"] and p.consumer.seeks == [(0, 1)]
 
 
+def test_a_partition_whose_whole_state_vanished_is_read_again_from_where_this_process_began_it():
+    """A replica promoted before its master's first writes of partition 1 reached it: nothing of
+    partition 1 is stored any more, not even its offsets. The idle check must not take that for a
+    fresh partition (the records it applied would be lost): it reads the partition again from
+    the offset this process began its state at, and a second rewind does not follow."""
+    h = MemoryHandler()
+    p = _proc(h, [{0: [Rec("u", _ev(k), k, 0) for k in range(2)], 1: [Rec("u", _ev(10 + k), 40 + k, 0) for k in range(3)]},
+                  {}, {}], idle_state_check_s=1e-6)
+    p.step(), p.step()
+    assert h.offsets == {0: 2, 1: 43}
+    h.offsets, h.items = {0: 2}, h.items[:2]  # partition 1's state and offsets gone together
+    p.step()
+    assert p.consumer.seeks == [(1, 40)] and p.rewinds_total == 1
+    p.consumer.batches = [{1: [Rec("u", _ev(10 + k), 40 + k, 0) for k in range(3)]}, {}, {}, {}]
+    p.step(), p.step(), p.step(), p.step()
+    assert h.items == ["i0", "i1", "i10", "i11", "i12"] and h.offsets == {0: 2, 1: 43}
+    assert p.consumer.seeks == [(1, 40)] and p.rewinds_total == 1
+
+
+def test_a_batch_that_finds_its_partition_state_vanished_is_dropped_and_read_again():
+    """The same found by the next batch of the partition rather than the idle check."""
+    h = MemoryHandler()
+    p = _proc(h, [{1: [Rec("u", _ev(10), 40, 0)]}, {1: [Rec("u", _ev(11), 41, 0)]}, {}])
+    p.step()
+    assert p.step() == 1  # 40 applied and committed; 41 handed to the writer thread...
+    h.offsets, h.items = {}, []  # ...after partition 1's state vanished
+    assert p.flush() is None and p.consumer.seeks == [(1, 40)]
+    p.consumer.batches = [{1: [Rec("u", _ev(10), 40, 0), Rec("u", _ev(11), 41, 0)]}, {}]
+    p.step(), p.step()
+    assert h.items == ["i10", "i11"] and h.offsets == {1: 42} and p.rewinds_total == 1
+
+
 def test_a_quiet_processor_does_not_rewind_partitions_it_never_applied():
     h = MemoryHandler()
     h.offsets = {0: 7}  # written by an earlier run; this one has applied nothing yet
