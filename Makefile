@@ -17,9 +17,10 @@ test: bootstrap
 test-unit: bootstrap
 	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-# Benchmarks write reports/{stream,models,serving,replay}.{json,md}; run them on an otherwise idle machine.
+# Benchmarks write reports/{stream,scale,models,serving,replay}.{json,md}; run them on an otherwise idle machine.
 bench: bootstrap
 	.venv/bin/recstream bench stream
+	.venv/bin/recstream bench stream --cluster
 	.venv/bin/recstream bench models
 	.venv/bin/recstream bench serving
 	.venv/bin/recstream bench replay

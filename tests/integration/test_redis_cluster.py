@@ -356,3 +356,56 @@ def test_a_processor_refuses_a_topic_with_another_partition_count_than_the_layou
     s = cluster_settings.model_copy(update={"topic_partitions": 4})
     out = finish(spawn_processor(s, "popularity", "--max-idle-s", "1"), timeout_s=120, rc=StackError.exit_code)
     assert f"topic {s.events_topic} has 6 partitions" in out and "topic_partitions=4" in out, out[-2000:]
+
+
+def test_master_killed_before_its_replica_saw_any_of_a_partition_state_is_rebuilt(cluster_settings, redis_cluster):
+    """The replica of the master holding most of this test's partitions is paused and cut off
+    before the first event, so when that master is SIGKILLed the promoted replica holds nothing
+    of those partitions, not even their stored offsets. The processors must not take that for
+    fresh partitions (they would go on from their position with the state lost): they read each
+    such partition again from where they began it, and the end state equals a from-scratch one."""
+    from collections import defaultdict
+
+    from redis.crc import key_slot
+
+    s = cluster_settings
+    events = stream_100k()[:20_000]
+    layout = KeyLayout.from_settings(s)
+    by_master: dict[int, list[int]] = defaultdict(list)
+    for p in range(s.topic_partitions):
+        by_master[redis_cluster.master_of_slot(key_slot(layout.tag(p).encode()))].append(p)
+    victim, parts = max(by_master.items(), key=lambda kv: len(kv[1]))
+    replica = redis_cluster.replica_of(victim)
+    progress = _tolerant(_progress(s, "bse-encoder"))
+    a, b = _spawn(s, "bse-encoder"), _spawn(s, "bse-encoder")
+    try:
+        wait_until(lambda: len(group_assignment(s.kafka_bootstrap, "recstream.bse-encoder", s.events_topic)) == 2,
+                   "two members hold partitions", timeout_s=120)
+        redis_cluster.pause(replica)
+        redis_cluster.drop_replicas(victim)
+        produce_events(events, s, progress=False)
+        # every victim partition has state on the master and none on its replica; kill soon (a
+        # replica cut off for over 10 cluster-node-timeouts would not stand for election)
+        wait_until(lambda: min(_node_offsets(victim, s, parts).values()) > 0, "state on the master", timeout_s=60)
+        before = _node_offsets(victim, s, parts)
+        redis_cluster.kill(victim)
+        redis_cluster.resume(replica)
+        wait_until(lambda: redis_cluster.role(replica) == "master", "the replica promoted", timeout_s=60)
+        after = _node_offsets(replica, s, parts)
+        wait_for(progress, len(events), a, timeout_s=240)
+        for p in (a, b):
+            p.terminate()
+        outputs = [finish(p, timeout_s=60) for p in (a, b)]
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+        redis_cluster.resume(replica)  # in case the test failed while it was paused
+        redis_cluster.restart(victim)
+        redis_cluster.wait_healthy()
+    rewinds = sum(o.count("state restored older than the consumer position; rewound") for o in outputs)
+    print(f"failover before any replication: master :{victim} (partitions {parts}) SIGKILLed holding {before}; "
+          f"the promoted replica held {after}; {rewinds} rewinds")
+    assert all(v > 0 for v in before.values()) and not any(after.values()), (before, after)
+    assert rewinds >= 1, [o[-3000:] for o in outputs]
+    _check_bse(s, events)
