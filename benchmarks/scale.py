@@ -416,11 +416,10 @@ def _node_offsets(port: int, s: Settings, partitions: list[int]) -> dict[int, in
     """The bse-encoder's stored offsets of `partitions` as the node on `port` holds them."""
     import redis
 
-    layout = KeyLayout.from_settings(s)
     r = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    keys = RedisBseStore(r, prefix=s.redis_prefix, layout=KeyLayout.from_settings(s))
     try:
-        return {p: int(r.hget(f"{layout.tag(p)}:bse:off:bse-encoder", f"{s.events_topic}:{p}") or 0)
-                for p in partitions}
+        return {p: int(r.hget(keys.offsets_key("bse-encoder", p), f"{s.events_topic}:{p}") or 0) for p in partitions}
     finally:
         r.close()
 

@@ -181,7 +181,7 @@ class RedisBseStore(BseStore):
     def _k_tab(self, version: str, u: str) -> str:
         return f"{self.layout.user_tag(u)}:bse:tab:{version}:{u}"
 
-    def _k_off(self, group: str, partition: int | None = None) -> str:
+    def offsets_key(self, group: str, partition: int | None = None) -> str:
         """The offsets hash holding `partition` (the only one with the single layout)."""
         return f"{self.layout.tag(partition)}:bse:off:{group}"
 
@@ -279,7 +279,7 @@ class RedisBseStore(BseStore):
             return {}
         by_key: dict[str, list[PartitionKey]] = defaultdict(list)
         for k in keys:
-            by_key[self._k_off(group, k[1])].append(k)
+            by_key[self.offsets_key(group, k[1])].append(k)
         out = {}
         for off_key, ks in by_key.items():
             vals = self.r.hmget(off_key, [self._field(k) for k in ks])
@@ -358,7 +358,7 @@ class RedisBseStore(BseStore):
     ) -> bool:
         versions = sorted({v for w in writes for v in w.blobs})
         if new_offsets:  # all of one tag: apply_batch splits a partitioned batch by partition
-            off_key = self._k_off(group, next(iter(new_offsets))[1])
+            off_key = self.offsets_key(group, next(iter(new_offsets))[1])
         elif writes:
             off_key = f"{self.layout.user_tag(writes[0].user_id)}:bse:off:{group}"
         else:

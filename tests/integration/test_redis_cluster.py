@@ -219,11 +219,11 @@ def _node_offsets(port: int, settings, partitions: list[int]) -> dict[int, int]:
     """The bse-encoder's stored offsets of `partitions` as the node on `port` holds them."""
     import redis
 
-    layout = KeyLayout.from_settings(settings)
     r = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    keys = RedisBseStore(r, prefix=settings.redis_prefix, layout=KeyLayout.from_settings(settings))
     out = {}
     for p in partitions:
-        v = r.hget(f"{layout.tag(p)}:bse:off:bse-encoder", f"{settings.events_topic}:{p}")
+        v = r.hget(keys.offsets_key("bse-encoder", p), f"{settings.events_topic}:{p}")
         out[p] = int(v) if v is not None else 0
     r.close()
     return out
