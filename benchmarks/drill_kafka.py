@@ -210,8 +210,13 @@ def _replication(bootstrap: str, topic: str) -> tuple[int, int]:
     from confluent_kafka.admin import AdminClient, ConfigResource
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    md = admin.list_topics(topic, timeout=10)
-    rf = min(len(pm.replicas) for pm in md.topics[topic].partitions.values())
+    deadline = time.monotonic() + 30
+    # a topic just created may be listed before the broker answering has its partitions' metadata
+    while not (parts := admin.list_topics(topic, timeout=10).topics[topic].partitions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not parts:
+        raise StackError(f"topic {topic}: no partition metadata from {bootstrap} after 30 s")
+    rf = min(len(pm.replicas) for pm in parts.values())
     res = ConfigResource(ConfigResource.Type.TOPIC, topic)
     cfg = admin.describe_configs([res])[res].result(timeout=10)
     return rf, int(cfg["min.insync.replicas"].value)
@@ -300,12 +305,16 @@ def _bse_errors(s: Settings, cfg: KafkaDrillConfig, events: list[Event]) -> dict
     return count_bse_errors(s, events, TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb), cfg.events)
 
 
-def _stored_offsets(r: redis.Redis, prefix: str, name: str, topic: str) -> dict[int, int]:
-    if name == "bse-encoder":  # the BSE store keeps its offsets under its own key (features/bse/redis_store.py)
-        from features.bse import RedisBseStore
+def _offset_readers(s: Settings, r: redis.Redis) -> dict:
+    """processor -> () -> the offsets stored with its state (partition -> next offset)."""
+    from features.bse import RedisBseStore
 
-        return {p: o for (t, p), o in RedisBseStore(r, prefix=prefix).committed_offsets(name).items() if t == topic}
-    return {int(p): int(o) for p, o in r.hgetall(offsets_key(prefix, name, topic)).items()}
+    bse = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix)  # its own key, binary client
+    out = {name: (lambda name=name: {int(p): int(o) for p, o in r.hgetall(
+        offsets_key(s.redis_prefix, name, s.events_topic)).items()}) for name in PROCESSORS if name != "bse-encoder"}
+    out["bse-encoder"] = lambda: {p: o for (t, p), o in bse.committed_offsets("bse-encoder").items()
+                                  if t == s.events_topic}
+    return out
 
 
 def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillConfig(), tag: str = "drill") -> dict:
@@ -328,6 +337,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
     ensure_topics(s)
     rf, isr = _replication(bootstrap, s.events_topic)
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    stored = _offset_readers(s, r)
     events = drill_events(cfg)
     n_impressions = int(cfg.impressions_per_s * cfg.stream_s)
 
@@ -354,7 +364,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
         led = sum(1 for b in leaders.values() if b == victim)
         log.info("drill: SIGKILL broker %d (leads %d of %d partitions of %s) after %d events", victim, led,
                  len(leaders), s.events_topic, ev_thread.sent)
-        applied = lambda: min(sum(_stored_offsets(r, tag, n, s.events_topic).values()) for n in PROCESSORS)  # noqa: E731
+        applied = lambda: min(sum(read().values()) for read in stored.values())  # noqa: E731
         t_kill, applied_at_kill = time.monotonic(), applied()
         stack.kill_broker(victim)
         time.sleep(cfg.down_s)
@@ -369,12 +379,11 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
         impressions.close()
         produce_s = time.monotonic() - t_start
 
-        # Catch-up: both processors' stored offsets reach the log end.
+        # Catch-up: every processor's stored offsets reach the log end.
         ends = _high_watermarks(bootstrap, s.events_topic, cfg.partitions)
         t_catch = time.monotonic()
         while True:
-            behind = {n: sum(max(0, ends[p] - _stored_offsets(r, tag, n, s.events_topic).get(p, 0)) for p in ends)
-                      for n in PROCESSORS}
+            behind = {n: sum(max(0, ends[p] - read().get(p, 0)) for p in ends) for n, read in stored.items()}
             if not any(behind.values()):
                 break
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
