@@ -275,7 +275,9 @@ class Plan:
         out = [f"  {name:<34} {n:>10,} keys" for name, n in sorted(self.copy.items())]
         out += [f"  {name:<34} {n:>10,} keys left behind" for name, n in sorted(self.skipped.items())]
         for (proc, scope), offs in sorted(self.offsets.items()):
-            out.append(f"  offsets {proc} {scope}: " + ", ".join(f"p{p}={o}" for p, o in sorted(offs.items())))
+            where = f"group {scope}" if proc == "bse-encoder" else f"topic {scope}"
+            out.append(f"  next offsets of {proc} ({where}): "
+                       + ", ".join(f"p{p}={o}" for p, o in sorted(offs.items())))
         return out
 
 
@@ -368,7 +370,7 @@ def check_plan(plan: Plan, source_desc: str, target_desc: str, overwrite: bool) 
                                "keys); pass --overwrite to delete it and copy, or choose another prefix; nothing copied")
 
 
-def active_consumers(bootstrap: str, groups: Iterable[str], timeout_s: float = 15.0) -> dict[str, int]:
+def active_consumers(bootstrap: str, groups: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
     """group -> members now in it (0 for a group unknown to Kafka), from the group coordinator.
 
     Raises:
@@ -377,21 +379,22 @@ def active_consumers(bootstrap: str, groups: Iterable[str], timeout_s: float = 1
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     groups = list(groups)
+    # librdkafka's own connection-failure lines say nothing the error below does not
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
     out = {}
-    try:
-        futures = admin.describe_consumer_groups(groups, request_timeout=timeout_s)
-    except KafkaException as e:
-        raise MigrationRefused(f"cannot ask Kafka {bootstrap} whether consumer groups {groups} are empty: {e}") from e
-    for g, fut in futures.items():
+    for g, fut in admin.describe_consumer_groups(groups, request_timeout=timeout_s).items():
         try:
-            out[g] = len(fut.result(timeout=timeout_s).members)
+            out[g] = len(fut.result(timeout=timeout_s + 5).members)
         except KafkaException as e:
             if e.args and e.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
                 out[g] = 0
                 continue
-            raise MigrationRefused(f"cannot ask Kafka {bootstrap} whether consumer group {g!r} is empty: {e}") from e
+            raise MigrationRefused(f"cannot ask Kafka {bootstrap} whether consumer group {g!r} is empty: {e}; "
+                                   "stop the processors and pass --no-check-groups to skip the check") from e
+        except TimeoutError as e:
+            raise MigrationRefused(f"Kafka {bootstrap} did not describe consumer group {g!r} within {timeout_s:.0f} "
+                                   "s; stop the processors and pass --no-check-groups to skip the check") from e
     return out
 
 
