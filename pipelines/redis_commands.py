@@ -36,8 +36,9 @@ def migrate(
                                  "partition) and the checks' verdict; write nothing"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete the target's state of these processors "
                                    "first instead of refusing (also: re-run a migration that failed half-way)"),
-    check_groups: bool = typer.Option(True, "--check-groups/--no-check-groups", help="refuse while a consumer "
-                                      "group recstream.<processor> has members (asks Kafka)"),
+    check_groups: bool = typer.Option(True, "--check-groups/--no-check-groups", help="ask Kafka: refuse while a "
+                                      "consumer group recstream.<processor> has members, or when the events topic's "
+                                      "partition count is not RECSTREAM_TOPIC_PARTITIONS"),
     batch_keys: int = typer.Option(500, min=1, max=100_000, help="keys per DUMP/RESTORE pipeline"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar on stderr"),
 ) -> None:

@@ -398,8 +398,24 @@ def active_consumers(bootstrap: str, groups: Iterable[str], timeout_s: float = 1
     return out
 
 
+def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int | None:
+    """The topic's partition count (None: no such topic)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    try:
+        meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as e:
+        raise MigrationRefused(f"cannot read topic {topic!r} from Kafka {bootstrap}: {e}; pass --no-check-groups "
+                               "to skip the Kafka checks") from e
+    return None if meta is None or meta.error is not None else len(meta.partitions)
+
+
 @dataclass
 class Result:
+    """What run_migration wrote."""
+
     copied: Counter = field(default_factory=Counter)  # family name -> keys written to the target
     deleted: int = 0  # target keys deleted first (overwrite)
     vanished: int = 0  # keys gone (expired) between the scan and their DUMP
@@ -479,7 +495,7 @@ class Migration:
 
 def migrate(settings, source_url: str, source_prefix: str | None = None, processors: Iterable[str] = PROCESSORS,
             dry_run: bool = False, overwrite: bool = False, check_groups: bool = True, batch_keys: int = 500,
-            progress: Callable[[int], None] | Callable[[Plan], Callable[[int], None]] | None = None) -> Migration:
+            progress: Callable[[Plan], Callable[[int], None]] | None = None) -> Migration:
     """Copy a single-layout deployment's state from `source_url` into the target of `settings`
     (its redis_url, prefix and partitioned layout); see the module docstring.
 
@@ -490,8 +506,10 @@ def migrate(settings, source_url: str, source_prefix: str | None = None, process
         processors: whose state to copy (PROCESSORS, default all).
         dry_run: plan and check only; write nothing.
         overwrite: delete the target's state of these processors first instead of refusing.
-        check_groups: refuse while a consumer group `recstream.<processor>` has members.
-        progress: called with the plan before copying; returns a callable taking keys done.
+        check_groups: ask Kafka: refuse while a consumer group `recstream.<processor>` has members,
+            or when the events topic's partition count is not settings.topic_partitions.
+        progress: called with the plan before copying (e.g. to size a bar); returns a callable
+            that run_migration calls with the source keys done after each batch.
     Returns:
         the plan and, unless dry_run, the result.
     Raises:
@@ -523,6 +541,12 @@ def migrate(settings, source_url: str, source_prefix: str | None = None, process
         if busy:
             raise MigrationRefused(f"consumer groups still have members: {busy} (Kafka {settings.kafka_bootstrap}); "
                                    "stop the processors (and a separate feature-publisher) before migrating")
+        # users' keys are placed by the partition count: a wrong one puts them where no reader looks
+        n = topic_partitions(settings.kafka_bootstrap, settings.events_topic)
+        if n is not None and n != settings.topic_partitions:
+            raise MigrationRefused(f"topic {settings.events_topic} has {n} partitions but RECSTREAM_TOPIC_PARTITIONS="
+                                   f"{settings.topic_partitions}; set it to the topic's partition count (the "
+                                   "partitioned layout places a user's keys by it)")
     target = KeyLayout.from_settings(settings)
     src = redis_client(source_url, decode_responses=False)
     dst = redis_client(settings.redis_url, decode_responses=False)

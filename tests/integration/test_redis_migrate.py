@@ -76,6 +76,10 @@ def test_single_redis_state_migrated_to_the_cluster_processors_resume_there_exac
         run_until_idle(_processors(single), timeout_s=120)
         t_first = time.monotonic() - t0
 
+        # users' keys are placed by the partition count: one that is not the topic's is refused
+        with pytest.raises(MigrationRefused, match=rf"topic {cs.events_topic} has 6 partitions but "
+                                                   "RECSTREAM_TOPIC_PARTITIONS=4"):
+            migrate(cs.model_copy(update={"topic_partitions": 4}), single.redis_url, dry_run=True)
         # a dry run plans every family and writes nothing; the cluster is still empty
         plan = migrate(cs, single.redis_url, dry_run=True).plan
         assert plan.n_unknown == 0 and not plan.target_existing, plan.lines()
