@@ -304,3 +304,22 @@ def test_migrate_refuses_a_single_layout_target_a_cluster_source_and_unknown_pro
         migrate(cluster, "redis+cluster://127.0.0.1:2", check_groups=False)
     with pytest.raises(MigrationRefused, match=r"processors \['popularity', 'ranker'\] must be"):
         migrate(cluster, "redis://127.0.0.1:2/0", processors=["popularity", "ranker"], check_groups=False)
+
+
+def test_keys_already_in_the_target_are_recognised_by_family_whatever_the_prefix():
+    """The target check (and --overwrite's delete) finds the chosen processors' state by family,
+    under the target's prefix and Feast project, and leaves anything else alone."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    new = KeyLayout("new", N)
+    m = _mapper(target=new)
+    row = _redis_key("recstream_new", EntityKey(join_keys=["item_id"], entity_values=[Value(string_val="i1")]))
+    assert m.family_of_target(PopularityKeys(new).seen("u:1").encode()).name == "popularity.seen"
+    assert m.family_of_target(offsets_key(new.tag(5), "popularity", "t").encode()).name == "popularity.offsets"
+    assert m.family_of_target(BseKeys(new).tab("another+version", "u1").encode()).name == "bse-encoder.tab"
+    assert m.family_of_target(item_features_key("new", "i1").encode()).name == "feature-writer.item-blob"
+    assert m.family_of_target(row).name == "feature-writer.feast"
+    for other in (b"new:something-else", PopularityKeys(KeyLayout("rs", N)).seen("u1").encode(), b"x"):
+        assert m.family_of_target(other) is None, other
