@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.local.redis_cluster import LocalRedisCluster
-from features.bse import Behaviour, InMemoryBseStore, RedisBseStore, TableVersion
+from features.bse import Behaviour, BseKeys, InMemoryBseStore, RedisBseStore, TableVersion
 from features.keys import KeyLayout
 from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.data.synthetic import SyntheticConfig, generate_events
@@ -417,9 +417,9 @@ def _node_offsets(port: int, s: Settings, partitions: list[int]) -> dict[int, in
     import redis
 
     r = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
-    keys = RedisBseStore(r, prefix=s.redis_prefix, layout=KeyLayout.from_settings(s))
+    keys = BseKeys(KeyLayout.from_settings(s))
     try:
-        return {p: int(r.hget(keys.offsets_key("bse-encoder", p), f"{s.events_topic}:{p}") or 0) for p in partitions}
+        return {p: int(r.hget(keys.off("bse-encoder", p), keys.field((s.events_topic, p))) or 0) for p in partitions}
     finally:
         r.close()
 

@@ -51,6 +51,8 @@ _LAZY_COMMANDS: dict[str, dict[str, tuple[str, str | None, str]]] = {
         "replay": ("pipelines.replay.cli", None, "Offline A/B from the impression log: off-policy estimates with "
                    "intervals, traffic replay to two variants, a report with plots."),
         "feast": ("pipelines.feast_commands", None, "Feast repository: apply the definitions for this deployment's Redis."),
+        "redis": ("pipelines.redis_commands", None, "Redis state: move a single Redis's state to a Redis Cluster "
+                  "(partitioned key layout)."),
         "drill": ("benchmarks.drill_commands", None, "Failure drills on a local stack of their own; reports under reports/."),
     },
     "replay": {

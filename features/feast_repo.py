@@ -31,6 +31,8 @@ from features.repo.definitions import (
     USER_PUSH_SOURCE,
     USER_VIEW,
     build_definitions,
+    item,
+    user,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,27 @@ def feast_redis_connection_string(redis_url: str) -> str:
     return ",".join(parts)
 
 
+# How Feast encodes entity keys (feature_store.yaml); its Redis key names depend on it.
+ENTITY_KEY_SERIALIZATION_VERSION = 3
+
+
+def project_for_prefix(redis_prefix: str) -> str:
+    """The Feast project of a deployment: one per Redis prefix (see repo_for_settings)."""
+    return f"recstream_{redis_prefix}".replace("-", "_")
+
+
+def online_key_heads() -> tuple[bytes, ...]:
+    """How the Redis keys of Feast's online rows begin, one per entity (users, items).
+
+    Feast's Redis online store names a row `<serialised entity key><project>` (feast's
+    `_redis_key`), the same in its `redis` and `redis_cluster` modes; the serialised key starts
+    with the join key's name, and Feast itself scans a view's rows by this head and the project.
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+
+    return tuple(serialize_entity_key_prefix([e.join_key], ENTITY_KEY_SERIALIZATION_VERSION) for e in (user, item))
+
+
 def write_feature_store_yaml(
     repo_dir: Path,
     online: OnlineKind = "sqlite",
@@ -95,7 +118,7 @@ def write_feature_store_yaml(
         f"registry: {repo_dir / 'registry.db'}\n"
         f"online_store:\n{online_yaml}"
         f"offline_store:\n  type: file\n"
-        f"entity_key_serialization_version: 3\n"
+        f"entity_key_serialization_version: {ENTITY_KEY_SERIALIZATION_VERSION}\n"
     )
     path = repo_dir / "feature_store.yaml"
     path.write_text(text)
@@ -275,6 +298,6 @@ def repo_for_settings(settings) -> FeatureRepo:
     """Apply (idempotently) the repository of a deployment: Redis online store at settings.redis_url,
     working directory `<home>/feast/<redis_prefix>`, one Feast project per Redis prefix so that
     several deployments (or test runs) can share a Redis without seeing each other's rows."""
-    project = f"recstream_{settings.redis_prefix}".replace("-", "_")
+    project = project_for_prefix(settings.redis_prefix)
     return apply_repo(Path(settings.home) / "feast" / settings.redis_prefix, online="redis",
                       redis_conn=settings.redis_url, project=project)

@@ -59,6 +59,12 @@ def pack_item_rows(df: pd.DataFrame, names: Sequence[str] = ITEM_FEATURE_NAMES) 
     return out
 
 
+def item_features_key(prefix: str, item_id: str) -> str:
+    """An item's blob: under the plain prefix in either KeyLayout (absolute values, one key per item,
+    written by one publisher: no partition's transaction covers it)."""
+    return f"{prefix}:if:{item_id}"
+
+
 class RedisItemFeatures:
     """Writer and fast reader of packed item-feature blobs.
 
@@ -99,7 +105,7 @@ class RedisItemFeatures:
         return cls(redis_client(url, decode_responses=False), prefix=prefix, **kwargs)
 
     def _key(self, item_id: str) -> str:
-        return f"{self.prefix}:if:{item_id}"
+        return item_features_key(self.prefix, item_id)
 
     def write(self, df: pd.DataFrame) -> int:
         """Store the latest row per item (columns item_id, event_timestamp, *names); one pipeline.

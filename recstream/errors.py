@@ -36,3 +36,9 @@ class InvalidEvent(RecstreamError):
 
 class StackError(RecstreamError):
     """The local stack (Kafka, Redis) could not be started or reached."""
+
+
+class MigrationRefused(RecstreamError):
+    """A Redis state migration (`recstream redis migrate`) refused to start or to go on: source or
+    target in the wrong layout, keys it cannot place, a target already holding state, processors
+    still running. The message names the values; nothing was written unless it says so."""

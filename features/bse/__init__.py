@@ -2,7 +2,7 @@
 
 from features.bse.embeddings import ArrayItemEmbeddings, ItemEmbeddings, stable_bucket
 from features.bse.memory import InMemoryBseStore
-from features.bse.redis_store import RedisBseStore
+from features.bse.redis_store import BseKeys, RedisBseStore
 from features.bse.store import DEFAULT_MAX_SEQ_LEN, BseStore, interest_from_table
 from features.bse.types import ApplyResult, Behaviour, RebuildResult
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
@@ -13,6 +13,7 @@ __all__ = [
     "ApplyResult",
     "ArrayItemEmbeddings",
     "Behaviour",
+    "BseKeys",
     "BseStore",
     "DEFAULT_ITEM_BITS",
     "DEFAULT_MAX_SEQ_LEN",

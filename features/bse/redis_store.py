@@ -133,6 +133,47 @@ return ok
 """
 
 
+class BseKeys:
+    """The store's key names (see the module docstring), one builder each."""
+
+    def __init__(self, layout: KeyLayout):
+        self.layout = layout
+
+    def seq(self, u: str) -> str:
+        return f"{self.layout.user_tag(u)}:bse:seq:{u}"
+
+    def n(self, u: str) -> str:
+        return f"{self.layout.user_tag(u)}:bse:n:{u}"
+
+    def tab(self, version: str, u: str) -> str:
+        return f"{self.layout.user_tag(u)}:bse:tab:{version}:{u}"
+
+    def off_at(self, tag: str, group: str) -> str:
+        """The offsets hash under a KeyLayout tag; fields `<topic>:<partition>` (`field`)."""
+        return f"{tag}:bse:off:{group}"
+
+    def off(self, group: str, partition: int | None = None) -> str:
+        """The offsets hash holding `partition` (the only one with the single layout)."""
+        return self.off_at(self.layout.tag(partition), group)
+
+    @staticmethod
+    def field(key: PartitionKey) -> str:
+        return f"{key[0]}:{key[1]}"
+
+    @staticmethod
+    def parse_field(field: str) -> PartitionKey:
+        """`field`'s inverse: (topic, partition)."""
+        topic, _, part = field.rpartition(":")
+        return topic, int(part)
+
+    def ver(self, version: str) -> str:
+        """A version's parameters: not per partition (under the plain prefix in either layout)."""
+        return f"{self.layout.prefix}:bse:ver:{version}"
+
+    def staging(self, writer: str, version: str, u: str) -> str:
+        return f"{self.layout.user_tag(u)}:bse:stage:{writer}:{version}:{u}"
+
+
 class RedisBseStore(BseStore):
     """BSE store in one Redis or a Redis Cluster.
 
@@ -158,6 +199,7 @@ class RedisBseStore(BseStore):
             raise ValueError(f"prefix ({prefix!r}) and layout.prefix ({layout.prefix!r}) must be equal")
         self.layout = layout or KeyLayout(prefix)
         self.prefix = self.layout.prefix
+        self.keys = BseKeys(self.layout)
         self._cluster = is_cluster(client)
         self._write_script = client.register_script(_WRITE_SCRIPT)
         self._read_script = client.register_script(_READ_SCRIPT)
@@ -170,20 +212,20 @@ class RedisBseStore(BseStore):
     def from_url(cls, url: str, prefix: str = "rs", **kwargs) -> "RedisBseStore":
         return cls(redis_client(url, decode_responses=False), prefix=prefix, **kwargs)
 
-    # ---- keys ---------------------------------------------------------------------------------
+    # ---- keys (BseKeys builds them; the migration command maps them with the same builders) ----
 
     def _k_seq(self, u: str) -> str:
-        return f"{self.layout.user_tag(u)}:bse:seq:{u}"
+        return self.keys.seq(u)
 
     def _k_n(self, u: str) -> str:
-        return f"{self.layout.user_tag(u)}:bse:n:{u}"
+        return self.keys.n(u)
 
     def _k_tab(self, version: str, u: str) -> str:
-        return f"{self.layout.user_tag(u)}:bse:tab:{version}:{u}"
+        return self.keys.tab(version, u)
 
-    def offsets_key(self, group: str, partition: int | None = None) -> str:
+    def _k_off(self, group: str, partition: int | None = None) -> str:
         """The offsets hash holding `partition` (the only one with the single layout)."""
-        return f"{self.layout.tag(partition)}:bse:off:{group}"
+        return self.keys.off(group, partition)
 
     def _by_tag(self, user_ids: Sequence[str]) -> dict[str, list[int]]:
         """Positions of the users per tag (one group with the single layout)."""
@@ -192,14 +234,12 @@ class RedisBseStore(BseStore):
             groups[self.layout.user_tag(u)].append(i)
         return groups
 
-    @staticmethod
-    def _field(key: PartitionKey) -> str:
-        return f"{key[0]}:{key[1]}"
+    _field = staticmethod(BseKeys.field)
 
     # ---- public -------------------------------------------------------------------------------
 
     def committed_offsets(self, group: str) -> dict[PartitionKey, int]:
-        keys = [f"{t}:bse:off:{group}" for t in self.layout.tags()]
+        keys = [self.keys.off_at(t, group) for t in self.layout.tags()]
         if len(keys) == 1:
             raws = [self.r.hgetall(keys[0])]
         else:
@@ -210,8 +250,7 @@ class RedisBseStore(BseStore):
         out = {}
         for raw in raws:
             for f, v in raw.items():
-                topic, _, part = f.decode().rpartition(":")
-                out[(topic, int(part))] = int(v)
+                out[BseKeys.parse_field(f.decode())] = int(v)
         return out
 
     def apply_batch(self, behaviours: Sequence[Behaviour], offsets=None, group: str = "bse") -> ApplyResult:
@@ -254,7 +293,7 @@ class RedisBseStore(BseStore):
     # ---- backend primitives -------------------------------------------------------------------
 
     def _k_ver(self, version: str) -> str:
-        return f"{self.prefix}:bse:ver:{version}"
+        return self.keys.ver(version)
 
     def holds_version(self, version: str | TableVersion) -> bool:
         """Whether a writer registered (and so maintains or rebuilt) tables of this version here."""
@@ -279,7 +318,7 @@ class RedisBseStore(BseStore):
             return {}
         by_key: dict[str, list[PartitionKey]] = defaultdict(list)
         for k in keys:
-            by_key[self.offsets_key(group, k[1])].append(k)
+            by_key[self._k_off(group, k[1])].append(k)
         out = {}
         for off_key, ks in by_key.items():
             vals = self.r.hmget(off_key, [self._field(k) for k in ks])
@@ -347,7 +386,7 @@ class RedisBseStore(BseStore):
         return out
 
     def _k_staging(self, version: str, u: str) -> str:
-        return f"{self.layout.user_tag(u)}:bse:stage:{self._token}:{version}:{u}"
+        return self.keys.staging(self._token, version, u)
 
     def _write(
         self,
@@ -358,9 +397,9 @@ class RedisBseStore(BseStore):
     ) -> bool:
         versions = sorted({v for w in writes for v in w.blobs})
         if new_offsets:  # all of one tag: apply_batch splits a partitioned batch by partition
-            off_key = self.offsets_key(group, next(iter(new_offsets))[1])
+            off_key = self._k_off(group, next(iter(new_offsets))[1])
         elif writes:
-            off_key = f"{self.layout.user_tag(writes[0].user_id)}:bse:off:{group}"
+            off_key = self.keys.off_at(self.layout.user_tag(writes[0].user_id), group)
         else:
             return True
         keys: list[str] = [off_key]

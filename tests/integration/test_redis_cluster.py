@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from features.bse import RedisBseStore
+from features.bse import BseKeys, RedisBseStore
 from features.keys import KeyLayout, PopularityKeys
 from pipelines.produce import produce_events
 from pipelines.stream.popularity import WEIGHTS, PopularityHandler
@@ -220,10 +220,10 @@ def _node_offsets(port: int, settings, partitions: list[int]) -> dict[int, int]:
     import redis
 
     r = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
-    keys = RedisBseStore(r, prefix=settings.redis_prefix, layout=KeyLayout.from_settings(settings))
+    keys = BseKeys(KeyLayout.from_settings(settings))
     out = {}
     for p in partitions:
-        v = r.hget(keys.offsets_key("bse-encoder", p), f"{settings.events_topic}:{p}")
+        v = r.hget(keys.off("bse-encoder", p), keys.field((settings.events_topic, p)))
         out[p] = int(v) if v is not None else 0
     r.close()
     return out
