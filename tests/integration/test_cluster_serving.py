@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.bse import InMemoryBseStore, RedisBseStore, Behaviour
+from features.bse import Behaviour, InMemoryBseStore, RedisBseStore
 from features.keys import KeyLayout
 from features.vectors import (ITEM_RAW_NAMES, ITEM_VECTOR_NAMES, USER_RAW_NAMES, USER_VECTOR_NAMES, item_feature_matrix,
                               user_vectors_from_raw)
@@ -133,7 +133,7 @@ def _history(events, user: str) -> list[str]:
 
 
 def _seen(events, user: str) -> set[str]:
-    """What the popularity processor's seen set holds: every item the user did more than see."""
+    """What the popularity processor's seen set holds: the items of the user's events but impressions."""
     return {e.item_id for e in events if e.user_id == user and e.type is not EventType.impression}
 
 
