@@ -37,22 +37,13 @@ def _store(max_seq_len: int):
                                   layout=KeyLayout.from_settings(s))
 
 
-def _embeddings(spec: str):
-    from pipelines.stream.bse_encoder import load_item_embeddings
+def _version(model_version: str, spec: str, item_bits: int):
+    from pipelines.stream.bse_encoder import load_table_version
 
-    try:
-        emb = load_item_embeddings(spec)
+    try:  # the artefact's own hasher, as the bse-encoder's (see load_table_version)
+        return load_table_version(spec, model_version, item_bits)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--embeddings") from None
-    return emb
-
-
-def _version(model_version: str, spec: str, item_bits: int):
-    from features.bse import TableVersion
-    from models.sdim_hash import SdimConfig, SdimHasher
-
-    emb = _embeddings(spec)
-    return TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version, item_bits=item_bits)
 
 
 def _split_users(users: Optional[list[str]]) -> Optional[list[str]]:

@@ -17,6 +17,7 @@ from features.bse.redis_store import RedisBseStore
 from features.bse.versions import DEFAULT_ITEM_BITS, TableVersion
 from features.keys import KeyLayout
 from models.sdim_hash import SdimConfig
+from recstream.redis_io import is_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ class BseLookup:
         item_bits: int = DEFAULT_ITEM_BITS,
         partitions: int | None = None,
     ):
+        if partitions is None and is_cluster_url(redis_url):
+            # the processors always write a cluster in the partitioned layout (recstream/settings.py):
+            # single-layout keys would read as unknown users, zero interest and no error
+            raise ValueError(f"BseLookup on the Redis Cluster {redis_url!r} needs partitions "
+                             "(Settings.redis_partitions: the events topic's partition count)")
         self.store = RedisBseStore.from_url(redis_url, prefix=prefix, layout=KeyLayout(prefix, partitions))
         self.versions: dict[str, TableVersion] = {}
         for model_version, cfg in hasher_configs.items():

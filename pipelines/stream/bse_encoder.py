@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from features.bse import Behaviour, BseStore
+from features.bse import Behaviour, BseStore, TableVersion
+from features.bse.versions import DEFAULT_ITEM_BITS
 from pipelines.stream import metrics as m
 from pipelines.stream.base import SourcedEvent
 
@@ -66,3 +67,40 @@ def load_item_embeddings(spec: str):
         table, vocab, _hasher_version = _from_artifact(name, version or None)
         return VocabItemEmbeddings(table, vocab)
     raise ValueError(f"bad embeddings spec {spec!r}: use random:<n_items>[:<seed>] or artifact:<name>[/<version>]")
+
+
+def load_table_version(spec: str, model_version: str, item_bits: int = DEFAULT_ITEM_BITS) -> TableVersion:
+    """The BSE table version of ranker `model_version` for the embeddings `spec` (see
+    load_item_embeddings), as the bse-encoder maintains it and `recstream bse rebuild` builds it.
+
+    Serving looks a user's tables up under the name the ranker's own SdimConfig gives
+    (services/runtime.py), so for an `artifact:` spec the hasher is the artefact's (its manifest's
+    `config.sdim`): the default hasher of the embeddings' width would write tables under another
+    name whenever the ranker was trained with other n_hashes, tau or seed, and serving would run
+    without long-term interest. A `random:` spec has no ranker: the default hasher of its width.
+
+    Raises:
+        ValueError: the artefact's SDIM width differs from its item embeddings', or its hasher is
+            not the one its manifest recorded at save time.
+    """
+    from models.sdim_hash import SdimConfig, SdimHasher
+
+    emb = load_item_embeddings(spec)
+    kind, _, rest = spec.partition(":")
+    sdim = SdimConfig(dim=emb.dim)
+    if kind == "artifact":
+        import json
+
+        from features.model_store import MANIFEST, artifact_path
+
+        name, _, version = rest.partition("/")
+        manifest = json.loads((artifact_path(name, version or None) / MANIFEST).read_text())
+        if manifest.get("config", {}).get("sdim"):
+            sdim = SdimConfig(**manifest["config"]["sdim"])
+        if sdim.dim != emb.dim:
+            raise ValueError(f"artefact {rest!r}: SDIM dim ({sdim.dim}) differs from its item embeddings' ({emb.dim})")
+        recorded = manifest.get("sdim_hasher_version")
+        if recorded is not None and SdimHasher(sdim).version != recorded:
+            raise ValueError(f"artefact {rest!r}: hasher {SdimHasher(sdim).version} from its config, "
+                             f"{recorded} recorded in its manifest")
+    return TableVersion(SdimHasher(sdim), emb, model_version=model_version, item_bits=item_bits)

@@ -50,12 +50,10 @@ def _make_handler(name: str, s: Settings, embeddings: str, model_version: str, m
 
         return PopularityHandler(redis_client(s.redis_url), layout, s.recent_items_max)
     if name == "bse-encoder":
-        from features.bse import RedisBseStore, TableVersion
-        from models.sdim_hash import SdimConfig, SdimHasher
-        from pipelines.stream.bse_encoder import BseEncoderHandler, load_item_embeddings
+        from features.bse import RedisBseStore
+        from pipelines.stream.bse_encoder import BseEncoderHandler, load_table_version
 
-        emb = load_item_embeddings(embeddings)
-        version = TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb, model_version=model_version)
+        version = load_table_version(embeddings, model_version)
         store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len,
                                        layout=layout)
         return BseEncoderHandler(store)
