@@ -42,7 +42,8 @@ def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json 
                                               "under load (reports/scale.{json,md})"),
                  instances: list[int] = typer.Option([1, 2, 4], "--instances", help="--cluster: instance counts (repeat)"),
                  processor: list[str] = typer.Option(["bse-encoder", "popularity"], "--processor",
-                                                     help="--cluster: processors measured (repeat)")) -> None:
+                                                     help="--cluster: processors measured (repeat)"),
+                 repeats: int = typer.Option(3, help="--cluster: runs per instance count (the median is reported)")) -> None:
     """Processor throughput, freshness at 5,000 events/s, item-feature read paths, BSE bytes per
     user; with --cluster, scale-out on a Redis Cluster instead."""
     from pathlib import Path
@@ -53,7 +54,7 @@ def bench_stream(out_dir: str = typer.Option("reports", help="where stream.json 
         from benchmarks.scale import ScaleConfig, run as run_scale
 
         try:
-            cfg = ScaleConfig(events=events, instances=tuple(instances), processors=tuple(processor))
+            cfg = ScaleConfig(events=events, instances=tuple(instances), processors=tuple(processor), repeats=repeats)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
     s = get_settings()

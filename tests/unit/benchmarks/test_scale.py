@@ -21,6 +21,8 @@ def test_config_errors_carry_the_values():
         ScaleConfig(instances=(1, 9))
     with pytest.raises(ValueError, match=r"processors \('feature-writer',\)"):
         ScaleConfig(processors=("feature-writer",))
+    with pytest.raises(ValueError, match=r"repeats \(0\) must be >= 1"):
+        ScaleConfig(repeats=0)
     with pytest.raises(ValueError, match=r"failover_at_fraction \(0.0\)"):
         ScaleConfig(failover_at_fraction=0.0)
 
@@ -59,11 +61,13 @@ def test_report_has_the_flat_keys_and_a_table(tmp_path):
            "batch_max_records": 5, "machine": "m"}
     for n, rate in ((1, 100.0), (2, 150.0)):
         res[f"cluster_events_per_s_{n}"] = rate
+        res[f"cluster_events_per_s_min_{n}"], res[f"cluster_events_per_s_max_{n}"] = rate - 10, rate + 20
         res[f"cluster_exact_{n}"] = True
         for role in ("instances", "redis", "kafka", "bench"):
             res[f"cluster_cpu_s_per_1k_events_{role}_{n}"] = 0.5
             res[f"cluster_cores_busy_{role}_{n}"] = 0.25
     res["cluster_speedup_2_vs_1"] = 1.5
+    res["cluster_cores_bound_events_per_s"] = 300.0
     res.update(failover_lost_events=0, failover_double_applied=0, failover_end_state_exact=True,
                failover_records_fell_back=12, failover_rewinds=1, failover_killed_master_partitions=1,
                failover_applied_at_kill=4, failover_replica_promoted_s=2.0, failover_caught_up_s=3.0,
@@ -71,4 +75,5 @@ def test_report_has_the_flat_keys_and_a_table(tmp_path):
     write_report(res, tmp_path)
     assert json.loads((tmp_path / "scale.json").read_text()) == res
     md = (tmp_path / "scale.md").read_text()
-    assert "| bse-encoder | 100 | 150 | 1.50x | yes |" in md and "| **lost events** | **0** |" in md
+    assert "| bse-encoder | 100 (90-120) | 150 (140-170) | 1.50x | yes |" in md
+    assert "- bse-encoder: with 2 instances, 150 events/s is 50% of the 300 events/s" in md and "| **lost events** | **0** |" in md
