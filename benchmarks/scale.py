@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.proc_stats import cpu_s, pids_by_role
 from deploy.local.redis_cluster import LocalRedisCluster
 from features.bse import Behaviour, BseKeys, InMemoryBseStore, RedisBseStore, TableVersion
 from features.keys import KeyLayout
@@ -115,30 +116,6 @@ def _version(cfg: ScaleConfig) -> TableVersion:
 
 # ---------------------------------------------------------------------------------------------
 # processes and their CPU
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """utime + stime of the processes, seconds (Linux /proc; a process that exited counts 0)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def _kafka_pids() -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if b"kafka.Kafka" in (d / "cmdline").read_bytes():
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
 
 
 def _spawn(s: Settings, processor: str, cfg: ScaleConfig, log_path: Path) -> subprocess.Popen:
@@ -315,19 +292,19 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
     procs = [_spawn(s, processor, cfg, log_dir / f"{processor}-{n}-{k}.log") for k in range(n)]
     progress = _progress(s, processor)
     roles = {"instances": [p.pid for p in procs], "redis": [nd.proc.pid for nd in cluster.live()],
-             "kafka": _kafka_pids(), "bench": [os.getpid()]}
+             "kafka": pids_by_role({"kafka": ("kafka.Kafka",)})["kafka"], "bench": [os.getpid()]}
     try:
         _wait_members(s, f"recstream.{processor}", n, procs, cfg.join_timeout_s)
         _produce(s, payloads)
         t0, applied0 = time.perf_counter(), max(0, progress())
-        cpu0 = {role: _cpu_s(pids) for role, pids in roles.items()}
+        cpu0 = {role: cpu_s(pids) for role, pids in roles.items()}
         deadline = time.monotonic() + cfg.catch_up_timeout_s
         while (done := progress()) < len(events):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"{processor} x{n}: {done} of {len(events)} applied (logs in {log_dir})")
             time.sleep(0.02)
         span_s = time.perf_counter() - t0
-        cpu = {role: _cpu_s(pids) - cpu0[role] for role, pids in roles.items()}
+        cpu = {role: cpu_s(pids) - cpu0[role] for role, pids in roles.items()}
     finally:
         rcs = _stop(procs)
     if any(rcs):
@@ -351,16 +328,10 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
 def measure_failover(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConfig, events: list[Event],
                      log_dir: Path) -> dict:
     """Two bse-encoder instances; a master SIGKILLed while its replica is behind (module docstring)."""
-    from redis.crc import key_slot
-
     run = _Run(base, cfg, log_dir)
     s = run.settings()
     ensure_topics(s)
-    layout = KeyLayout.from_settings(s)
-    by_master: dict[int, list[int]] = defaultdict(list)
-    for p in range(cfg.partitions):
-        by_master[cluster.master_of_slot(key_slot(layout.tag(p).encode()))].append(p)
-    victim, parts = max(by_master.items(), key=lambda kv: len(kv[1]))
+    victim, parts = cluster.master_holding_most(KeyLayout.from_settings(s).tags())  # position = partition
     replica = cluster.replica_of(victim)
     logs = [log_dir / f"failover-{k}.log" for k in range(2)]
     procs = [_spawn(s, "bse-encoder", cfg, path) for path in logs]

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.proc_stats import cpu_s, pids_by_role
+
 log = logging.getLogger(__name__)
 
 USERS = 500
@@ -434,34 +436,8 @@ _ROLES = {"proxy": ("ProxyActor",), "ingress": ("ServeReplica:{app}:ingress", "S
           "ray_system": ("raylet", "gcs_server", "ServeController"), "redis": ("redis-server",), "kafka": ("kafka.Kafka",)}
 
 
-def _proc_cpu_s(pids: list[int]) -> float:
-    """utime + stime of the processes, seconds (Linux /proc; a process that exited counts 0)."""
-    import os
-
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def _role_pids(app: str) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {role: [] for role in _ROLES}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        for role, tags in _ROLES.items():
-            if any(t.format(app=app) in cmd for t in tags):
-                out[role].append(int(d.name))
-                break
-    return out
+    return pids_by_role({role: tuple(t.format(app=app) for t in tags) for role, tags in _ROLES.items()})
 
 
 def _measure_with_cpu(url: str, app: str, concurrency: int, duration_s: float) -> dict:
@@ -471,12 +447,12 @@ def _measure_with_cpu(url: str, app: str, concurrency: int, duration_s: float) -
     start: dict[str, Any] = {}
 
     def mark() -> None:
-        start.update(batch=_ranker_batch_stats(app, url), cpu={role: _proc_cpu_s(p) for role, p in pids.items()},
+        start.update(batch=_ranker_batch_stats(app, url), cpu={role: cpu_s(p) for role, p in pids.items()},
                      t=time.perf_counter())
 
     res = measure(url, "closed", concurrency, duration_s, after_warmup=mark)
     wall = time.perf_counter() - start["t"]  # the window the CPU counters span (the run, plus a process hop)
-    res["cpu_share"] = {role: (_proc_cpu_s(p) - start["cpu"][role]) / wall for role, p in pids.items()}
+    res["cpu_share"] = {role: (cpu_s(p) - start["cpu"][role]) / wall for role, p in pids.items()}
     res["cpu_share"]["client"] = res["cpu_s"] / res["wall_s"]
     if start["batch"] is not None:
         (s0, c0), (s1, c1) = start["batch"], _ranker_batch_stats(app, url)

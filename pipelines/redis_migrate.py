@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal
 

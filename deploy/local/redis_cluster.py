@@ -137,6 +137,18 @@ class LocalRedisCluster:
                     return int(parts[1].split("@")[0].rsplit(":", 1)[1])
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def master_holding_most(self, keys: list[str]) -> tuple[int, list[int]]:
+        """(port of the master whose slots hold the most of `keys`, the positions of those keys):
+        the failover drills kill the master that holds the most partitions' state."""
+        from collections import defaultdict
+
+        from redis.crc import key_slot
+
+        by_master: dict[int, list[int]] = defaultdict(list)
+        for i, k in enumerate(keys):
+            by_master[self.master_of_slot(key_slot(k.encode()))].append(i)
+        return max(by_master.items(), key=lambda kv: len(kv[1]))
+
     def _node(self, port: int) -> _Node:
         return next(n for n in self.nodes if n.port == port)
 

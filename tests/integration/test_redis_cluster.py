@@ -236,17 +236,10 @@ def test_master_killed_under_load_replica_promoted_end_state_exact(cluster_setti
     the replica never receives. The replica promotes itself after the cluster-node-timeout. State and stored offsets were replicated in the same MULTI/EXEC or script,
     so they fell back together: the processors find the stored offsets older than their position,
     rewind there, and the end state equals a from-scratch computation."""
-    from collections import defaultdict
-
-    from redis.crc import key_slot
-
     s = cluster_settings
     events = stream_100k()
     layout = KeyLayout.from_settings(s)
-    by_master: dict[int, list[int]] = defaultdict(list)
-    for p in range(s.topic_partitions):
-        by_master[redis_cluster.master_of_slot(key_slot(layout.tag(p).encode()))].append(p)
-    victim, parts = max(by_master.items(), key=lambda kv: len(kv[1]))
+    victim, parts = redis_cluster.master_holding_most(layout.tags())  # a tag's position is its partition
     replica = redis_cluster.replica_of(victim)
     progress = _tolerant(_progress(s, "bse-encoder"))
     a, b = _spawn(s, "bse-encoder"), _spawn(s, "bse-encoder")
@@ -298,15 +291,6 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
     half the stream one writer is SIGKILLed. Item counters are sharded per partition (every partition updates an item), users'
     counters live in their partition: the features computed from the counters and the published
     item blobs must equal the oracle's from the raw events."""
-    import numpy as np
-
-    from features.feast_repo import repo_for_settings
-    from features.item_features import RedisItemFeatures
-    from features.repo.definitions import ITEM_FEATURES, USER_FEATURES
-    from pipelines.stream.feature_publisher import FeaturePublisher
-    from tests.feature_oracle import item_frame, user_frame
-    from tests.integration.test_feature_writer import _assert_frames_match
-
     from tests.builders import mixed_events
 
     s = cluster_settings
@@ -334,8 +318,26 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
             if p.poll() is None:
                 p.kill()
     assert killed_at < n_events
+    pub = check_features(s, events)
+    assert not any(pub.r.hlen(pub.keys.dirty("online", e, t)) for t in layout.tags() for e in ("u", "i"))
+
+
+def check_features(settings, events):
+    """The feature-writer's counters (as the publisher computes features from them, event times
+    included), Feast's online rows and the item blobs all equal the oracle's from the raw events.
+    Returns the publisher used to read them."""
+    import numpy as np
+
+    from features.feast_repo import repo_for_settings
+    from features.item_features import RedisItemFeatures
+    from features.repo.definitions import ITEM_FEATURES, USER_FEATURES
+    from pipelines.stream.feature_publisher import FeaturePublisher
+    from tests.feature_oracle import item_frame, user_frame
+    from tests.integration.test_feature_writer import _assert_frames_match
+
+    s = settings
     exp_users, exp_items = user_frame(events), item_frame(events)
-    pub = FeaturePublisher(redis_client(s.redis_url, decode_responses=True), layout)
+    pub = FeaturePublisher(redis_client(s.redis_url, decode_responses=True), KeyLayout.from_settings(s))
     udf, idf = pub.compute(list(exp_users["user_id"]), list(exp_items["item_id"]))
     for df, exp in ((udf, exp_users), (idf, exp_items)):
         df["event_timestamp"] = df["event_timestamp"].astype("int64") // 1_000_000
@@ -347,7 +349,7 @@ def test_feature_writer_instances_on_redis_cluster_match_the_oracle(cluster_sett
     _assert_frames_match(repo.online_item_features(list(exp_items["item_id"])), exp_items, "item_id", ITEM_FEATURES)
     fast = RedisItemFeatures.from_url(s.redis_url, prefix=s.redis_prefix).read(list(exp_items["item_id"]))
     np.testing.assert_allclose(fast, exp_items[list(ITEM_FEATURES)].to_numpy(dtype=np.float32), rtol=1e-5)
-    assert not any(pub.r.hlen(pub.keys.dirty("online", e, t)) for t in layout.tags() for e in ("u", "i"))
+    return pub
 
 
 def test_a_processor_refuses_a_topic_with_another_partition_count_than_the_layout(cluster_settings):
@@ -364,17 +366,10 @@ def test_master_killed_before_its_replica_saw_any_of_a_partition_state_is_rebuil
     of those partitions, not even their stored offsets. The processors must not take that for
     fresh partitions (they would go on from their position with the state lost): they read each
     such partition again from where they began it, and the end state equals a from-scratch one."""
-    from collections import defaultdict
-
-    from redis.crc import key_slot
-
     s = cluster_settings
     events = stream_100k()[:20_000]
     layout = KeyLayout.from_settings(s)
-    by_master: dict[int, list[int]] = defaultdict(list)
-    for p in range(s.topic_partitions):
-        by_master[redis_cluster.master_of_slot(key_slot(layout.tag(p).encode()))].append(p)
-    victim, parts = max(by_master.items(), key=lambda kv: len(kv[1]))
+    victim, parts = redis_cluster.master_holding_most(layout.tags())  # a tag's position is its partition
     replica = redis_cluster.replica_of(victim)
     progress = _tolerant(_progress(s, "bse-encoder"))
     a, b = _spawn(s, "bse-encoder"), _spawn(s, "bse-encoder")

@@ -16,13 +16,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from pipelines.produce import produce_events
 from tests.integration.procs import env_for, run_until_idle
 from tests.integration.test_exactly_once import EMB_SPEC, MAX_SEQ_LEN
-from tests.integration.test_redis_cluster import _check_bse, _check_popularity
+from tests.integration.test_redis_cluster import _check_bse, _check_popularity, check_features
 
 pytestmark = pytest.mark.integration
 
@@ -47,18 +46,11 @@ def _delete_groups(s) -> None:
 
 
 def test_single_redis_state_migrated_to_the_cluster_processors_resume_there_exactly(redis_url, cluster_settings):
-    from features.feast_repo import repo_for_settings
-    from features.item_features import RedisItemFeatures
-    from features.keys import KeyLayout
-    from features.repo.definitions import ITEM_FEATURES, USER_FEATURES
     from pipelines.redis_migrate import migrate
-    from pipelines.stream.feature_publisher import FeaturePublisher
     from recstream.errors import MigrationRefused
     from recstream.redis_io import redis_client
     from tests.builders import mixed_events
-    from tests.feature_oracle import item_frame, user_frame
     from tests.integration.scratch import clean_scratch
-    from tests.integration.test_feature_writer import _assert_frames_match
 
     cs = cluster_settings  # the 6-partition topic, the prefix, the cluster (partitioned layout)
     single = cs.model_copy(update={"redis_url": redis_url, "redis_key_layout": "single"})
@@ -114,17 +106,6 @@ def test_single_redis_state_migrated_to_the_cluster_processors_resume_there_exac
 
         _check_popularity(cs, events)
         _check_bse(cs, events)
-        exp_users, exp_items = user_frame(events), item_frame(events)
-        layout = KeyLayout.from_settings(cs)
-        pub = FeaturePublisher(redis_client(cs.redis_url, decode_responses=True), layout)
-        udf, idf = pub.compute(list(exp_users["user_id"]), list(exp_items["item_id"]))
-        _assert_frames_match(udf, exp_users, "user_id", USER_FEATURES)
-        _assert_frames_match(idf, exp_items, "item_id", ITEM_FEATURES)
-        # Feast rows and item blobs (of the only_first entities: the migration's)
-        repo = repo_for_settings(cs)
-        _assert_frames_match(repo.online_user_features(list(exp_users["user_id"])), exp_users, "user_id", USER_FEATURES)
-        _assert_frames_match(repo.online_item_features(list(exp_items["item_id"])), exp_items, "item_id", ITEM_FEATURES)
-        fast = RedisItemFeatures.from_url(cs.redis_url, prefix=cs.redis_prefix).read(list(exp_items["item_id"]))
-        np.testing.assert_allclose(fast, exp_items[list(ITEM_FEATURES)].to_numpy(dtype=np.float32), rtol=1e-5)
+        check_features(cs, events)  # Feast rows and item blobs of the only_first entities: the migration's
     finally:
         clean_scratch(single)  # the single Redis's keys under the prefix (the fixture cleans the cluster)

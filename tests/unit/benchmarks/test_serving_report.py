@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.serving import TOPOLOGIES, _proc_cpu_s, markdown
+from benchmarks.proc_stats import cpu_s
+from benchmarks.serving import TOPOLOGIES, markdown
 
 REPORT = Path(__file__).resolve().parents[3] / "reports" / "serving.json"
 
@@ -45,9 +46,9 @@ def test_report_renders_current_and_committed_results():
 
 
 def test_process_cpu_counter_sees_this_process_work():
-    before = _proc_cpu_s([os.getpid()])
+    before = cpu_s([os.getpid()])
     t = time.process_time()
     while time.process_time() - t < 0.2:
         pass
-    assert _proc_cpu_s([os.getpid()]) - before >= 0.15
-    assert _proc_cpu_s([2**22 + 12345]) == 0.0  # no such process: counts nothing
+    assert cpu_s([os.getpid()]) - before >= 0.15
+    assert cpu_s([2**22 + 12345]) == 0.0  # no such process: counts nothing
