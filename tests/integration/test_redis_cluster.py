@@ -11,6 +11,7 @@ per-partition popularity shards, as serving does.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -229,6 +230,30 @@ def _node_offsets(port: int, settings, partitions: list[int]) -> dict[int, int]:
     return out
 
 
+@contextlib.contextmanager
+def _two_encoders_and_a_victim(s, redis_cluster):
+    """Two bse-encoder instances, both holding partitions before any event arrives (a member
+    joining after a failover would seek to the stored offsets on its assignment, and the rewind
+    the failover tests are about would go unseen); yields (the port of the master holding the
+    most partitions' state, those partitions, its replica's port, the two processes). Afterwards
+    the processes are killed and the cluster is whole again for the tests after: the replica
+    resumed if a test left it paused, the old master restarted (it rejoins as a replica)."""
+    victim, parts = redis_cluster.master_holding_most(KeyLayout.from_settings(s).tags())  # position = partition
+    replica = redis_cluster.replica_of(victim)
+    procs = (_spawn(s, "bse-encoder"), _spawn(s, "bse-encoder"))
+    try:
+        wait_until(lambda: len(group_assignment(s.kafka_bootstrap, "recstream.bse-encoder", s.events_topic)) == 2,
+                   "two members hold partitions", timeout_s=120)
+        yield victim, parts, replica, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        redis_cluster.resume(replica)
+        redis_cluster.restart(victim)
+        redis_cluster.wait_healthy()
+
+
 def test_master_killed_under_load_replica_promoted_end_state_exact(cluster_settings, redis_cluster):
     """Two bse-encoder instances over 100,000 events; at 40% the master holding most of this test's
     partitions is SIGKILLed while its replica is behind: the replica is paused (SIGSTOP), the
@@ -238,17 +263,8 @@ def test_master_killed_under_load_replica_promoted_end_state_exact(cluster_setti
     rewind there, and the end state equals a from-scratch computation."""
     s = cluster_settings
     events = stream_100k()
-    layout = KeyLayout.from_settings(s)
-    victim, parts = redis_cluster.master_holding_most(layout.tags())  # a tag's position is its partition
-    replica = redis_cluster.replica_of(victim)
     progress = _tolerant(_progress(s, "bse-encoder"))
-    a, b = _spawn(s, "bse-encoder"), _spawn(s, "bse-encoder")
-    try:
-        # Both members hold partitions before any event arrives: a member joining after the
-        # failover would seek every partition to the stored offsets on its assignment, and the
-        # rewind this test is about would go unseen.
-        wait_until(lambda: len(group_assignment(s.kafka_bootstrap, "recstream.bse-encoder", s.events_topic)) == 2,
-                   "two members hold partitions", timeout_s=120)
+    with _two_encoders_and_a_victim(s, redis_cluster) as (victim, parts, replica, (a, b)):
         produce_events(events, s, progress=False)
         wait_for(progress, int(N_EVENTS * 0.4), a, timeout_s=180)
         redis_cluster.pause(replica)  # it cannot reconnect and resynchronise meanwhile
@@ -265,12 +281,6 @@ def test_master_killed_under_load_replica_promoted_end_state_exact(cluster_setti
         for p in (a, b):
             p.terminate()
         outputs = [finish(p, timeout_s=60) for p in (a, b)]
-    finally:
-        for p in (a, b):
-            if p.poll() is None:
-                p.kill()
-        redis_cluster.restart(victim)  # rejoins as the new master's replica, for the tests after this one
-        redis_cluster.wait_healthy()
     fell_back = sum(before[p] - after[p] for p in parts)
     rewinds = sum(o.count("state restored older than the consumer position; rewound") for o in outputs)
     print(f"failover: master :{victim} (partitions {parts}) SIGKILLed at {sum(before.values())} of its records "
@@ -368,14 +378,8 @@ def test_master_killed_before_its_replica_saw_any_of_a_partition_state_is_rebuil
     such partition again from where they began it, and the end state equals a from-scratch one."""
     s = cluster_settings
     events = stream_100k()[:20_000]
-    layout = KeyLayout.from_settings(s)
-    victim, parts = redis_cluster.master_holding_most(layout.tags())  # a tag's position is its partition
-    replica = redis_cluster.replica_of(victim)
     progress = _tolerant(_progress(s, "bse-encoder"))
-    a, b = _spawn(s, "bse-encoder"), _spawn(s, "bse-encoder")
-    try:
-        wait_until(lambda: len(group_assignment(s.kafka_bootstrap, "recstream.bse-encoder", s.events_topic)) == 2,
-                   "two members hold partitions", timeout_s=120)
+    with _two_encoders_and_a_victim(s, redis_cluster) as (victim, parts, replica, (a, b)):
         redis_cluster.pause(replica)
         redis_cluster.drop_replicas(victim)
         produce_events(events, s, progress=False)
@@ -391,13 +395,6 @@ def test_master_killed_before_its_replica_saw_any_of_a_partition_state_is_rebuil
         for p in (a, b):
             p.terminate()
         outputs = [finish(p, timeout_s=60) for p in (a, b)]
-    finally:
-        for p in (a, b):
-            if p.poll() is None:
-                p.kill()
-        redis_cluster.resume(replica)  # in case the test failed while it was paused
-        redis_cluster.restart(victim)
-        redis_cluster.wait_healthy()
     rewinds = sum(o.count("state restored older than the consumer position; rewound") for o in outputs)
     print(f"failover before any replication: master :{victim} (partitions {parts}) SIGKILLed holding {before}; "
           f"the promoted replica held {after}; {rewinds} rewinds")
