@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -255,20 +255,14 @@ def check_popularity(s: Settings, events: list[Event]) -> bool:
 # runs
 
 
-@dataclass
-class _Run:
-    """One measurement's namespace: its own topic and key prefix on the shared servers."""
-
-    base: Settings
-    cfg: ScaleConfig
-    log_dir: Path
-    tag: str = field(default_factory=lambda: f"scale{uuid.uuid4().hex[:6]}")
-
-    def settings(self) -> Settings:
-        return self.base.model_copy(update={
-            "events_topic": f"{self.tag}.events", "dlq_topic": f"{self.tag}.events.dlq",
-            "impressions_topic": f"{self.tag}.impressions", "redis_prefix": self.tag,
-            "topic_partitions": self.cfg.partitions})
+def _namespace(base: Settings, partitions: int) -> Settings:
+    """Settings for one measurement: its own topics (created here) and key prefix on the shared servers."""
+    tag = f"scale{uuid.uuid4().hex[:6]}"
+    s = base.model_copy(update={"events_topic": f"{tag}.events", "dlq_topic": f"{tag}.events.dlq",
+                                "impressions_topic": f"{tag}.impressions", "redis_prefix": tag,
+                                "topic_partitions": partitions})
+    ensure_topics(s)
+    return s
 
 
 def _delete_topics(s: Settings) -> None:
@@ -285,9 +279,7 @@ def _delete_topics(s: Settings) -> None:
 def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConfig, processor: str, n: int,
                       events: list[Event], log_dir: Path) -> dict:
     """events/s of `n` instances of `processor` over the backlog, CPU per role, and the check."""
-    run = _Run(base, cfg, log_dir)
-    s = run.settings()
-    ensure_topics(s)
+    s = _namespace(base, cfg.partitions)
     payloads = [(e.user_id.encode(), e.to_bytes()) for e in events]
     procs = [_spawn(s, processor, cfg, log_dir / f"{processor}-{n}-{k}.log") for k in range(n)]
     progress = _progress(s, processor)
@@ -328,9 +320,7 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
 def measure_failover(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConfig, events: list[Event],
                      log_dir: Path) -> dict:
     """Two bse-encoder instances; a master SIGKILLed while its replica is behind (module docstring)."""
-    run = _Run(base, cfg, log_dir)
-    s = run.settings()
-    ensure_topics(s)
+    s = _namespace(base, cfg.partitions)
     victim, parts = cluster.master_holding_most(KeyLayout.from_settings(s).tags())  # position = partition
     replica = cluster.replica_of(victim)
     logs = [log_dir / f"failover-{k}.log" for k in range(2)]
