@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -46,10 +45,13 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.proc_stats import stop_processes
 from deploy.local import LocalStack
-from features.keys import PopularityKeys, offsets_key
-from pipelines.stream.feature_writer import FeatureKeys
-from pipelines.stream.popularity import WEIGHTS
+from features.bse import RedisBseStore
+from features.keys import PopularityKeys
+from pipelines.stream.bse_encoder import BseEncoderHandler
+from pipelines.stream.feature_writer import FeatureKeys, FeatureWriterHandler
+from pipelines.stream.popularity import WEIGHTS, PopularityHandler
 from recstream.errors import StackError
 from recstream.events import Event, EventType, ImpressionLog, SlateItem
 from recstream.kafka_io import ensure_topics, make_bulk_producer
@@ -297,24 +299,16 @@ def _embeddings(cfg: KafkaDrillConfig) -> str:
 
 def _bse_errors(s: Settings, cfg: KafkaDrillConfig, events: list[Event]) -> dict:
     from benchmarks.scale import count_bse_errors
-    from features.bse import TableVersion
-    from models.sdim_hash import SdimConfig, SdimHasher
-    from pipelines.stream.bse_encoder import load_item_embeddings
 
-    emb = load_item_embeddings(_embeddings(cfg))
-    return count_bse_errors(s, events, TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb), cfg.events)
+    return count_bse_errors(s, events, _embeddings(cfg), cfg.events)
 
 
-def _offset_readers(s: Settings, r: redis.Redis) -> dict:
-    """processor -> () -> the offsets stored with its state (partition -> next offset)."""
-    from features.bse import RedisBseStore
-
-    bse = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix)  # its own key, binary client
-    out = {name: (lambda name=name: {int(p): int(o) for p, o in r.hgetall(
-        offsets_key(s.redis_prefix, name, s.events_topic)).items()}) for name in PROCESSORS if name != "bse-encoder"}
-    out["bse-encoder"] = lambda: {p: o for (t, p), o in bse.committed_offsets("bse-encoder").items()
-                                  if t == s.events_topic}
-    return out
+def _handlers(s: Settings, r: redis.Redis) -> dict:
+    """processor -> its handler on the drill's Redis, read for `stored_offsets` only (the offsets
+    stored with its state: partition -> next offset)."""
+    return {"popularity": PopularityHandler(r, s.redis_prefix), "feature-writer": FeatureWriterHandler(r, s.redis_prefix),
+            # the BSE store's blobs are binary: a client of its own
+            "bse-encoder": BseEncoderHandler(RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix))}
 
 
 def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillConfig(), tag: str = "drill") -> dict:
@@ -337,7 +331,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
     ensure_topics(s)
     rf, isr = _replication(bootstrap, s.events_topic)
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
-    stored = _offset_readers(s, r)
+    handlers = _handlers(s, r)
     events = drill_events(cfg)
     n_impressions = int(cfg.impressions_per_s * cfg.stream_s)
 
@@ -364,7 +358,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
         led = sum(1 for b in leaders.values() if b == victim)
         log.info("drill: SIGKILL broker %d (leads %d of %d partitions of %s) after %d events", victim, led,
                  len(leaders), s.events_topic, ev_thread.sent)
-        applied = lambda: min(sum(read().values()) for read in stored.values())  # noqa: E731
+        applied = lambda: min(sum(h.stored_offsets(s.events_topic).values()) for h in handlers.values())  # noqa: E731
         t_kill, applied_at_kill = time.monotonic(), applied()
         stack.kill_broker(victim)
         time.sleep(cfg.down_s)
@@ -383,7 +377,8 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
         ends = _high_watermarks(bootstrap, s.events_topic, cfg.partitions)
         t_catch = time.monotonic()
         while True:
-            behind = {n: sum(max(0, ends[p] - read().get(p, 0)) for p in ends) for n, read in stored.items()}
+            behind = {n: sum(max(0, ends[p] - h.stored_offsets(s.events_topic).get(p, 0)) for p in ends)
+                      for n, h in handlers.items()}
             if not any(behind.values()):
                 break
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
@@ -393,16 +388,7 @@ def run_drill(stack: LocalStack, home: Path, cfg: KafkaDrillConfig = KafkaDrillC
             time.sleep(0.2)
         catch_up_s = time.monotonic() - t_catch
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        rcs = {}
-        for name, p in procs.items():
-            try:
-                rcs[name] = p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                rcs[name] = p.wait()
+        rcs = dict(zip(procs, stop_processes(list(procs.values()))))
     errors_in = [e for e in (ev_thread.error, imp_thread.error) if e is not None]
 
     # Read back and compare.

@@ -1,9 +1,12 @@
-"""CPU time of the processes a benchmark runs beside it, from Linux /proc: where the time goes,
-split by process role (the serving and scale benchmarks)."""
+"""The processes a benchmark runs beside it: their CPU time from Linux /proc (where the time goes,
+split by process role, in the serving and scale benchmarks), and stopping them (the scale
+benchmark and the Kafka drill)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 
@@ -35,3 +38,19 @@ def pids_by_role(roles: dict[str, tuple[str, ...]]) -> dict[str, list[int]]:
                 out[role].append(int(d.name))
                 break
     return out
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 60.0) -> list[int]:
+    """SIGTERM every process still running (a processor flushes and commits on it), then wait for
+    each, SIGKILLing one that has not exited after `timeout_s`; returns their exit statuses."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    rcs = []
+    for p in procs:
+        try:
+            rcs.append(p.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rcs.append(p.wait())
+    return rcs

@@ -46,16 +46,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.proc_stats import cpu_s, pids_by_role
+from benchmarks.proc_stats import cpu_s, pids_by_role, stop_processes
 from deploy.local.redis_cluster import LocalRedisCluster
 from features.bse import Behaviour, BseKeys, InMemoryBseStore, RedisBseStore, TableVersion
 from features.keys import KeyLayout
-from models.sdim_hash import SdimConfig, SdimHasher
 from pipelines.data.synthetic import SyntheticConfig, generate_events
-from pipelines.stream.bse_encoder import load_item_embeddings
+from pipelines.produce import produce_events
+from pipelines.stream.bse_encoder import BseEncoderHandler, load_table_version
 from pipelines.stream.popularity import PopularityHandler
 from recstream.events import Event
-from recstream.kafka_io import ensure_topics, group_assignment, make_bulk_producer
+from recstream.kafka_io import ensure_topics, group_assignment
 from recstream.redis_io import redis_client
 from recstream.settings import Settings
 
@@ -109,11 +109,6 @@ def scale_events(cfg: ScaleConfig) -> list[Event]:
     return list(itertools.islice(generate_events(syn), cfg.events))
 
 
-def _version(cfg: ScaleConfig) -> TableVersion:
-    emb = load_item_embeddings(cfg.embeddings)
-    return TableVersion(SdimHasher(SdimConfig(dim=emb.dim)), emb)
-
-
 # ---------------------------------------------------------------------------------------------
 # processes and their CPU
 
@@ -126,37 +121,18 @@ def _spawn(s: Settings, processor: str, cfg: ScaleConfig, log_path: Path) -> sub
                             stderr=subprocess.STDOUT)
 
 
-def _stop(procs: list[subprocess.Popen]) -> list[int]:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    rcs = []
-    for p in procs:
-        try:
-            rcs.append(p.wait(timeout=60))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rcs.append(p.wait())
-    return rcs
-
-
 def _progress(s: Settings, processor: str):
     """() -> records applied (the offsets stored with the state, summed), or -1 while a slot has
     no master (a failover in progress)."""
     import redis
 
     layout = KeyLayout.from_settings(s)
-    if processor == "popularity":
-        handler = PopularityHandler(redis_client(s.redis_url), layout)
-        read = lambda: sum(handler.stored_offsets(s.events_topic).values())  # noqa: E731
-    else:
-        store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, layout=layout)
-        read = lambda: sum(o for (t, _), o in store.committed_offsets("bse-encoder").items()  # noqa: E731
-                           if t == s.events_topic)
+    handler = (PopularityHandler(redis_client(s.redis_url), layout) if processor == "popularity" else
+               BseEncoderHandler(RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, layout=layout)))
 
     def progress() -> int:
         try:
-            return read()
+            return sum(handler.stored_offsets(s.events_topic).values())
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
                 redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError):
             return -1
@@ -175,20 +151,6 @@ def _wait_members(s: Settings, group: str, n: int, procs: list[subprocess.Popen]
             return
         time.sleep(0.2)
     raise RuntimeError(f"{group}: {n} members did not all hold partitions in {timeout_s} s")
-
-
-def _produce(s: Settings, payloads: list[tuple[bytes, bytes]]) -> None:
-    p = make_bulk_producer(s, **{"linger.ms": 20})
-    for key, value in payloads:
-        while True:
-            try:
-                p.produce(s.events_topic, key=key, value=value)
-                break
-            except BufferError:
-                p.poll(0.05)
-    left = p.flush(120)
-    if left:
-        raise RuntimeError(f"{left} events not delivered to {s.events_topic}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,9 +179,11 @@ def sequence_errors(events: list[Event], sequence_of, stored_users) -> dict:
     return {"lost": lost, "double": double, "in_order": in_order and not stray}
 
 
-def count_bse_errors(s: Settings, events: list[Event], version: TableVersion, max_seq_len: int) -> dict:
-    """sequence_errors over the bse-encoder's stored sequences, and whether its SDIM tables equal
-    the from-scratch ones."""
+def count_bse_errors(s: Settings, events: list[Event], embeddings: str, max_seq_len: int) -> dict:
+    """sequence_errors over the stored sequences of a bse-encoder run with `--embeddings
+    embeddings` and its default model version, and whether its SDIM tables equal the from-scratch
+    ones (built with the table version that command builds)."""
+    version = load_table_version(embeddings, TableVersion.model_version)
     store = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, versions=[version], max_seq_len=max_seq_len,
                                    layout=KeyLayout.from_settings(s))
     out = sequence_errors(events, store.sequence, list(store.users()))
@@ -280,14 +244,13 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
                       events: list[Event], log_dir: Path) -> dict:
     """events/s of `n` instances of `processor` over the backlog, CPU per role, and the check."""
     s = _namespace(base, cfg.partitions)
-    payloads = [(e.user_id.encode(), e.to_bytes()) for e in events]
     procs = [_spawn(s, processor, cfg, log_dir / f"{processor}-{n}-{k}.log") for k in range(n)]
     progress = _progress(s, processor)
     roles = {"instances": [p.pid for p in procs], "redis": [nd.proc.pid for nd in cluster.live()],
              "kafka": pids_by_role({"kafka": ("kafka.Kafka",)})["kafka"], "bench": [os.getpid()]}
     try:
         _wait_members(s, f"recstream.{processor}", n, procs, cfg.join_timeout_s)
-        _produce(s, payloads)
+        produce_events(events, s, progress=False)
         t0, applied0 = time.perf_counter(), max(0, progress())
         cpu0 = {role: cpu_s(pids) for role, pids in roles.items()}
         deadline = time.monotonic() + cfg.catch_up_timeout_s
@@ -298,7 +261,7 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
         span_s = time.perf_counter() - t0
         cpu = {role: cpu_s(pids) - cpu0[role] for role, pids in roles.items()}
     finally:
-        rcs = _stop(procs)
+        rcs = stop_processes(procs)
     if any(rcs):
         raise RuntimeError(f"{processor} x{n}: instances exited with {rcs} (logs in {log_dir})")
     counted = len(events) - applied0
@@ -306,7 +269,7 @@ def measure_instances(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConf
            "cpu_s_per_1k_events": {role: 1000 * c / counted for role, c in cpu.items()},
            "cores_busy": {role: c / span_s for role, c in cpu.items()}}
     if processor == "bse-encoder":
-        check = count_bse_errors(s, events, _version(cfg), cfg.max_seq_len)
+        check = count_bse_errors(s, events, cfg.embeddings, cfg.max_seq_len)
         out.update(lost=check["lost"], double=check["double"],
                    exact=check["in_order"] and check["tables_equal"] and not check["lost"] + check["double"])
     else:
@@ -328,7 +291,7 @@ def measure_failover(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConfi
     progress = _progress(s, "bse-encoder")
     try:
         _wait_members(s, "recstream.bse-encoder", 2, procs, cfg.join_timeout_s)
-        _produce(s, [(e.user_id.encode(), e.to_bytes()) for e in events])
+        produce_events(events, s, progress=False)
         deadline = time.monotonic() + cfg.catch_up_timeout_s
         while progress() < cfg.failover_at_fraction * len(events):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -354,12 +317,12 @@ def measure_failover(base: Settings, cluster: LocalRedisCluster, cfg: ScaleConfi
             time.sleep(0.05)
         caught_up_s = time.monotonic() - t_kill
     finally:
-        rcs = _stop(procs)
+        rcs = stop_processes(procs)
         cluster.restart(victim)  # rejoins as the new master's replica
         cluster.wait_healthy()
     outputs = [path.read_text(errors="replace") for path in logs]
     rewinds = sum(o.count("state restored older than the consumer position; rewound") for o in outputs)
-    check = count_bse_errors(s, events, _version(cfg), cfg.max_seq_len)
+    check = count_bse_errors(s, events, cfg.embeddings, cfg.max_seq_len)
     _delete_topics(s)
     return {
         "failover_lost_events": check["lost"],

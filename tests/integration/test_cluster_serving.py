@@ -32,7 +32,7 @@ from features.keys import KeyLayout
 from features.vectors import (ITEM_RAW_NAMES, ITEM_VECTOR_NAMES, USER_RAW_NAMES, USER_VECTOR_NAMES, item_feature_matrix,
                               user_vectors_from_raw)
 from pipelines.produce import produce_events
-from pipelines.stream.bse_encoder import load_table_version
+from pipelines.stream.bse_encoder import BseEncoderHandler, load_table_version
 from pipelines.stream.feature_writer import FeatureWriterHandler
 from pipelines.stream.popularity import WEIGHTS, PopularityHandler
 from recstream.events import EventType
@@ -63,14 +63,11 @@ def _run_processors(s, events) -> None:
     until each has stored the offsets of every event, then stopped cleanly (the writer drains its
     offline history on the stop)."""
     layout = KeyLayout.from_settings(s)
-    bse = RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, layout=layout)
-    pop = PopularityHandler(redis_client(s.redis_url), layout)
-    writer = FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), layout)
-    progress = {  # records applied: the offsets each stores with its state, summed over partitions
-        "popularity": lambda: sum(pop.stored_offsets(s.events_topic).values()),
-        "bse-encoder": lambda: sum(o for (t, _), o in bse.committed_offsets("bse-encoder").items() if t == s.events_topic),
-        "feature-writer": lambda: sum(writer.stored_offsets(s.events_topic).values()),
-    }
+    handlers = {"popularity": PopularityHandler(redis_client(s.redis_url), layout),
+                "bse-encoder": BseEncoderHandler(RedisBseStore.from_url(s.redis_url, prefix=s.redis_prefix, layout=layout)),
+                "feature-writer": FeatureWriterHandler(redis_client(s.redis_url, decode_responses=True), layout)}
+    # records applied: the offsets each stores with its state, summed over partitions
+    progress = {name: (lambda h=h: sum(h.stored_offsets(s.events_topic).values())) for name, h in handlers.items()}
     args = {"popularity": (), "bse-encoder": ("--embeddings", f"artifact:ranker/{SERVED}", "--model-version", SERVED),
             "feature-writer": ("--offline-history",)}
     procs = {name: spawn_processor(s, name, *a) for name, a in args.items()}

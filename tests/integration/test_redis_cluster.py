@@ -76,12 +76,12 @@ def _spawn(settings, processor: str):
 
 def _progress(settings, processor: str):
     """() -> records applied so far (the offsets stored with the state, summed over partitions)."""
+    from pipelines.stream.bse_encoder import BseEncoderHandler
+
     layout = KeyLayout.from_settings(settings)
-    if processor == "popularity":
-        handler = PopularityHandler(redis_client(settings.redis_url), layout)
-        return lambda: sum(handler.stored_offsets(settings.events_topic).values())
-    store = RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, layout=layout)
-    return lambda: sum(o for (t, _), o in store.committed_offsets("bse-encoder").items() if t == settings.events_topic)
+    handler = (PopularityHandler(redis_client(settings.redis_url), layout) if processor == "popularity" else
+               BseEncoderHandler(RedisBseStore.from_url(settings.redis_url, prefix=settings.redis_prefix, layout=layout)))
+    return lambda: sum(handler.stored_offsets(settings.events_topic).values())
 
 
 def _applied_by(output: str, processor: str) -> int:
